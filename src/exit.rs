@@ -1,0 +1,51 @@
+//! Process exit codes, in one place.
+
+/// How `payctl` ends.
+///
+/// | code | meaning |
+/// |------|---------|
+/// | 0    | done |
+/// | 1    | ran, and the answer is no (a transfer was rejected, a lookup found nothing) |
+/// | 2    | error or usage: bad input, a service unreachable |
+/// | 130  | interrupted before the work was done |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Done,
+    No,
+    Error,
+    Interrupted,
+}
+
+impl Exit {
+    /// The number the shell sees.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Done => 0,
+            Exit::No => 1,
+            Exit::Error => 2,
+            Exit::Interrupted => 130,
+        }
+    }
+}
+
+/// An error that means "the answer is no" (exit 1) rather than "it broke"
+/// (exit 2): a rejected transfer, an account that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// Wraps a message as a refusal.
+    pub fn new(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Refusal(message.into()))
+    }
+}
+
+/// The exit for an error: refusals are 1, everything else 2.
+pub fn exit_for(error: &anyhow::Error) -> Exit {
+    if error.chain().any(|cause| cause.is::<Refusal>()) {
+        Exit::No
+    } else {
+        Exit::Error
+    }
+}

@@ -1,0 +1,30 @@
+//! payctl: one binary for the people who run a payment pipeline on Kafka and Redis.
+//!
+//! # Layout
+//! - `cli`: flags, validated [`cli::App`] config, and one-line dispatch per command.
+//! - `config`: runtime configuration structs (Kafka, Redis, topics, worker limits).
+//! - `money`: exact decimals, currencies and amounts; never a float.
+//! - `output`: the one place that writes stdout (tables or JSON).
+//! - `exit`: exit codes and the "answer is no" error.
+//! - `clock`: timestamps.
+//! - `kafka`: clients with payctl's defaults; produce-and-await-acks.
+//! - `store`: Redis connection, key names, Lua scripts called by SHA.
+//! - `worker`: the shared consume → apply → produce → commit cycle.
+//! - `events`: `payment_transactions` events in seed 000's shape.
+//! - `accounts`: open, deposit, show, list.
+//! - `transfer`: initiate, process (the worker), show, list (seeds 001, 002).
+//! - `topics`: topic tooling.
+
+pub mod accounts;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod exit;
+pub mod kafka;
+pub mod money;
+pub mod output;
+pub mod store;
+pub mod topics;
+pub mod transfer;
+pub mod worker;

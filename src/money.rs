@@ -1,0 +1,444 @@
+//! Exact money: decimals as text-faithful integers, currencies with their
+//! minor-unit exponents, and amounts in integer minor units.
+//!
+//! Nothing here is ever a float. `"12.50"` and the JSON number `12.50` both
+//! become 1250 minor units of a two-decimal currency; `0.1 + 0.2` is `0.3`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The largest amount or balance payctl accepts, in minor units (10^15).
+///
+/// Kept below 2^53 so every balance stays exact even where Redis' Lua sees it
+/// as a double, and far above any real payment: 10 trillion dollars.
+pub const MAX_MINOR_UNITS: i64 = 1_000_000_000_000_000;
+
+/// Why a piece of text is not an acceptable amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("{0:?} is not a decimal number (expected digits like 12.50)")]
+    NotANumber(String),
+    #[error("amount must be greater than zero, got {0}")]
+    NotPositive(String),
+    #[error("{amount} has more decimal places than {currency} allows ({exponent})")]
+    TooPrecise {
+        amount: String,
+        currency: &'static str,
+        exponent: u32,
+    },
+    #[error("{amount} is too large: at most {max} {currency}")]
+    TooLarge {
+        amount: String,
+        max: String,
+        currency: &'static str,
+    },
+    #[error("unknown currency {0:?} (known: {known})", known = Currency::known_codes())]
+    UnknownCurrency(String),
+}
+
+/// An ISO 4217 currency with the number of digits after its decimal point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency {
+    code: &'static str,
+    exponent: u32,
+}
+
+/// The currencies payctl knows, with their ISO 4217 minor-unit exponents.
+const CURRENCIES: &[(&str, u32)] = &[
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("INR", 2),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("KZT", 2),
+    ("MXN", 2),
+    ("NOK", 2),
+    ("PLN", 2),
+    ("RUB", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("TRY", 2),
+    ("UAH", 2),
+    ("USD", 2),
+];
+
+impl Currency {
+    /// Looks a currency code up (case-insensitive).
+    pub fn parse(code: &str) -> Result<Currency, MoneyError> {
+        let upper = code.trim().to_ascii_uppercase();
+        CURRENCIES
+            .iter()
+            .find(|(known, _)| *known == upper)
+            .map(|&(code, exponent)| Currency { code, exponent })
+            .ok_or_else(|| MoneyError::UnknownCurrency(code.to_string()))
+    }
+
+    /// The three-letter code, e.g. `USD`.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// Digits after the decimal point: 2 for USD, 0 for JPY, 3 for KWD.
+    pub fn exponent(&self) -> u32 {
+        self.exponent
+    }
+
+    fn known_codes() -> String {
+        CURRENCIES
+            .iter()
+            .map(|(code, _)| *code)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code)
+    }
+}
+
+impl FromStr for Currency {
+    type Err = MoneyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Currency::parse(s)
+    }
+}
+
+/// An exact decimal number: `mantissa * 10^-scale`.
+///
+/// This is how amounts travel before a currency gives them meaning. It
+/// parses `12.50`, `-3`, `1e2` and `1.5E-1`, keeps every digit, and
+/// serializes back to JSON as a number with the same digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decimal {
+    mantissa: i128,
+    scale: u32,
+}
+
+/// Longest decimal text accepted; anything longer is not a payment amount.
+const MAX_DECIMAL_TEXT: usize = 48;
+/// Digits an i128 mantissa holds with room to spare.
+const MAX_DIGITS: usize = 36;
+
+impl Decimal {
+    /// A decimal from its parts: `mantissa * 10^-scale`.
+    pub fn new(mantissa: i128, scale: u32) -> Decimal {
+        Decimal { mantissa, scale }
+    }
+
+    /// The digits as an integer.
+    pub fn mantissa(&self) -> i128 {
+        self.mantissa
+    }
+
+    /// Digits after the decimal point.
+    pub fn scale(&self) -> u32 {
+        self.scale
+    }
+
+    /// Drops trailing zeros after the decimal point: 12.50 → 12.5.
+    pub fn normalized(self) -> Decimal {
+        let mut d = self;
+        while d.scale > 0 && d.mantissa % 10 == 0 {
+            d.mantissa /= 10;
+            d.scale -= 1;
+        }
+        d
+    }
+
+    /// True when the value is exactly zero.
+    pub fn is_zero(&self) -> bool {
+        self.mantissa == 0
+    }
+
+    /// True when the value is below zero.
+    pub fn is_negative(&self) -> bool {
+        self.mantissa < 0
+    }
+}
+
+impl FromStr for Decimal {
+    type Err = MoneyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || MoneyError::NotANumber(text.to_string());
+        let s = text.trim();
+        if s.is_empty() || s.len() > MAX_DECIMAL_TEXT {
+            return Err(bad());
+        }
+        let (number, exponent) = match s.find(['e', 'E']) {
+            Some(at) => {
+                let exp: i32 = s[at + 1..].parse().map_err(|_| bad())?;
+                (&s[..at], exp)
+            }
+            None => (s, 0),
+        };
+        let (negative, unsigned) = match number.as_bytes().first() {
+            Some(b'-') => (true, &number[1..]),
+            Some(b'+') => (false, &number[1..]),
+            _ => (false, number),
+        };
+        let (int_part, frac_part) = match unsigned.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (unsigned, ""),
+        };
+        let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if (int_part.is_empty() && frac_part.is_empty())
+            || !all_digits(int_part)
+            || !all_digits(frac_part)
+        {
+            return Err(bad());
+        }
+        let digits = format!("{int_part}{frac_part}");
+        let significant = digits.trim_start_matches('0');
+        if significant.len() > MAX_DIGITS {
+            return Err(bad());
+        }
+        let mut mantissa: i128 = if significant.is_empty() {
+            0
+        } else {
+            significant.parse().map_err(|_| bad())?
+        };
+        let mut scale = frac_part.len() as i64 - i64::from(exponent);
+        while scale < 0 {
+            mantissa = mantissa.checked_mul(10).ok_or_else(bad)?;
+            scale += 1;
+        }
+        if scale > MAX_DIGITS as i64 || significant.len() + scale as usize > 2 * MAX_DIGITS {
+            return Err(bad());
+        }
+        if negative {
+            mantissa = -mantissa;
+        }
+        Ok(Decimal {
+            mantissa,
+            scale: scale as u32,
+        })
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.mantissa < 0 { "-" } else { "" };
+        let digits = self.mantissa.unsigned_abs().to_string();
+        let scale = self.scale as usize;
+        if scale == 0 {
+            return write!(f, "{sign}{digits}");
+        }
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        write!(f, "{sign}{int}.{frac}")
+    }
+}
+
+impl Serialize for Decimal {
+    /// A JSON number with exactly these digits (`12.50`, not `12.5` or a float).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let number = serde_json::Number::from_str(&self.to_string())
+            .map_err(|e| serde::ser::Error::custom(format!("decimal {self}: {e}")))?;
+        number.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Decimal {
+    /// Accepts a JSON number (digits kept exactly) or a string of digits.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let text = match &value {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "amount must be a number or a string of digits, got {other}"
+                )))
+            }
+        };
+        Decimal::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A sum of money in one currency, held as integer minor units.
+///
+/// Balances may be zero; amounts to move are made with [`Money::amount`],
+/// which refuses anything that is not a sensible payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money {
+    minor: i64,
+    currency: Currency,
+}
+
+impl Money {
+    /// A positive amount to move: exact in `currency`, above zero, at most
+    /// [`MAX_MINOR_UNITS`].
+    pub fn amount(value: Decimal, currency: Currency) -> Result<Money, MoneyError> {
+        let shown = value.to_string();
+        if value.is_negative() || value.is_zero() {
+            return Err(MoneyError::NotPositive(shown));
+        }
+        let value = value.normalized();
+        if value.scale() > currency.exponent() {
+            return Err(MoneyError::TooPrecise {
+                amount: shown,
+                currency: currency.code(),
+                exponent: currency.exponent(),
+            });
+        }
+        let factor = 10i128.pow(currency.exponent() - value.scale());
+        let too_large = || MoneyError::TooLarge {
+            amount: shown.clone(),
+            max: Money::from_minor(MAX_MINOR_UNITS, currency).to_string(),
+            currency: currency.code(),
+        };
+        let minor = value.mantissa().checked_mul(factor).ok_or_else(too_large)?;
+        if minor > i128::from(MAX_MINOR_UNITS) {
+            return Err(too_large());
+        }
+        Ok(Money {
+            minor: minor as i64,
+            currency,
+        })
+    }
+
+    /// Parses text such as `12.50` as an amount in `currency`.
+    pub fn parse_amount(text: &str, currency: Currency) -> Result<Money, MoneyError> {
+        Money::amount(Decimal::from_str(text)?, currency)
+    }
+
+    /// A sum from minor units as stored (a balance, say).
+    pub fn from_minor(minor: i64, currency: Currency) -> Money {
+        Money { minor, currency }
+    }
+
+    /// Integer minor units: cents for USD.
+    pub fn minor_units(&self) -> i64 {
+        self.minor
+    }
+
+    /// The currency this sum is in.
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    /// The sum as an exact decimal with the currency's number of places.
+    pub fn to_decimal(&self) -> Decimal {
+        Decimal::new(i128::from(self.minor), self.currency.exponent())
+    }
+}
+
+impl fmt::Display for Money {
+    /// The plain number with the currency's places: `12.50`, `1000`, `0.125`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_decimal().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd() -> Currency {
+        Currency::parse("usd").unwrap()
+    }
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_amounts_exactly() {
+        assert_eq!(Money::parse_amount("12.50", usd()).unwrap().minor_units(), 1250);
+        assert_eq!(Money::parse_amount("12.5", usd()).unwrap().minor_units(), 1250);
+        assert_eq!(Money::parse_amount("12.500", usd()).unwrap().minor_units(), 1250);
+        assert_eq!(Money::parse_amount("7", usd()).unwrap().minor_units(), 700);
+        assert_eq!(Money::parse_amount("1e2", usd()).unwrap().minor_units(), 10000);
+        assert_eq!(Money::parse_amount(".5", usd()).unwrap().minor_units(), 50);
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(Money::parse_amount("1500", jpy).unwrap().minor_units(), 1500);
+        let kwd = Currency::parse("KWD").unwrap();
+        assert_eq!(Money::parse_amount("0.125", kwd).unwrap().minor_units(), 125);
+    }
+
+    #[test]
+    fn point_one_plus_point_two_is_point_three() {
+        let a = Money::parse_amount("0.1", usd()).unwrap();
+        let b = Money::parse_amount("0.2", usd()).unwrap();
+        let sum = Money::from_minor(a.minor_units() + b.minor_units(), usd());
+        assert_eq!(sum, Money::parse_amount("0.3", usd()).unwrap());
+        assert_eq!(sum.to_string(), "0.30");
+    }
+
+    #[test]
+    fn refuses_bad_amounts_with_reasons() {
+        assert!(matches!(
+            Money::parse_amount("-1", usd()),
+            Err(MoneyError::NotPositive(_))
+        ));
+        assert!(matches!(
+            Money::parse_amount("0.00", usd()),
+            Err(MoneyError::NotPositive(_))
+        ));
+        assert!(matches!(
+            Money::parse_amount("1.001", usd()),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            Money::parse_amount("1e40", usd()),
+            Err(MoneyError::TooLarge { .. }) | Err(MoneyError::NotANumber(_))
+        ));
+        assert!(matches!(
+            Money::parse_amount("10000000000000.01", usd()),
+            Err(MoneyError::TooLarge { .. })
+        ));
+        for text in ["", "abc", "1.2.3", "12,50", "NaN", "inf", "--1", "1e", "."] {
+            assert!(
+                matches!(Money::parse_amount(text, usd()), Err(MoneyError::NotANumber(_))),
+                "{text:?} should not parse"
+            );
+        }
+        let message = Money::parse_amount("1.001", usd()).unwrap_err().to_string();
+        assert_eq!(message, "1.001 has more decimal places than USD allows (2)");
+    }
+
+    #[test]
+    fn the_largest_amount_is_accepted() {
+        let max = Money::parse_amount("10000000000000", usd()).unwrap();
+        assert_eq!(max.minor_units(), MAX_MINOR_UNITS);
+    }
+
+    #[test]
+    fn unknown_currency_is_refused() {
+        let err = Currency::parse("XYZ").unwrap_err();
+        assert!(err.to_string().starts_with("unknown currency \"XYZ\""));
+    }
+
+    #[test]
+    fn decimal_round_trips_through_json_as_a_number() {
+        let parsed: Decimal = serde_json::from_str("12.50").unwrap();
+        assert_eq!(parsed, Decimal::new(1250, 2));
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), "12.50");
+        let from_string: Decimal = serde_json::from_str("\"0.30\"").unwrap();
+        assert_eq!(from_string.to_string(), "0.30");
+        assert!(serde_json::from_str::<Decimal>("true").is_err());
+    }
+
+    #[test]
+    fn displays_with_the_currency_places() {
+        assert_eq!(Money::from_minor(5, usd()).to_string(), "0.05");
+        assert_eq!(Money::from_minor(-1250, usd()).to_string(), "-12.50");
+        assert_eq!(dec("0.000").to_string(), "0.000");
+        assert_eq!(dec("-0.5").normalized(), Decimal::new(-5, 1));
+    }
+}

@@ -1,0 +1,89 @@
+//! Redis: connecting, the key names the seeds and payctl share, and Lua
+//! scripts loaded once and called by SHA.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisConfig;
+
+/// Key names. Seed formats (`transfer:{id}`, `notifications:{user}`) must not change.
+pub mod keys {
+    /// A transfer record, seed 001's JSON.
+    pub fn transfer(id: &str) -> String {
+        format!("transfer:{id}")
+    }
+    /// Sorted set of transfer ids by creation time (ms).
+    pub const TRANSFERS: &str = "transfers";
+    /// The transfer id a client's idempotency key already created.
+    pub fn transfer_idempotency(key: &str) -> String {
+        format!("idempotency:transfer:{key}")
+    }
+    /// An account hash: `currency`, `balance` (integer minor units), `opened_at`.
+    pub fn account(id: &str) -> String {
+        format!("account:{id}")
+    }
+    /// Sorted set of account ids by opening time (ms).
+    pub const ACCOUNTS: &str = "accounts";
+}
+
+/// A live Redis connection that reconnects by itself after Redis comes back.
+pub type Redis = ConnectionManager;
+
+impl RedisConfig {
+    /// Connects, failing fast with the URL (password hidden) if Redis is down.
+    pub async fn connect(&self) -> anyhow::Result<Redis> {
+        let context = || format!("connecting to Redis at {}", self.display_url());
+        let client = redis::Client::open(self.url.as_str()).with_context(context)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(1);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after 5s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(context)
+    }
+}
+
+/// A Lua script that is loaded once and then called by SHA inside pipelines.
+pub struct Script {
+    script: redis::Script,
+}
+
+impl Script {
+    /// Wraps Lua source.
+    pub fn new(source: &str) -> Script {
+        Script {
+            script: redis::Script::new(source),
+        }
+    }
+
+    /// Loads the script (again). Cheap; call it after a connection error,
+    /// since a restarted Redis has forgotten its scripts.
+    pub async fn load(&self, redis: &mut Redis) -> anyhow::Result<()> {
+        self.script
+            .prepare_invoke()
+            .load_async(redis)
+            .await
+            .context("loading a Lua script into Redis")?;
+        Ok(())
+    }
+
+    /// A one-off invocation (loads the script if Redis does not know it yet).
+    pub fn invocation(&self) -> redis::ScriptInvocation<'_> {
+        self.script.prepare_invoke()
+    }
+
+    /// An `EVALSHA` of this script, ready for keys and args, to add to a pipeline.
+    pub fn call(&self, keys: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(keys.len()).arg(keys);
+        cmd
+    }
+}

@@ -1,0 +1,3 @@
+//! Kafka topic tooling.
+
+pub mod create;

@@ -1,0 +1,149 @@
+//! Money transfers (seeds 001 and 002): the record, its statuses, and reads.
+//!
+//! `transfer:{id}` holds seed 001's JSON (`transfer_id, sender_id,
+//! receiver_id, amount, status, version`) plus payctl's extra fields; the
+//! sorted set `transfers` lists ids by creation time.
+
+pub mod initiate;
+pub mod list;
+pub mod process;
+pub mod show;
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::money::Decimal;
+use crate::output::{self, Rendered, Report};
+use crate::store::{keys, Redis};
+
+/// Where a transfer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferStatus {
+    /// Stored and published, waiting for `transfer process`.
+    Initiated,
+    /// Applied: balances moved (or, with `--no-ledger`, marked done as seed 001 does).
+    Completed,
+    /// Processed and refused; `reason` says why. No money moved.
+    Rejected,
+}
+
+impl TransferStatus {
+    /// The lowercase name used in JSON and Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Initiated => "initiated",
+            TransferStatus::Completed => "completed",
+            TransferStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// A transfer as stored in `transfer:{id}` and carried on `money_transfers`.
+///
+/// Field order matters only for `reason`, which is kept last (see
+/// `process::rejected_prefix`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Transfer {
+    pub transfer_id: String,
+    pub sender_id: String,
+    pub receiver_id: String,
+    /// A JSON number with exact digits (seed 001 writes a number).
+    pub amount: Decimal,
+    pub status: TransferStatus,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Transfer {
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.transfer_id.clone(),
+            self.sender_id.clone(),
+            self.receiver_id.clone(),
+            self.amount.to_string(),
+            self.currency.clone().unwrap_or_default(),
+            self.status.as_str().to_string(),
+            self.version.to_string(),
+            self.reason.clone().unwrap_or_default(),
+            self.created_at.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+impl Report for Transfer {
+    fn render(&self) -> Rendered {
+        TransferList(vec![self.clone()]).render()
+    }
+}
+
+/// A table of transfers.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct TransferList(pub Vec<Transfer>);
+
+impl Report for TransferList {
+    fn render(&self) -> Rendered {
+        let mut table = output::table([
+            "transfer", "from", "to", "amount", "currency", "status", "version", "reason", "created_at",
+        ]);
+        for transfer in &self.0 {
+            table.add_row(transfer.row());
+        }
+        Rendered::Table(table)
+    }
+}
+
+/// Reads one transfer record.
+pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Transfer>> {
+    let json: Option<String> = redis
+        .get(keys::transfer(id))
+        .await
+        .with_context(|| format!("reading transfer {id}"))?;
+    json.map(|json| parse_stored(id, &json)).transpose()
+}
+
+fn parse_stored(id: &str, json: &str) -> anyhow::Result<Transfer> {
+    serde_json::from_str(json).with_context(|| format!("transfer:{id} holds JSON payctl cannot read"))
+}
+
+/// The newest transfers, optionally only those in `status`, at most `limit`.
+pub async fn list(
+    redis: &mut Redis,
+    status: Option<TransferStatus>,
+    limit: usize,
+) -> anyhow::Result<Vec<Transfer>> {
+    const PAGE: isize = 500;
+    let mut found = Vec::new();
+    let mut start = 0isize;
+    while found.len() < limit {
+        let ids: Vec<String> = redis
+            .zrevrange(keys::TRANSFERS, start, start + PAGE - 1)
+            .await
+            .context("listing transfers")?;
+        if ids.is_empty() {
+            break;
+        }
+        start += PAGE;
+        let keys: Vec<String> = ids.iter().map(|id| keys::transfer(id)).collect();
+        let records: Vec<Option<String>> = redis.mget(&keys).await.context("reading transfers")?;
+        for (id, json) in ids.iter().zip(records) {
+            let Some(json) = json else { continue };
+            let transfer = parse_stored(id, &json)?;
+            if status.is_none_or(|s| s == transfer.status) && found.len() < limit {
+                found.push(transfer);
+            }
+        }
+    }
+    Ok(found)
+}

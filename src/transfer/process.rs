@@ -1,0 +1,405 @@
+//! `payctl transfer process`: the worker that applies transfers.
+//!
+//! For each message on `money_transfers`, one Lua script does, atomically:
+//! the version check (seed 001), the funds and currency checks, the debit
+//! and the credit, version + 1 and the new status. Then one outcome event
+//! per party goes to `payment_transactions` in seed 000's shape.
+//!
+//! Redelivery: a message whose version is one below the stored version, on
+//! a transfer already completed or rejected, is a duplicate. It changes
+//! nothing and announces the stored outcome again (same `event_id`s), so an
+//! outcome lost in a crash is still delivered.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaConfig, Topics, WorkerLimits};
+use crate::events::TransactionEvent;
+use crate::money::{Currency, Money};
+use crate::output::Output;
+use crate::store::{keys, Redis, Script};
+use crate::transfer::{Transfer, TransferStatus};
+use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerSpec, DEAD_LETTERED};
+
+/// Apply transfers from the transfers topic (a long-running worker).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  payctl transfer process                         # until SIGINT/SIGTERM
+  payctl transfer process --until-idle 5          # a batch job: stop after 5 s without input
+  payctl transfer process --max-messages 1000 --output json
+  payctl transfer process --no-ledger             # seed 001 exactly: version check, no balances")]
+pub struct Args {
+    /// Consumer group; run more workers with the same group to scale out.
+    #[arg(long, env = "PAYCTL_TRANSFER_GROUP", default_value = "payctl-transfer-process")]
+    pub group: String,
+    /// Only the version check and completion, as seed 001 does; no balances move.
+    #[arg(long)]
+    pub no_ledger: bool,
+    #[command(flatten)]
+    pub limits: WorkerArgs,
+}
+
+/// The flags every worker shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Stop after this many seconds without a message (a batch job).
+    #[arg(long, value_name = "SECS")]
+    pub until_idle: Option<f64>,
+    /// Most messages applied in one Redis round trip.
+    #[arg(long, default_value_t = WorkerLimits::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+}
+
+impl WorkerArgs {
+    /// The validated limits.
+    pub fn limits(&self) -> anyhow::Result<WorkerLimits> {
+        let until_idle = match self.until_idle {
+            Some(secs) if !(secs.is_finite() && secs >= 0.0) => {
+                anyhow::bail!("--until-idle must be a number of seconds, got {secs}")
+            }
+            Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
+            None => None,
+        };
+        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        Ok(WorkerLimits {
+            max_messages: self.max_messages,
+            until_idle,
+            batch_size: self.batch_size,
+        })
+    }
+}
+
+/// Outcome labels in the summary.
+pub const COMPLETED: &str = "completed";
+pub const REJECTED: &str = "rejected";
+pub const CONFLICT: &str = "conflict";
+pub const DUPLICATE: &str = "duplicate";
+
+static PROCESS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: transfer record, sender account, receiver account
+-- ARGV: 1 message version, 2 mode (ledger | status-only | reject),
+--       3 amount in minor units, 4 transfer currency,
+--       5 completed record JSON, 6 rejected record JSON up to its reason,
+--       7 reason (mode reject)
+local version = tonumber(ARGV[1])
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, current = pcall(cjson.decode, stored)
+  if not ok or type(current) ~= 'table' then return {'corrupt', 'stored record is not JSON'} end
+  local stored_version = tonumber(current.version)
+  local done = current.status == 'completed' or current.status == 'rejected'
+  if done and stored_version == version + 1 then
+    local reason = ''
+    if type(current.reason) == 'string' then reason = current.reason end
+    return {'duplicate', current.status, reason}
+  end
+  if stored_version ~= version then
+    return {'conflict', 'stored version ' .. tostring(current.version) .. ', message version ' .. ARGV[1]}
+  end
+  if current.status ~= 'initiated' then
+    return {'conflict', 'transfer is already ' .. tostring(current.status)}
+  end
+elseif ARGV[2] ~= 'status-only' then
+  return {'missing', 'no record ' .. KEYS[1]}
+end
+local reason = nil
+if ARGV[2] == 'reject' then
+  reason = ARGV[7]
+elseif ARGV[2] == 'ledger' then
+  local sender = redis.call('HMGET', KEYS[2], 'currency', 'balance')
+  local receiver_currency = redis.call('HGET', KEYS[3], 'currency')
+  if not sender[1] or not receiver_currency then
+    reason = 'unknown account'
+  elseif sender[1] ~= ARGV[4] or receiver_currency ~= ARGV[4] then
+    reason = 'currency mismatch'
+  elseif tonumber(sender[2]) < tonumber(ARGV[3]) then
+    reason = 'insufficient funds'
+  end
+end
+if reason then
+  redis.call('SET', KEYS[1], ARGV[6] .. reason .. '"}')
+  return {'rejected', reason}
+end
+if ARGV[2] == 'ledger' then
+  redis.call('HINCRBY', KEYS[2], 'balance', '-' .. ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'balance', ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[5])
+return {'completed', ''}
+"#,
+    )
+});
+
+/// Applies batches of transfer messages.
+pub struct TransferProcessor {
+    redis: Redis,
+    ledger: bool,
+    events_topic: String,
+    scripts_loaded: bool,
+    /// Account currencies never change, so each is looked up once.
+    currencies: HashMap<String, Currency>,
+}
+
+/// What the script is asked to do with one message.
+struct Planned {
+    transfer: Transfer,
+    currency: Option<Currency>,
+    amount_minor: i64,
+    reject: Option<&'static str>,
+}
+
+impl TransferProcessor {
+    /// A processor writing to `redis`, announcing outcomes on `events_topic`.
+    pub fn new(redis: Redis, ledger: bool, events_topic: String) -> TransferProcessor {
+        TransferProcessor {
+            redis,
+            ledger,
+            events_topic,
+            scripts_loaded: false,
+            currencies: HashMap::new(),
+        }
+    }
+
+    /// Looks up, in one round trip, the currency of every sender not yet known.
+    async fn learn_currencies(&mut self, senders: Vec<&str>) -> anyhow::Result<()> {
+        let unknown: Vec<&str> = senders
+            .into_iter()
+            .filter(|id| !self.currencies.contains_key(*id))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for id in &unknown {
+            pipe.hget(keys::account(id), "currency");
+        }
+        let found: Vec<Option<String>> = pipe
+            .query_async(&mut self.redis)
+            .await
+            .context("reading account currencies")?;
+        for (id, code) in unknown.into_iter().zip(found) {
+            if let Some(currency) = code.and_then(|c| Currency::parse(&c).ok()) {
+                self.currencies.insert(id.to_string(), currency);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and checks one message; `Err` is the dead-letter reason.
+    fn plan(&self, transfer: Transfer) -> Result<Planned, String> {
+        let currency = match &transfer.currency {
+            Some(code) => Some(Currency::parse(code).map_err(|e| e.to_string())?),
+            None => self.currencies.get(&transfer.sender_id).copied(),
+        };
+        let (amount_minor, reject) = match currency {
+            Some(currency) => {
+                let amount = Money::amount(transfer.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
+                (amount.minor_units(), None)
+            }
+            // No currency and no such sender: rejected, under the version check.
+            None if self.ledger => (0, Some("unknown account")),
+            None => (0, None),
+        };
+        Ok(Planned {
+            transfer,
+            currency,
+            amount_minor,
+            reject,
+        })
+    }
+
+    fn script_call(&self, planned: &Planned) -> anyhow::Result<redis::Cmd> {
+        let t = &planned.transfer;
+        let now = crate::clock::now_rfc3339();
+        let next = |status| Transfer {
+            status,
+            version: t.version + 1,
+            currency: planned.currency.map(|c| c.code().to_string()).or(t.currency.clone()),
+            updated_at: Some(now.clone()),
+            reason: None,
+            ..t.clone()
+        };
+        let completed = serde_json::to_string(&next(TransferStatus::Completed))?;
+        let rejected = rejected_prefix(&serde_json::to_string(&next(TransferStatus::Rejected))?);
+        let mode = match (planned.reject, self.ledger) {
+            (Some(_), _) => "reject",
+            (None, true) => "ledger",
+            (None, false) => "status-only",
+        };
+        let transfer_key = keys::transfer(&t.transfer_id);
+        let sender_key = keys::account(&t.sender_id);
+        let receiver_key = keys::account(&t.receiver_id);
+        let mut cmd = PROCESS.call(&[&transfer_key, &sender_key, &receiver_key]);
+        cmd.arg(t.version)
+            .arg(mode)
+            .arg(planned.amount_minor)
+            .arg(planned.currency.map(|c| c.code()).unwrap_or(""))
+            .arg(completed)
+            .arg(rejected)
+            .arg(planned.reject.unwrap_or(""));
+        Ok(cmd)
+    }
+
+    /// The outcome events of a processed transfer, one per party.
+    fn announce(&self, planned: &Planned, status: &str, reason: Option<&str>) -> Vec<crate::kafka::Outgoing> {
+        let t = &planned.transfer;
+        let occurred_at = crate::clock::now_rfc3339();
+        let currency = planned.currency.map(|c| c.code().to_string()).or(t.currency.clone());
+        [("debit", &t.sender_id, &t.receiver_id), ("credit", &t.receiver_id, &t.sender_id)]
+            .into_iter()
+            .map(|(role, user, counterparty)| TransactionEvent {
+                transaction_id: t.transfer_id.clone(),
+                user_id: user.clone(),
+                status: status.to_string(),
+                event_id: Some(format!("{}:{}:{role}", t.transfer_id, t.version)),
+                role: Some(role.into()),
+                counterparty: Some(counterparty.clone()),
+                amount: Some(t.amount),
+                currency: currency.clone(),
+                reason: reason.map(String::from),
+                occurred_at: Some(occurred_at.clone()),
+            })
+            .map(|event| event.to_outgoing(&self.events_topic))
+            .collect()
+    }
+}
+
+/// The rejected record's JSON cut open before its `reason` value, so the
+/// script can append the reason it found and `"}`. `reason` is the last
+/// field of [`Transfer`] and absent here, so the JSON ends in `}`.
+fn rejected_prefix(json: &str) -> String {
+    let body = json.strip_suffix('}').expect("a JSON object");
+    format!("{body},\"reason\":\"")
+}
+
+/// Reads a message as a transfer; `Err` is the dead-letter reason.
+fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
+    let transfer: Transfer =
+        serde_json::from_slice(payload).map_err(|e| format!("not a transfer message: {e}"))?;
+    if transfer.transfer_id.trim().is_empty() {
+        return Err("transfer_id is empty".into());
+    }
+    if transfer.sender_id == transfer.receiver_id {
+        return Err("sender and receiver are the same account".into());
+    }
+    Ok(transfer)
+}
+
+impl BatchHandler for TransferProcessor {
+    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+        if !self.scripts_loaded {
+            PROCESS.load(&mut self.redis).await?;
+            self.scripts_loaded = true;
+        }
+        let parsed: Vec<Result<Transfer, String>> = batch.iter().map(|d| parse_message(&d.payload)).collect();
+        let senders: Vec<&str> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|t| t.currency.is_none())
+            .map(|t| t.sender_id.as_str())
+            .collect();
+        self.learn_currencies(senders).await?;
+        let plans: Vec<Result<Planned, String>> = parsed.into_iter().map(|p| p.and_then(|t| self.plan(t))).collect();
+
+        let mut pipe = redis::pipe();
+        for planned in plans.iter().flatten() {
+            pipe.add_command(self.script_call(planned)?);
+        }
+        let replies: Vec<Vec<String>> = match pipe.query_async(&mut self.redis).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                // A restarted Redis has forgotten the script: load it on the retry.
+                self.scripts_loaded = false;
+                return Err(e).context("applying transfers in Redis");
+            }
+        };
+
+        let mut replies = replies.into_iter();
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for (delivery, plan) in batch.iter().zip(&plans) {
+            let planned = match plan {
+                Ok(planned) => planned,
+                Err(reason) => {
+                    verdicts.push(Verdict::dead_letter(delivery, reason.clone()));
+                    continue;
+                }
+            };
+            let reply = replies.next().context("Redis returned fewer replies than commands")?;
+            let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+            let id = &planned.transfer.transfer_id;
+            let verdict = match field(0) {
+                COMPLETED => Verdict::new(COMPLETED, self.announce(planned, COMPLETED, None)),
+                REJECTED => {
+                    tracing::info!(transfer = %id, reason = field(1), "transfer rejected");
+                    Verdict::new(REJECTED, self.announce(planned, REJECTED, Some(field(1))))
+                }
+                DUPLICATE => {
+                    tracing::info!(transfer = %id, "duplicate delivery; announcing the stored outcome again");
+                    let reason = Some(field(2)).filter(|r| !r.is_empty());
+                    Verdict::new(DUPLICATE, self.announce(planned, field(1), reason))
+                }
+                CONFLICT => {
+                    tracing::warn!(transfer = %id, detail = field(1), "version conflict; not applied");
+                    Verdict::new(CONFLICT, Vec::new())
+                }
+                other => Verdict::dead_letter(delivery, format!("{other}: {}", field(1))),
+            };
+            verdicts.push(verdict);
+        }
+        Ok(verdicts)
+    }
+}
+
+pub async fn run(
+    args: Args,
+    kafka: &KafkaConfig,
+    redis: Redis,
+    topics: &Topics,
+    output: Output,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        group: args.group,
+        inputs: vec![topics.transfers.clone()],
+        outputs: vec![topics.transactions.clone()],
+        outcomes: &[COMPLETED, REJECTED, CONFLICT, DUPLICATE, DEAD_LETTERED],
+        limits: args.limits.limits()?,
+    };
+    let mut processor = TransferProcessor::new(redis, !args.no_ledger, topics.transactions.clone());
+    let summary = worker::run(kafka, &spec, &mut processor, shutdown).await?;
+    output.emit(&summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_prefix_ends_where_the_reason_goes() {
+        let prefix = rejected_prefix(r#"{"transfer_id":"t","status":"rejected","version":2}"#);
+        let full = format!("{prefix}insufficient funds\"}}");
+        let value: serde_json::Value = serde_json::from_str(&full).unwrap();
+        assert_eq!(value["reason"], "insufficient funds");
+        assert_eq!(value["version"], 2);
+    }
+
+    #[test]
+    fn reads_seed_001_messages() {
+        let seed = br#"{"transfer_id": "5b0c", "sender_id": "a", "receiver_id": "b", "amount": 100.5, "status": "initiated", "version": 1}"#;
+        let transfer = parse_message(seed).unwrap();
+        assert_eq!(transfer.amount.to_string(), "100.5");
+        assert_eq!(transfer.version, 1);
+        assert!(parse_message(b"{not json").unwrap_err().starts_with("not a transfer message"));
+        assert!(parse_message(br#"{"transfer_id":"x","sender_id":"a","receiver_id":"b","status":"initiated","version":1}"#)
+            .unwrap_err()
+            .contains("missing field `amount`"));
+    }
+}
