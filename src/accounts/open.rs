@@ -1,7 +1,7 @@
 //! `payctl accounts open`: a new account with a currency and an opening balance.
 
 use crate::accounts;
-use crate::money::{Currency, Money};
+use crate::money::{Currency, Decimal, Money};
 use crate::output::Output;
 use crate::store::Redis;
 
@@ -21,9 +21,10 @@ pub struct Args {
 
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     let currency = Currency::parse(&args.currency)?;
-    let balance = match &args.balance {
-        Some(text) => Some(Money::parse_amount(text, currency)?),
-        None => None,
+    // Zero is a fine opening balance; anything else must be a valid amount.
+    let balance = match args.balance.as_deref().map(str::parse::<Decimal>).transpose()? {
+        Some(value) if !value.is_zero() => Some(Money::amount(value, currency)?),
+        _ => None,
     };
     let account = accounts::open(redis, &args.id, currency, balance).await?;
     output.emit(&account)

@@ -1,0 +1,192 @@
+//! The one helper integration tests drive the real binary through, against
+//! the real broker and Redis that `scripts/stack.sh up` starts.
+//!
+//! Addresses come from `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL` (defaults:
+//! the local stack). Every test makes its own topics, group and account ids,
+//! so tests never see each other's data.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// Fails the test loudly when the stack is not up: no test passes without it.
+fn require_stack() {
+    for addr in [brokers(), redis_addr()] {
+        let first = addr.split(',').next().unwrap().replace("localhost", "127.0.0.1");
+        let sock = first.parse().unwrap_or_else(|e| panic!("bad address {first}: {e}"));
+        TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{first} is not reachable ({e}); start the stack: scripts/stack.sh up"));
+    }
+}
+
+fn redis_addr() -> String {
+    let url = redis_url();
+    let rest = url.split("://").nth(1).unwrap();
+    let hostport = rest.rsplit('@').next().unwrap().split('/').next().unwrap();
+    hostport.to_string()
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// What a run of `payctl` did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    /// Asserts the exit code, showing everything the run printed if it differs.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "payctl exited {} (wanted {code})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// One test's private pipeline: its own topics and consumer group.
+pub struct Pipeline {
+    pub transfers: String,
+    pub transactions: String,
+    pub group: String,
+}
+
+impl Pipeline {
+    /// Makes fresh topics (and their DLQs) on the real broker.
+    pub fn new() -> Pipeline {
+        require_stack();
+        let pipeline = Pipeline {
+            transfers: unique("transfers"),
+            transactions: unique("transactions"),
+            group: unique("group"),
+        };
+        let dlq = format!("{}.dlq", pipeline.transfers);
+        pipeline
+            .payctl(&["topics", "create", &pipeline.transfers, &dlq, &pipeline.transactions, "--partitions", "3"])
+            .expect(0);
+        pipeline
+    }
+
+    /// Runs `payctl` against the stack with this pipeline's topics.
+    pub fn payctl(&self, args: &[&str]) -> Run {
+        self.payctl_env(args, &[])
+    }
+
+    /// Like [`Pipeline::payctl`], with extra environment.
+    pub fn payctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_payctl"));
+        command
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", brokers())
+            .env("REDIS_URL", redis_url())
+            .env("PAYCTL_KAFKA_OPTIONS", "session.timeout.ms=1000,heartbeat.interval.ms=250")
+            .env("PAYCTL_TOPIC_TRANSFERS", &self.transfers)
+            .env("PAYCTL_TOPIC_TRANSACTIONS", &self.transactions)
+            .env("PAYCTL_TRANSFER_GROUP", &self.group)
+            .env_remove("PAYCTL_OUTPUT")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let Output { status, stdout, stderr } = command.output().expect("running payctl");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// Runs the transfer worker until it has been idle for 2 s; returns its summary.
+    pub fn process(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["transfer", "process", "--until-idle", "2", "--output", "json"];
+        args.extend_from_slice(extra);
+        self.payctl(&args).expect(0).json()
+    }
+}
+
+/// Every record on a topic, as (key, value), read from the beginning until
+/// nothing more arrives for a second and a half.
+///
+/// Idle time, not the high watermark, says when to stop: Tansu's ListOffsets
+/// answers the base offset of the last batch + 1, which undercounts when a
+/// batch holds several records.
+pub fn read_topic(topic: &str) -> Vec<(Option<String>, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_millis(1500) {
+        assert!(Instant::now() < deadline, "{topic} never went quiet");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("reading test topic");
+            records.push((
+                message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+            ));
+            last = Instant::now();
+        }
+    }
+    records
+}
+
+/// Produces raw values to a topic, as another client would.
+pub fn produce_raw(topic: &str, key: &str, values: &[&str]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("test producer");
+    for value in values {
+        producer
+            .send(BaseRecord::to(topic).key(key).payload(*value))
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// A direct Redis connection, to look at state as another client would.
+pub fn redis() -> redis::Connection {
+    redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_connection()
+        .expect("connecting to Redis")
+}
