@@ -36,10 +36,23 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
     pub redis_url: String,
     /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
-    #[arg(short = 'X', global = true, value_name = "KEY=VALUE", env = "PAYCTL_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        short = 'X',
+        global = true,
+        value_name = "KEY=VALUE",
+        env = "PAYCTL_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub kafka_option: Vec<String>,
     /// Output format.
-    #[arg(long, short = 'o', global = true, env = "PAYCTL_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        env = "PAYCTL_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     pub output: Format,
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -48,10 +61,20 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Topic of transfers to process (seed 001).
-    #[arg(long, global = true, env = "PAYCTL_TOPIC_TRANSFERS", default_value = "money_transfers")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAYCTL_TOPIC_TRANSFERS",
+        default_value = "money_transfers"
+    )]
     pub topic_transfers: String,
     /// Topic of transaction outcome events (seed 000).
-    #[arg(long, global = true, env = "PAYCTL_TOPIC_TRANSACTIONS", default_value = "payment_transactions")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAYCTL_TOPIC_TRANSACTIONS",
+        default_value = "payment_transactions"
+    )]
     pub topic_transactions: String,
 }
 
@@ -141,7 +164,9 @@ impl Command {
                 let mut redis = app.redis.connect().await?;
                 match command {
                     AccountsCommand::Open(args) => accounts::open::run(args, &mut redis, out).await,
-                    AccountsCommand::Deposit(args) => accounts::deposit::run(args, &mut redis, out).await,
+                    AccountsCommand::Deposit(args) => {
+                        accounts::deposit::run(args, &mut redis, out).await
+                    }
                     AccountsCommand::Show(args) => accounts::show::run(args, &mut redis, out).await,
                     AccountsCommand::List(args) => accounts::list::run(args, &mut redis, out).await,
                 }
@@ -154,7 +179,8 @@ impl Command {
             }
             Command::Transfer(TransferCommand::Process(args)) => {
                 let redis = app.redis.connect().await?;
-                transfer::process::run(args, &app.kafka, redis, &app.topics, out, app.shutdown).await
+                transfer::process::run(args, &app.kafka, redis, &app.topics, out, app.shutdown)
+                    .await
             }
             Command::Transfer(TransferCommand::Show(args)) => {
                 transfer::show::run(args, &mut app.redis.connect().await?, out).await
@@ -162,7 +188,9 @@ impl Command {
             Command::Transfer(TransferCommand::List(args)) => {
                 transfer::list::run(args, &mut app.redis.connect().await?, out).await
             }
-            Command::Topics(TopicsCommand::Create(args)) => topics::create::run(args, &app.kafka, out).await,
+            Command::Topics(TopicsCommand::Create(args)) => {
+                topics::create::run(args, &app.kafka, out).await
+            }
         }
     }
 }

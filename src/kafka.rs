@@ -97,7 +97,10 @@ pub async fn produce_all(producer: &FutureProducer, records: &[Outgoing]) -> any
 }
 
 /// Produces every record and returns each one's ack or failure, in order.
-pub async fn produce_each(producer: &FutureProducer, records: &[Outgoing]) -> Vec<anyhow::Result<()>> {
+pub async fn produce_each(
+    producer: &FutureProducer,
+    records: &[Outgoing],
+) -> Vec<anyhow::Result<()>> {
     let deliveries = records.iter().map(|record| {
         let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload);
         if let Some(key) = &record.key {

@@ -359,16 +359,34 @@ mod tests {
 
     #[test]
     fn parses_amounts_exactly() {
-        assert_eq!(Money::parse_amount("12.50", usd()).unwrap().minor_units(), 1250);
-        assert_eq!(Money::parse_amount("12.5", usd()).unwrap().minor_units(), 1250);
-        assert_eq!(Money::parse_amount("12.500", usd()).unwrap().minor_units(), 1250);
+        assert_eq!(
+            Money::parse_amount("12.50", usd()).unwrap().minor_units(),
+            1250
+        );
+        assert_eq!(
+            Money::parse_amount("12.5", usd()).unwrap().minor_units(),
+            1250
+        );
+        assert_eq!(
+            Money::parse_amount("12.500", usd()).unwrap().minor_units(),
+            1250
+        );
         assert_eq!(Money::parse_amount("7", usd()).unwrap().minor_units(), 700);
-        assert_eq!(Money::parse_amount("1e2", usd()).unwrap().minor_units(), 10000);
+        assert_eq!(
+            Money::parse_amount("1e2", usd()).unwrap().minor_units(),
+            10000
+        );
         assert_eq!(Money::parse_amount(".5", usd()).unwrap().minor_units(), 50);
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(Money::parse_amount("1500", jpy).unwrap().minor_units(), 1500);
+        assert_eq!(
+            Money::parse_amount("1500", jpy).unwrap().minor_units(),
+            1500
+        );
         let kwd = Currency::parse("KWD").unwrap();
-        assert_eq!(Money::parse_amount("0.125", kwd).unwrap().minor_units(), 125);
+        assert_eq!(
+            Money::parse_amount("0.125", kwd).unwrap().minor_units(),
+            125
+        );
     }
 
     #[test]
@@ -404,7 +422,10 @@ mod tests {
         ));
         for text in ["", "abc", "1.2.3", "12,50", "NaN", "inf", "--1", "1e", "."] {
             assert!(
-                matches!(Money::parse_amount(text, usd()), Err(MoneyError::NotANumber(_))),
+                matches!(
+                    Money::parse_amount(text, usd()),
+                    Err(MoneyError::NotANumber(_))
+                ),
                 "{text:?} should not parse"
             );
         }

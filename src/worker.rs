@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -377,7 +379,10 @@ async fn apply_and_produce<H: BatchHandler>(
         verdicts.len(),
         batch.len()
     );
-    let records: Vec<Outgoing> = verdicts.iter().flat_map(|v| v.records.iter().cloned()).collect();
+    let records: Vec<Outgoing> = verdicts
+        .iter()
+        .flat_map(|v| v.records.iter().cloned())
+        .collect();
     produce_all(producer, &records).await?;
     Ok(verdicts)
 }
@@ -403,7 +408,10 @@ fn log_consumer_error(e: &KafkaError) {
 
 /// Fails fast, with the fix, when a topic the worker needs is missing
 /// (brokers such as Tansu create none on first use).
-fn check_topics_exist<C: ConsumerContext>(consumer: &StreamConsumer<C>, spec: &WorkerSpec) -> anyhow::Result<()> {
+fn check_topics_exist<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    spec: &WorkerSpec,
+) -> anyhow::Result<()> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .context("reading topic metadata from the broker")?;

@@ -8,27 +8,47 @@ use serde_json::{json, Value};
 
 fn open(p: &Pipeline, prefix: &str, balance: &str) -> String {
     let id = unique(prefix);
-    p.payctl(&["accounts", "open", &id, "--currency", "USD", "--balance", balance]).expect(0);
+    p.payctl(&[
+        "accounts",
+        "open",
+        &id,
+        "--currency",
+        "USD",
+        "--balance",
+        balance,
+    ])
+    .expect(0);
     id
 }
 
 fn balance(p: &Pipeline, id: &str) -> String {
-    let account = p.payctl(&["accounts", "show", id, "--output", "json"]).expect(0).json();
+    let account = p
+        .payctl(&["accounts", "show", id, "--output", "json"])
+        .expect(0)
+        .json();
     account["balance"].to_string()
 }
 
 fn initiate(p: &Pipeline, from: &str, to: &str, amount: &str) -> String {
-    let run = p.payctl(&["transfer", "initiate", "--from", from, "--to", to, "--amount", amount]).expect(0);
+    let run = p
+        .payctl(&[
+            "transfer", "initiate", "--from", from, "--to", to, "--amount", amount,
+        ])
+        .expect(0);
     run.stdout.trim().to_string()
 }
 
 fn stored(id: &str) -> Value {
-    let json: String = redis().get(format!("transfer:{id}")).expect("transfer record");
+    let json: String = redis()
+        .get(format!("transfer:{id}"))
+        .expect("transfer record");
     serde_json::from_str(&json).unwrap()
 }
 
 fn count(summary: &Value, outcome: &str) -> u64 {
-    summary["outcomes"][outcome].as_u64().unwrap_or_else(|| panic!("no {outcome} in {summary}"))
+    summary["outcomes"][outcome]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {outcome} in {summary}"))
 }
 
 #[test]
@@ -36,7 +56,10 @@ fn initiate_process_and_balances() {
     let p = Pipeline::new();
     let alice = open(&p, "alice", "100.00");
     let bob = open(&p, "bob", "0");
-    let ids: Vec<String> = ["12.50", "0.1", "0.2"].iter().map(|a| initiate(&p, &alice, &bob, a)).collect();
+    let ids: Vec<String> = ["12.50", "0.1", "0.2"]
+        .iter()
+        .map(|a| initiate(&p, &alice, &bob, a))
+        .collect();
     let first = stored(&ids[0]);
     assert_eq!(first["status"], "initiated");
     assert_eq!(first["version"], 1);
@@ -49,9 +72,15 @@ fn initiate_process_and_balances() {
     assert_eq!(balance(&p, &bob), "12.80");
     for id in &ids {
         let record = stored(id);
-        assert_eq!((record["status"].as_str(), record["version"].as_u64()), (Some("completed"), Some(2)));
+        assert_eq!(
+            (record["status"].as_str(), record["version"].as_u64()),
+            (Some("completed"), Some(2))
+        );
     }
-    let shown = p.payctl(&["transfer", "show", &ids[1], "--output", "json"]).expect(0).json();
+    let shown = p
+        .payctl(&["transfer", "show", &ids[1], "--output", "json"])
+        .expect(0)
+        .json();
     assert_eq!(shown["amount"].to_string(), "0.10");
 
     // One outcome event per party, in seed 000's shape.
@@ -63,7 +92,10 @@ fn initiate_process_and_balances() {
         assert_eq!(event["status"], "completed");
         assert_eq!(key.as_deref(), event["user_id"].as_str());
     }
-    let payers = events.iter().filter(|(k, _)| k.as_deref() == Some(alice.as_str())).count();
+    let payers = events
+        .iter()
+        .filter(|(k, _)| k.as_deref() == Some(alice.as_str()))
+        .count();
     assert_eq!(payers, 3);
 }
 
@@ -80,10 +112,15 @@ fn insufficient_funds_is_rejected_and_moves_nothing() {
     assert_eq!(record["status"], "rejected");
     assert_eq!(record["reason"], "insufficient funds");
     assert_eq!(record["version"], 2);
-    assert_eq!((balance(&p, &alice), balance(&p, &bob)), ("5.00".into(), "1.00".into()));
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("5.00".into(), "1.00".into())
+    );
     let events = read_topic(&p.transactions);
     assert_eq!(events.len(), 2);
-    assert!(events.iter().all(|(_, v)| v.contains("\"status\":\"rejected\"")));
+    assert!(events
+        .iter()
+        .all(|(_, v)| v.contains("\"status\":\"rejected\"")));
 }
 
 #[test]
@@ -114,7 +151,10 @@ fn the_same_message_twice_applies_once() {
     let summary = p.process(&[]);
     assert_eq!(count(&summary, "completed"), 1, "{summary}");
     assert_eq!(count(&summary, "duplicate"), 1, "{summary}");
-    assert_eq!((balance(&p, &alice), balance(&p, &bob)), ("30.00".into(), "20.00".into()));
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("30.00".into(), "20.00".into())
+    );
 
     // The duplicate re-announces the same outcome with the same event ids.
     let events: Vec<Value> = read_topic(&p.transactions)
@@ -122,7 +162,10 @@ fn the_same_message_twice_applies_once() {
         .map(|(_, v)| serde_json::from_str(v).unwrap())
         .collect();
     assert_eq!(events.len(), 4);
-    let mut ids: Vec<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 2);
@@ -130,7 +173,10 @@ fn the_same_message_twice_applies_once() {
     // A second group re-reading the whole topic changes nothing either.
     let again = p.process(&["--group", &unique("replay")]);
     assert_eq!(count(&again, "duplicate"), 2, "{again}");
-    assert_eq!((balance(&p, &alice), balance(&p, &bob)), ("30.00".into(), "20.00".into()));
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("30.00".into(), "20.00".into())
+    );
     // And the first group has nothing left to read.
     assert_eq!(p.process(&[])["processed"], 0);
 }
@@ -141,7 +187,20 @@ fn an_idempotency_key_returns_the_first_transfer() {
     let alice = open(&p, "alice", "50.00");
     let bob = open(&p, "bob", "0");
     let key = unique("order");
-    let args = ["transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "5", "--idempotency-key", &key, "--output", "json"];
+    let args = [
+        "transfer",
+        "initiate",
+        "--from",
+        &alice,
+        "--to",
+        &bob,
+        "--amount",
+        "5",
+        "--idempotency-key",
+        &key,
+        "--output",
+        "json",
+    ];
     let first = p.payctl(&args).expect(0).json();
     let second = p.payctl(&args).expect(0).json();
     assert_eq!(first["created"], true);
@@ -164,7 +223,10 @@ fn a_seed_001_message_from_another_client_is_processed() {
     produce_raw(&p.transfers, &id, &[&message]);
     let summary = p.process(&[]);
     assert_eq!(count(&summary, "completed"), 1, "{summary}");
-    assert_eq!((balance(&p, &alice), balance(&p, &bob)), ("74.50".into(), "25.50".into()));
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("74.50".into(), "25.50".into())
+    );
     let record = stored(&id);
     assert_eq!(record["status"], "completed");
     assert_eq!(record["version"], 2);
@@ -194,7 +256,9 @@ fn a_message_that_can_never_be_processed_goes_to_the_dlq() {
     produce_raw(
         &p.transfers,
         &alice,
-        &[&format!(r#"{{"transfer_id":"x","sender_id":"{alice}","receiver_id":"{bob}","amount":1.001,"status":"initiated","version":1,"currency":"USD"}}"#)],
+        &[&format!(
+            r#"{{"transfer_id":"x","sender_id":"{alice}","receiver_id":"{bob}","amount":1.001,"status":"initiated","version":1,"currency":"USD"}}"#
+        )],
     );
     let summary = p.process(&[]);
     assert_eq!(count(&summary, "dead-lettered"), 2, "{summary}");
@@ -205,10 +269,23 @@ fn a_message_that_can_never_be_processed_goes_to_the_dlq() {
         .map(|(_, v)| serde_json::from_str(v).unwrap())
         .collect();
     assert_eq!(letters.len(), 2);
-    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.starts_with("not a transfer message")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("decimal places")), "{reasons:?}");
-    assert!(letters.iter().all(|l| l["origin"]["topic"] == p.transfers.as_str()));
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not a transfer message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("decimal places")),
+        "{reasons:?}"
+    );
+    assert!(letters
+        .iter()
+        .all(|l| l["origin"]["topic"] == p.transfers.as_str()));
     assert!(letters.iter().any(|l| l["payload"] == "{not json"));
 }
 
@@ -217,7 +294,10 @@ fn transfers_from(account: &str) -> Vec<Value> {
     let mut con = redis();
     let ids: Vec<String> = con.zrange("transfers", 0, -1).unwrap();
     ids.iter()
-        .filter_map(|id| con.get::<_, Option<String>>(format!("transfer:{id}")).unwrap())
+        .filter_map(|id| {
+            con.get::<_, Option<String>>(format!("transfer:{id}"))
+                .unwrap()
+        })
         .map(|json| serde_json::from_str::<Value>(&json).unwrap())
         .filter(|t| t["sender_id"] == account)
         .collect()
@@ -231,34 +311,71 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--to", &bob, "--amount", "-5"], "greater than zero"),
         (vec!["--to", &bob, "--amount", "0"], "greater than zero"),
-        (vec!["--to", &bob, "--amount", "1.005"], "more decimal places than USD allows"),
+        (
+            vec!["--to", &bob, "--amount", "1.005"],
+            "more decimal places than USD allows",
+        ),
         (vec!["--to", &bob, "--amount", "abc"], "invalid amount"),
-        (vec!["--to", &bob, "--amount", "99999999999999"], "too large"),
+        (
+            vec!["--to", &bob, "--amount", "99999999999999"],
+            "too large",
+        ),
         (vec!["--to", &alice, "--amount", "1"], "same account"),
-        (vec!["--to", "nobody-here", "--amount", "1"], "unknown account \"nobody-here\""),
-        (vec!["--to", &bob, "--amount", "1", "--currency", "XYZ"], "unknown currency \"XYZ\""),
-        (vec!["--to", &bob, "--amount", "1", "--currency", "EUR"], "currency mismatch"),
+        (
+            vec!["--to", "nobody-here", "--amount", "1"],
+            "unknown account \"nobody-here\"",
+        ),
+        (
+            vec!["--to", &bob, "--amount", "1", "--currency", "XYZ"],
+            "unknown currency \"XYZ\"",
+        ),
+        (
+            vec!["--to", &bob, "--amount", "1", "--currency", "EUR"],
+            "currency mismatch",
+        ),
     ];
     for (extra, message) in cases {
         let mut args = vec!["transfer", "initiate", "--from", &alice];
         args.extend(extra);
         let run = p.payctl(&args).expect(2);
-        assert!(run.stderr.contains(message), "{args:?}: wanted {message:?} in {}", run.stderr);
+        assert!(
+            run.stderr.contains(message),
+            "{args:?}: wanted {message:?} in {}",
+            run.stderr
+        );
         assert!(run.stdout.is_empty());
     }
     // A broker that is down: a clear error, and nothing left in Redis.
     let run = p.payctl(&[
-        "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "1",
-        "--brokers", "127.0.0.1:1", "-X", "message.timeout.ms=1500", "--idempotency-key", &unique("down"),
+        "transfer",
+        "initiate",
+        "--from",
+        &alice,
+        "--to",
+        &bob,
+        "--amount",
+        "1",
+        "--brokers",
+        "127.0.0.1:1",
+        "-X",
+        "message.timeout.ms=1500",
+        "--idempotency-key",
+        &unique("down"),
     ]);
     let run = run.expect(2);
-    assert!(run.stderr.contains("was not published; nothing was initiated"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("was not published; nothing was initiated"),
+        "{}",
+        run.stderr
+    );
 
     assert!(read_topic(&p.transfers).is_empty());
     assert!(transfers_from(&alice).is_empty());
     assert_eq!(balance(&p, &alice), "10.00");
     // A lookup that finds nothing is a "no" (1), not an error.
-    p.payctl(&["transfer", "show", "no-such-transfer"]).expect(1);
+    p.payctl(&["transfer", "show", "no-such-transfer"])
+        .expect(1);
 }
 
 #[test]
@@ -270,20 +387,44 @@ fn a_file_of_transfers_is_checked_whole_then_initiated() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let bad = dir.join("bad.csv");
-    std::fs::write(&bad, format!("from,to,amount\n{alice},{bob},1.00\n{alice},{bob},-2\n")).unwrap();
-    let run = p.payctl(&["transfer", "initiate", "--file", bad.to_str().unwrap()]).expect(2);
-    assert!(run.stderr.contains("row 2: invalid amount"), "{}", run.stderr);
+    std::fs::write(
+        &bad,
+        format!("from,to,amount\n{alice},{bob},1.00\n{alice},{bob},-2\n"),
+    )
+    .unwrap();
+    let run = p
+        .payctl(&["transfer", "initiate", "--file", bad.to_str().unwrap()])
+        .expect(2);
+    assert!(
+        run.stderr.contains("row 2: invalid amount"),
+        "{}",
+        run.stderr
+    );
     assert!(transfers_from(&alice).is_empty());
 
     let good = dir.join("good.jsonl");
     let lines: Vec<String> = (0..200)
         .map(|i| {
             let cents = i % 100 + 1;
-            format!(r#"{{"from":"{alice}","to":"{bob}","amount":"{}.{:02}"}}"#, cents / 100, cents % 100)
+            format!(
+                r#"{{"from":"{alice}","to":"{bob}","amount":"{}.{:02}"}}"#,
+                cents / 100,
+                cents % 100
+            )
         })
         .collect();
     std::fs::write(&good, lines.join("\n")).unwrap();
-    let summary = p.payctl(&["transfer", "initiate", "--file", good.to_str().unwrap(), "--output", "json"]).expect(0).json();
+    let summary = p
+        .payctl(&[
+            "transfer",
+            "initiate",
+            "--file",
+            good.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
     assert_eq!(summary["created"], 200);
     let processed = p.process(&[]);
     assert_eq!(count(&processed, "completed"), 200, "{processed}");

@@ -213,7 +213,9 @@ pub async fn deposit(redis: &mut Redis, id: &str, amount: &str) -> anyhow::Resul
             balance: Money::from_minor(minor, account.currency),
             ..account
         }),
-        (reason, _) => Err(Refusal::new(format!("deposit into {id:?} refused: {reason}"))),
+        (reason, _) => Err(Refusal::new(format!(
+            "deposit into {id:?} refused: {reason}"
+        ))),
     }
 }
 

@@ -7,7 +7,9 @@ use crate::store::Redis;
 
 /// Open an account.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  payctl accounts open alice --currency USD --balance 100.00\n  payctl accounts open bob --currency USD")]
+#[command(
+    after_help = "Examples:\n  payctl accounts open alice --currency USD --balance 100.00\n  payctl accounts open bob --currency USD"
+)]
 pub struct Args {
     /// Account id (letters, digits, _.@:-).
     pub id: String,
@@ -22,7 +24,12 @@ pub struct Args {
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     let currency = Currency::parse(&args.currency)?;
     // Zero is a fine opening balance; anything else must be a valid amount.
-    let balance = match args.balance.as_deref().map(str::parse::<Decimal>).transpose()? {
+    let balance = match args
+        .balance
+        .as_deref()
+        .map(str::parse::<Decimal>)
+        .transpose()?
+    {
         Some(value) if !value.is_zero() => Some(Money::amount(value, currency)?),
         _ => None,
     };

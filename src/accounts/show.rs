@@ -6,7 +6,9 @@ use crate::store::Redis;
 
 /// Show an account (exit 1 when it does not exist).
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  payctl accounts show alice\n  payctl accounts show alice --output json | jq .balance")]
+#[command(
+    after_help = "Examples:\n  payctl accounts show alice\n  payctl accounts show alice --output json | jq .balance"
+)]
 pub struct Args {
     /// Account id.
     pub id: String,

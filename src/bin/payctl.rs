@@ -54,7 +54,10 @@ fn librdkafka_quiet(level: &str) -> String {
 /// SIGINT or SIGTERM asks workers to stop between batches; a second one exits at once.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     for round in 0.. {

@@ -7,7 +7,9 @@ use crate::output::{self, Output, Rendered, Report};
 
 /// Create topics; ones that already exist are left as they are.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  payctl topics create money_transfers money_transfers.dlq --partitions 3")]
+#[command(
+    after_help = "Examples:\n  payctl topics create money_transfers money_transfers.dlq --partitions 3"
+)]
 pub struct Args {
     /// Topic names.
     #[arg(required = true)]
@@ -31,7 +33,10 @@ impl Report for CreatedList {
     fn render(&self) -> Rendered {
         let mut table = output::table(["topic", "result"]);
         for c in &self.0 {
-            table.add_row(vec![c.topic.clone(), if c.created { "created" } else { "exists" }.to_string()]);
+            table.add_row(vec![
+                c.topic.clone(),
+                if c.created { "created" } else { "exists" }.to_string(),
+            ]);
         }
         Rendered::Table(table)
     }

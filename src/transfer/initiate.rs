@@ -85,13 +85,21 @@ impl Report for Initiated {
 }
 
 /// Checks one request against the accounts it names and builds its record.
-fn validate(request: &TransferRequest, accounts: &HashMap<String, Account>) -> Result<Transfer, String> {
+fn validate(
+    request: &TransferRequest,
+    accounts: &HashMap<String, Account>,
+) -> Result<Transfer, String> {
     let account = |id: &str| {
         accounts::validate_id(id).map_err(|e| e.to_string())?;
-        accounts.get(id).ok_or_else(|| format!("unknown account {id:?}"))
+        accounts
+            .get(id)
+            .ok_or_else(|| format!("unknown account {id:?}"))
     };
     if request.from == request.to {
-        return Err(format!("sender and receiver are the same account ({:?})", request.from));
+        return Err(format!(
+            "sender and receiver are the same account ({:?})",
+            request.from
+        ));
     }
     let sender = account(&request.from)?;
     let receiver = account(&request.to)?;
@@ -107,7 +115,8 @@ fn validate(request: &TransferRequest, accounts: &HashMap<String, Account>) -> R
             ));
         }
     }
-    let amount = Money::amount(request.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
+    let amount =
+        Money::amount(request.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err("idempotency key must be 1 to 200 characters".into());
@@ -145,7 +154,11 @@ pub async fn prepare(
         .collect();
     let mut known = HashMap::new();
     for chunk in ids.chunks(1000) {
-        for account in accounts::get_many(redis, chunk).await?.into_iter().flatten() {
+        for account in accounts::get_many(redis, chunk)
+            .await?
+            .into_iter()
+            .flatten()
+        {
             known.insert(account.id.clone(), account);
         }
     }
@@ -157,7 +170,11 @@ pub async fn prepare(
             Err(problem) => problems.push(format!("{}{problem}", label(i))),
         }
     }
-    Ok(if problems.is_empty() { Ok(transfers) } else { Err(problems) })
+    Ok(if problems.is_empty() {
+        Ok(transfers)
+    } else {
+        Err(problems)
+    })
 }
 
 static INITIATE: LazyLock<Script> = LazyLock::new(|| {
@@ -196,7 +213,10 @@ return 1
 });
 
 fn record_keys(transfer: &Transfer) -> Vec<String> {
-    let mut keys = vec![keys::transfer(&transfer.transfer_id), keys::TRANSFERS.to_string()];
+    let mut keys = vec![
+        keys::transfer(&transfer.transfer_id),
+        keys::TRANSFERS.to_string(),
+    ];
     if let Some(key) = &transfer.idempotency_key {
         keys.push(keys::transfer_idempotency(key));
     }
@@ -215,7 +235,10 @@ impl Publisher<'_> {
     /// trip, all messages in flight at once, then every ack awaited. A
     /// transfer whose message is not acknowledged is removed again and comes
     /// back as an error.
-    pub async fn initiate(&mut self, transfers: Vec<Transfer>) -> anyhow::Result<Vec<anyhow::Result<Initiated>>> {
+    pub async fn initiate(
+        &mut self,
+        transfers: Vec<Transfer>,
+    ) -> anyhow::Result<Vec<anyhow::Result<Initiated>>> {
         if transfers.is_empty() {
             return Ok(Vec::new());
         }
@@ -229,7 +252,14 @@ impl Publisher<'_> {
             let json = serde_json::to_string(transfer)?;
             let keys = record_keys(transfer);
             let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            pipe.add_command(INITIATE.call(&key_refs).arg(json).arg(&transfer.transfer_id).arg(score).clone());
+            pipe.add_command(
+                INITIATE
+                    .call(&key_refs)
+                    .arg(json)
+                    .arg(&transfer.transfer_id)
+                    .arg(score)
+                    .clone(),
+            );
             scored.push(transfer);
         }
         let stored: Vec<(i64, String)> = pipe
@@ -255,9 +285,9 @@ impl Publisher<'_> {
         let mut existing = HashMap::new();
         for id in existing_ids {
             if !existing.contains_key(&id) {
-                let transfer = super::get(self.redis, &id)
-                    .await?
-                    .with_context(|| format!("idempotency key points at transfer {id}, which is gone"))?;
+                let transfer = super::get(self.redis, &id).await?.with_context(|| {
+                    format!("idempotency key points at transfer {id}, which is gone")
+                })?;
                 existing.insert(id, transfer);
             }
         }
@@ -268,11 +298,17 @@ impl Publisher<'_> {
         for (transfer, (created, id)) in transfers.into_iter().zip(stored) {
             if created != 1 {
                 let transfer = existing[&id].clone();
-                results.push(Ok(Initiated { transfer, created: false }));
+                results.push(Ok(Initiated {
+                    transfer,
+                    created: false,
+                }));
                 continue;
             }
             match acks.next().expect("one ack per published transfer") {
-                Ok(()) => results.push(Ok(Initiated { transfer, created: true })),
+                Ok(()) => results.push(Ok(Initiated {
+                    transfer,
+                    created: true,
+                })),
                 Err(e) => {
                     let keys = record_keys(&transfer);
                     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -324,7 +360,8 @@ impl Report for BulkSummary {
 
 /// Reads a JSON-lines or CSV file of transfer requests.
 pub fn read_requests(path: &PathBuf) -> anyhow::Result<Vec<TransferRequest>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let rows = if first.trim_start().starts_with('{') {
         parse_jsonl(&text)
@@ -347,11 +384,17 @@ fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
 }
 
 fn parse_csv(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         return Ok(Vec::new());
     };
-    let columns: Vec<String> = split_csv(header).into_iter().map(|c| c.to_ascii_lowercase()).collect();
+    let columns: Vec<String> = split_csv(header)
+        .into_iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
     let position = |names: &[&str]| columns.iter().position(|c| names.contains(&c.as_str()));
     let (Some(from), Some(to), Some(amount)) = (
         position(&["from", "sender_id"]),
@@ -367,12 +410,14 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
         let cells = split_csv(line);
         let cell = |i: usize| cells.get(i).cloned().filter(|c| !c.is_empty());
         let line_no = n + 1;
-        let required = |i: usize, name: &str| cell(i).with_context(|| format!("line {line_no}: no {name}"));
+        let required =
+            |i: usize, name: &str| cell(i).with_context(|| format!("line {line_no}: no {name}"));
         let amount_text = required(amount, "amount")?;
         requests.push(TransferRequest {
             from: required(from, "from")?,
             to: required(to, "to")?,
-            amount: Decimal::from_str(&amount_text).with_context(|| format!("line {line_no}: invalid amount"))?,
+            amount: Decimal::from_str(&amount_text)
+                .with_context(|| format!("line {line_no}: invalid amount"))?,
             currency: currency.and_then(cell),
             idempotency_key: key.and_then(cell),
         });
@@ -397,7 +442,11 @@ pub async fn run(
     output: Output,
     show_progress: bool,
 ) -> anyhow::Result<()> {
-    let mut publisher = Publisher { redis, producer, topic };
+    let mut publisher = Publisher {
+        redis,
+        producer,
+        topic,
+    };
     let Some(path) = &args.file else {
         let amount_text = args.amount.as_deref().unwrap_or_default();
         let request = TransferRequest {
@@ -411,24 +460,33 @@ pub async fn run(
             Ok(transfers) => transfers,
             Err(problems) => bail!("{}", problems.join("; ")),
         };
-        let initiated = publisher.initiate(transfers).await?.pop().expect("one result")?;
+        let initiated = publisher
+            .initiate(transfers)
+            .await?
+            .pop()
+            .expect("one result")?;
         return output.emit(&initiated);
     };
 
     let started = Instant::now();
     let requests = read_requests(path)?;
-    let transfers = match prepare(publisher.redis, &requests, |i| format!("row {}: ", i + 1)).await? {
-        Ok(transfers) => transfers,
-        Err(problems) => {
-            let shown: Vec<&String> = problems.iter().take(20).collect();
-            bail!(
-                "{} of {} rows are invalid; nothing was initiated:\n  {}",
-                problems.len(),
-                requests.len(),
-                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
-            );
-        }
-    };
+    let transfers =
+        match prepare(publisher.redis, &requests, |i| format!("row {}: ", i + 1)).await? {
+            Ok(transfers) => transfers,
+            Err(problems) => {
+                let shown: Vec<&String> = problems.iter().take(20).collect();
+                bail!(
+                    "{} of {} rows are invalid; nothing was initiated:\n  {}",
+                    problems.len(),
+                    requests.len(),
+                    shown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                );
+            }
+        };
     let progress = progress_bar(transfers.len() as u64, show_progress);
     let mut summary = BulkSummary {
         rows: transfers.len(),
@@ -460,7 +518,11 @@ pub async fn run(
     summary.per_second = (summary.rows as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64;
     output.emit(&summary)?;
     if summary.failed > 0 {
-        bail!("{} of {} transfers were not initiated", summary.failed, summary.rows);
+        bail!(
+            "{} of {} transfers were not initiated",
+            summary.failed,
+            summary.rows
+        );
     }
     Ok(())
 }
@@ -536,12 +598,14 @@ mod tests {
 
     #[test]
     fn reads_csv_and_jsonl() {
-        let csv = parse_csv("from,to,amount,currency\nalice,bob,12.50,USD\n\"bob\",alice,1,\n").unwrap();
+        let csv =
+            parse_csv("from,to,amount,currency\nalice,bob,12.50,USD\n\"bob\",alice,1,\n").unwrap();
         assert_eq!(csv.len(), 2);
         assert_eq!(csv[0].amount.to_string(), "12.50");
         assert_eq!(csv[1].from, "bob");
         assert_eq!(csv[1].currency, None);
-        let jsonl = parse_jsonl("{\"sender_id\":\"a\",\"receiver_id\":\"b\",\"amount\":0.30}\n\n").unwrap();
+        let jsonl =
+            parse_jsonl("{\"sender_id\":\"a\",\"receiver_id\":\"b\",\"amount\":0.30}\n\n").unwrap();
         assert_eq!(jsonl[0].amount.to_string(), "0.30");
         assert!(parse_csv("a,b\n1,2").is_err());
     }

@@ -6,7 +6,9 @@ use crate::transfer::{TransferList, TransferStatus};
 
 /// List transfers, newest first.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  payctl transfer list\n  payctl transfer list --status rejected --limit 50\n  payctl transfer list --output json | jq -r '.[].transfer_id'")]
+#[command(
+    after_help = "Examples:\n  payctl transfer list\n  payctl transfer list --status rejected --limit 50\n  payctl transfer list --output json | jq -r '.[].transfer_id'"
+)]
 pub struct Args {
     /// Only transfers in this status.
     #[arg(long, value_enum)]
@@ -17,5 +19,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
-    output.emit(&TransferList(super::list(redis, args.status, args.limit).await?))
+    output.emit(&TransferList(
+        super::list(redis, args.status, args.limit).await?,
+    ))
 }

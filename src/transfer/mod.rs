@@ -95,7 +95,15 @@ pub struct TransferList(pub Vec<Transfer>);
 impl Report for TransferList {
     fn render(&self) -> Rendered {
         let mut table = output::table([
-            "transfer", "from", "to", "amount", "currency", "status", "version", "reason", "created_at",
+            "transfer",
+            "from",
+            "to",
+            "amount",
+            "currency",
+            "status",
+            "version",
+            "reason",
+            "created_at",
         ]);
         for transfer in &self.0 {
             table.add_row(transfer.row());
@@ -114,7 +122,8 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Transfer>
 }
 
 fn parse_stored(id: &str, json: &str) -> anyhow::Result<Transfer> {
-    serde_json::from_str(json).with_context(|| format!("transfer:{id} holds JSON payctl cannot read"))
+    serde_json::from_str(json)
+        .with_context(|| format!("transfer:{id} holds JSON payctl cannot read"))
 }
 
 /// The newest transfers, optionally only those in `status`, at most `limit`.

@@ -33,7 +33,11 @@ use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerSpec, DEAD_LETT
   payctl transfer process --no-ledger             # seed 001 exactly: version check, no balances")]
 pub struct Args {
     /// Consumer group; run more workers with the same group to scale out.
-    #[arg(long, env = "PAYCTL_TRANSFER_GROUP", default_value = "payctl-transfer-process")]
+    #[arg(
+        long,
+        env = "PAYCTL_TRANSFER_GROUP",
+        default_value = "payctl-transfer-process"
+    )]
     pub group: String,
     /// Only the version check and completion, as seed 001 does; no balances move.
     #[arg(long)]
@@ -201,7 +205,8 @@ impl TransferProcessor {
         };
         let (amount_minor, reject) = match currency {
             Some(currency) => {
-                let amount = Money::amount(transfer.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
+                let amount = Money::amount(transfer.amount, currency)
+                    .map_err(|e| format!("invalid amount: {e}"))?;
                 (amount.minor_units(), None)
             }
             // No currency and no such sender: rejected, under the version check.
@@ -222,7 +227,10 @@ impl TransferProcessor {
         let next = |status| Transfer {
             status,
             version: t.version + 1,
-            currency: planned.currency.map(|c| c.code().to_string()).or(t.currency.clone()),
+            currency: planned
+                .currency
+                .map(|c| c.code().to_string())
+                .or(t.currency.clone()),
             updated_at: Some(now.clone()),
             reason: None,
             ..t.clone()
@@ -249,26 +257,37 @@ impl TransferProcessor {
     }
 
     /// The outcome events of a processed transfer, one per party.
-    fn announce(&self, planned: &Planned, status: &str, reason: Option<&str>) -> Vec<crate::kafka::Outgoing> {
+    fn announce(
+        &self,
+        planned: &Planned,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Vec<crate::kafka::Outgoing> {
         let t = &planned.transfer;
         let occurred_at = crate::clock::now_rfc3339();
-        let currency = planned.currency.map(|c| c.code().to_string()).or(t.currency.clone());
-        [("debit", &t.sender_id, &t.receiver_id), ("credit", &t.receiver_id, &t.sender_id)]
-            .into_iter()
-            .map(|(role, user, counterparty)| TransactionEvent {
-                transaction_id: t.transfer_id.clone(),
-                user_id: user.clone(),
-                status: status.to_string(),
-                event_id: Some(format!("{}:{}:{role}", t.transfer_id, t.version)),
-                role: Some(role.into()),
-                counterparty: Some(counterparty.clone()),
-                amount: Some(t.amount),
-                currency: currency.clone(),
-                reason: reason.map(String::from),
-                occurred_at: Some(occurred_at.clone()),
-            })
-            .map(|event| event.to_outgoing(&self.events_topic))
-            .collect()
+        let currency = planned
+            .currency
+            .map(|c| c.code().to_string())
+            .or(t.currency.clone());
+        [
+            ("debit", &t.sender_id, &t.receiver_id),
+            ("credit", &t.receiver_id, &t.sender_id),
+        ]
+        .into_iter()
+        .map(|(role, user, counterparty)| TransactionEvent {
+            transaction_id: t.transfer_id.clone(),
+            user_id: user.clone(),
+            status: status.to_string(),
+            event_id: Some(format!("{}:{}:{role}", t.transfer_id, t.version)),
+            role: Some(role.into()),
+            counterparty: Some(counterparty.clone()),
+            amount: Some(t.amount),
+            currency: currency.clone(),
+            reason: reason.map(String::from),
+            occurred_at: Some(occurred_at.clone()),
+        })
+        .map(|event| event.to_outgoing(&self.events_topic))
+        .collect()
     }
 }
 
@@ -299,7 +318,8 @@ impl BatchHandler for TransferProcessor {
             PROCESS.load(&mut self.redis).await?;
             self.scripts_loaded = true;
         }
-        let parsed: Vec<Result<Transfer, String>> = batch.iter().map(|d| parse_message(&d.payload)).collect();
+        let parsed: Vec<Result<Transfer, String>> =
+            batch.iter().map(|d| parse_message(&d.payload)).collect();
         let senders: Vec<&str> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok())
@@ -307,7 +327,10 @@ impl BatchHandler for TransferProcessor {
             .map(|t| t.sender_id.as_str())
             .collect();
         self.learn_currencies(senders).await?;
-        let plans: Vec<Result<Planned, String>> = parsed.into_iter().map(|p| p.and_then(|t| self.plan(t))).collect();
+        let plans: Vec<Result<Planned, String>> = parsed
+            .into_iter()
+            .map(|p| p.and_then(|t| self.plan(t)))
+            .collect();
 
         let mut pipe = redis::pipe();
         for planned in plans.iter().flatten() {
@@ -332,7 +355,9 @@ impl BatchHandler for TransferProcessor {
                     continue;
                 }
             };
-            let reply = replies.next().context("Redis returned fewer replies than commands")?;
+            let reply = replies
+                .next()
+                .context("Redis returned fewer replies than commands")?;
             let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
             let id = &planned.transfer.transfer_id;
             let verdict = match field(0) {
@@ -397,7 +422,9 @@ mod tests {
         let transfer = parse_message(seed).unwrap();
         assert_eq!(transfer.amount.to_string(), "100.5");
         assert_eq!(transfer.version, 1);
-        assert!(parse_message(b"{not json").unwrap_err().starts_with("not a transfer message"));
+        assert!(parse_message(b"{not json")
+            .unwrap_err()
+            .starts_with("not a transfer message"));
         assert!(parse_message(br#"{"transfer_id":"x","sender_id":"a","receiver_id":"b","status":"initiated","version":1}"#)
             .unwrap_err()
             .contains("missing field `amount`"));

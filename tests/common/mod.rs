@@ -26,10 +26,17 @@ pub fn redis_url() -> String {
 /// Fails the test loudly when the stack is not up: no test passes without it.
 fn require_stack() {
     for addr in [brokers(), redis_addr()] {
-        let first = addr.split(',').next().unwrap().replace("localhost", "127.0.0.1");
-        let sock = first.parse().unwrap_or_else(|e| panic!("bad address {first}: {e}"));
-        TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-            .unwrap_or_else(|e| panic!("{first} is not reachable ({e}); start the stack: scripts/stack.sh up"));
+        let first = addr
+            .split(',')
+            .next()
+            .unwrap()
+            .replace("localhost", "127.0.0.1");
+        let sock = first
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {first}: {e}"));
+        TcpStream::connect_timeout(&sock, Duration::from_secs(2)).unwrap_or_else(|e| {
+            panic!("{first} is not reachable ({e}); start the stack: scripts/stack.sh up")
+        });
     }
 }
 
@@ -42,7 +49,10 @@ fn redis_addr() -> String {
 
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// What a run of `payctl` did.
@@ -55,8 +65,12 @@ pub struct Run {
 impl Run {
     /// Parses stdout as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Asserts the exit code, showing everything the run printed if it differs.
@@ -88,7 +102,15 @@ impl Pipeline {
         };
         let dlq = format!("{}.dlq", pipeline.transfers);
         pipeline
-            .payctl(&["topics", "create", &pipeline.transfers, &dlq, &pipeline.transactions, "--partitions", "3"])
+            .payctl(&[
+                "topics",
+                "create",
+                &pipeline.transfers,
+                &dlq,
+                &pipeline.transactions,
+                "--partitions",
+                "3",
+            ])
             .expect(0);
         pipeline
     }
@@ -100,12 +122,37 @@ impl Pipeline {
 
     /// Like [`Pipeline::payctl`], with extra environment.
     pub fn payctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = self.command(args, env).output().expect("running payctl");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// Starts `payctl` in the background (a worker), stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        self.command(args, env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting payctl")
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_payctl"));
         command
             .args(args)
             .env("KAFKA_BOOTSTRAP_SERVERS", brokers())
             .env("REDIS_URL", redis_url())
-            .env("PAYCTL_KAFKA_OPTIONS", "session.timeout.ms=1000,heartbeat.interval.ms=250")
+            .env(
+                "PAYCTL_KAFKA_OPTIONS",
+                "session.timeout.ms=1000,heartbeat.interval.ms=250",
+            )
             .env("PAYCTL_TOPIC_TRANSFERS", &self.transfers)
             .env("PAYCTL_TOPIC_TRANSACTIONS", &self.transactions)
             .env("PAYCTL_TRANSFER_GROUP", &self.group)
@@ -114,20 +161,46 @@ impl Pipeline {
         for (k, v) in env {
             command.env(k, v);
         }
-        let Output { status, stdout, stderr } = command.output().expect("running payctl");
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        }
+        command
     }
 
     /// Runs the transfer worker until it has been idle for 2 s; returns its summary.
     pub fn process(&self, extra: &[&str]) -> serde_json::Value {
-        let mut args = vec!["transfer", "process", "--until-idle", "2", "--output", "json"];
+        let mut args = vec![
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ];
         args.extend_from_slice(extra);
         self.payctl(&args).expect(0).json()
     }
+}
+
+/// Waits for a spawned payctl and collects what it printed.
+pub fn finish(child: std::process::Child) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("waiting for payctl");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Sends a signal (TERM, INT) to a child.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// Every record on a topic, as (key, value), read from the beginning until
@@ -148,7 +221,9 @@ pub fn read_topic(topic: &str) -> Vec<(Option<String>, String)> {
         .expect("topic metadata");
     let mut assignment = TopicPartitionList::new();
     for partition in metadata.topics()[0].partitions() {
-        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
@@ -159,7 +234,9 @@ pub fn read_topic(topic: &str) -> Vec<(Option<String>, String)> {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             let message = message.expect("reading test topic");
             records.push((
-                message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
             ));
             last = Instant::now();
@@ -189,4 +266,81 @@ pub fn redis() -> redis::Connection {
         .expect("redis url")
         .get_connection()
         .expect("connecting to Redis")
+}
+
+/// A private redis-server on a free loopback port, for tests that stop and
+/// restart Redis. Its data is saved in `dir` across restarts.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let redis = PrivateRedis { port, dir };
+        redis.resume();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) from the saved data.
+    pub fn resume(&self) {
+        let status = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--daemonize",
+                "yes",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ])
+            .status()
+            .expect("redis-server (scripts/stack.sh up installs it)");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Saves and stops.
+    pub fn stop(&self) {
+        let mut con = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: Result<(), _> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut con);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "private redis did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            self.stop();
+        }
+    }
 }

@@ -1,0 +1,89 @@
+//! Using the payctl library directly: open two accounts, initiate one
+//! transfer, and apply it with the same worker `payctl transfer process` runs.
+//!
+//! Needs the local stack (`scripts/stack.sh up`):
+//!   cargo run --example transfer_one
+
+use payctl::accounts;
+use payctl::config::{KafkaConfig, RedisConfig, Topics, WorkerLimits};
+use payctl::money::{Currency, Money};
+use payctl::transfer::initiate::{prepare, Publisher, TransferRequest};
+use payctl::transfer::process::TransferProcessor;
+use payctl::worker::{self, WorkerSpec};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let kafka = KafkaConfig {
+        brokers: std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .unwrap_or_else(|_| KafkaConfig::DEFAULT_BROKERS.into()),
+        options: vec![
+            ("session.timeout.ms".into(), "1000".into()),
+            ("heartbeat.interval.ms".into(), "250".into()),
+        ],
+    };
+    let redis_config = RedisConfig {
+        url: std::env::var("REDIS_URL").unwrap_or_else(|_| RedisConfig::DEFAULT_URL.into()),
+    };
+    let topics = Topics::default();
+    let mut redis = redis_config.connect().await?;
+
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (payer, payee) = (format!("ex-payer-{suffix}"), format!("ex-payee-{suffix}"));
+    let usd = Currency::parse("USD")?;
+    accounts::open(
+        &mut redis,
+        &payer,
+        usd,
+        Some(Money::parse_amount("20.00", usd)?),
+    )
+    .await?;
+    accounts::open(&mut redis, &payee, usd, None).await?;
+
+    let request = TransferRequest {
+        from: payer.clone(),
+        to: payee.clone(),
+        amount: "7.25".parse()?,
+        currency: None,
+        idempotency_key: None,
+    };
+    let transfers = prepare(&mut redis, &[request], |_| String::new())
+        .await?
+        .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+    let producer = kafka.producer()?;
+    let mut publisher = Publisher {
+        redis: &mut redis,
+        producer: &producer,
+        topic: &topics.transfers,
+    };
+    for initiated in publisher.initiate(transfers).await? {
+        println!("initiated {}", initiated?.transfer.transfer_id);
+    }
+
+    let spec = WorkerSpec {
+        group: format!("example-{suffix}"),
+        inputs: vec![topics.transfers.clone()],
+        outputs: vec![topics.transactions.clone()],
+        outcomes: &[],
+        limits: WorkerLimits {
+            until_idle: Some(std::time::Duration::from_secs(2)),
+            batch_size: WorkerLimits::DEFAULT_BATCH_SIZE,
+            ..WorkerLimits::default()
+        },
+    };
+    let mut processor = TransferProcessor::new(
+        redis_config.connect().await?,
+        true,
+        topics.transactions.clone(),
+    );
+    let summary = worker::run(&kafka, &spec, &mut processor, CancellationToken::new()).await?;
+    println!(
+        "processed {} message(s): {:?}",
+        summary.processed, summary.outcomes
+    );
+    for id in [&payer, &payee] {
+        let account = accounts::require(&mut redis, id).await?;
+        println!("{id}: {} {}", account.balance, account.currency);
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job, end to end on the local stack: open accounts, initiate
+# transfers, process them, show balances and transfers.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/stack.sh up
+cargo build --release --quiet
+payctl=target/release/payctl
+export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}"
+# Tansu allows a short session timeout, which makes the group join quick.
+export PAYCTL_KAFKA_OPTIONS="${PAYCTL_KAFKA_OPTIONS:-session.timeout.ms=1000,heartbeat.interval.ms=250}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "accounts (opened once; a second run reuses them)"
+for spec in alice:250.00 bob:40.00 carol:0; do
+  id=${spec%%:*}
+  "$payctl" accounts show "$id" >/dev/null 2>&1 || "$payctl" accounts open "$id" --currency USD --balance "${spec#*:}" >/dev/null
+done
+"$payctl" accounts list
+
+step "initiate transfers"
+"$payctl" transfer initiate --from alice --to bob --amount 12.50
+"$payctl" transfer initiate --from bob --to carol --amount 0.10
+"$payctl" transfer initiate --from bob --to carol --amount 0.20
+"$payctl" transfer initiate --from carol --to alice --amount 1000.00   # insufficient funds: rejected when processed
+
+step "process them (a batch job: stop after 3 s without input)"
+"$payctl" transfer process --until-idle 3
+
+step "balances"
+"$payctl" accounts list
+
+step "latest transfers"
+"$payctl" transfer list --limit 8
