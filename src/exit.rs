@@ -34,11 +34,9 @@ impl Exit {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-impl Refusal {
-    /// Wraps a message as a refusal.
-    pub fn new(message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Refusal(message.into()))
-    }
+/// A refusal with `message`, as an error to return.
+pub fn refuse(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Refusal(message.into()))
 }
 
 /// The exit for an error: refusals are 1, everything else 2.

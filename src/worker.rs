@@ -179,6 +179,9 @@ pub struct WorkerSummary {
     /// will be delivered again.
     pub uncommitted: u64,
     pub elapsed_ms: u64,
+    /// From the first message received to the last batch committed: the
+    /// time spent working, without group joins and idle waits.
+    pub active_ms: u64,
 }
 
 impl WorkerSummary {
@@ -200,6 +203,10 @@ impl Report for WorkerSummary {
         }
         rows.push(("stopped", format!("{:?}", self.stopped).to_lowercase()));
         rows.push(("seconds", format!("{:.2}", self.elapsed_ms as f64 / 1000.0)));
+        if self.active_ms > 0 {
+            let rate = self.processed as f64 * 1000.0 / self.active_ms as f64;
+            rows.push(("per second (active)", format!("{rate:.0}")));
+        }
         Rendered::Table(output::record_table(rows))
     }
 }
@@ -265,7 +272,9 @@ pub async fn run<H: BatchHandler>(
         stopped: StopReason::Signal,
         uncommitted: 0,
         elapsed_ms: 0,
+        active_ms: 0,
     };
+    let mut first_input: Option<Instant> = None;
     let mut last_input: Option<Instant> = None;
     let batch_size = spec.limits.batch_size.max(1);
 
@@ -305,6 +314,7 @@ pub async fn run<H: BatchHandler>(
                 continue;
             }
         };
+        first_input.get_or_insert_with(Instant::now);
         let mut batch = Vec::new();
         match first {
             Ok(message) => batch.push(Delivery::from_message(&message)),
@@ -356,6 +366,9 @@ pub async fn run<H: BatchHandler>(
             *summary.outcomes.entry(verdict.outcome).or_default() += 1;
         }
         last_input = Some(Instant::now());
+        if let Some(first) = first_input {
+            summary.active_ms = first.elapsed().as_millis() as u64;
+        }
     }
 
     match consumer.commit_consumer_state(CommitMode::Sync) {

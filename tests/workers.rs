@@ -29,7 +29,7 @@ fn sigterm_and_sigint_stop_a_worker_cleanly() {
                 .payctl(&["accounts", "show", &bob, "--output", "json"])
                 .expect(0)
                 .json();
-            if shown["balance"].to_string() == "1.00" {
+            if shown["balance"].as_f64() == Some(1.0) {
                 break;
             }
             assert!(

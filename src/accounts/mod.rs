@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::exit::Refusal;
+use crate::exit::refuse;
 use crate::money::{Currency, Money, MAX_MINOR_UNITS};
 use crate::output::{self, Rendered, Report};
 use crate::store::{keys, Redis, Script};
@@ -116,7 +116,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>>
 pub async fn require(redis: &mut Redis, id: &str) -> anyhow::Result<Account> {
     get(redis, id)
         .await?
-        .ok_or_else(|| Refusal::new(format!("unknown account {id:?}")))
+        .ok_or_else(|| refuse(format!("unknown account {id:?}")))
 }
 
 /// Reads many accounts in one round trip, in the order asked.
@@ -172,7 +172,7 @@ pub async fn open(
         .await
         .with_context(|| format!("opening account {id}"))?;
     if created == 0 {
-        return Err(Refusal::new(format!("account {id:?} already exists")));
+        return Err(refuse(format!("account {id:?} already exists")));
     }
     Ok(Account {
         id: id.to_string(),
@@ -213,7 +213,7 @@ pub async fn deposit(redis: &mut Redis, id: &str, amount: &str) -> anyhow::Resul
             balance: Money::from_minor(minor, account.currency),
             ..account
         }),
-        (reason, _) => Err(Refusal::new(format!(
+        (reason, _) => Err(refuse(format!(
             "deposit into {id:?} refused: {reason}"
         ))),
     }

@@ -284,11 +284,12 @@ impl Publisher<'_> {
         let acks = produce_each(self.producer, &outgoing).await;
         let mut existing = HashMap::new();
         for id in existing_ids {
-            if !existing.contains_key(&id) {
-                let transfer = super::get(self.redis, &id).await?.with_context(|| {
+            if let std::collections::hash_map::Entry::Vacant(slot) = existing.entry(id) {
+                let id = slot.key();
+                let transfer = super::get(self.redis, id).await?.with_context(|| {
                     format!("idempotency key points at transfer {id}, which is gone")
                 })?;
-                existing.insert(id, transfer);
+                slot.insert(transfer);
             }
         }
 

@@ -1,6 +1,6 @@
 //! `payctl transfer show`: one transfer record.
 
-use crate::exit::Refusal;
+use crate::exit::refuse;
 use crate::output::Output;
 use crate::store::Redis;
 
@@ -17,6 +17,6 @@ pub struct Args {
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     match super::get(redis, &args.id).await? {
         Some(transfer) => output.emit(&transfer),
-        None => Err(Refusal::new(format!("no transfer {:?}", args.id))),
+        None => Err(refuse(format!("no transfer {:?}", args.id))),
     }
 }
