@@ -13,7 +13,7 @@ cargo build --release --quiet
 payctl="$PWD/target/release/payctl"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 export REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/14}"
-export PAYCTL_KAFKA_OPTIONS="session.timeout.ms=1000,heartbeat.interval.ms=250"
+export PAYCTL_KAFKA_OPTIONS="session.timeout.ms=1000 heartbeat.interval.ms=250"
 run="bench-$(date +%s)-$$"
 export PAYCTL_TOPIC_TRANSFERS="$run-transfers" PAYCTL_TOPIC_TRANSACTIONS="$run-transactions"
 "$payctl" -q topics create "$PAYCTL_TOPIC_TRANSFERS" "$PAYCTL_TOPIC_TRANSFERS.dlq" "$PAYCTL_TOPIC_TRANSACTIONS" --partitions 3 >/dev/null
@@ -41,7 +41,7 @@ echo "== transfer initiate --file ($n transfers, $accounts accounts)"
 "$payctl" -q transfer initiate --file "$work/batch.jsonl" --output json | tee "$work/initiate.json" | field '["per_second"]' | sed 's/^/   per second: /'
 
 echo "== transfer process (with balances)"
-/usr/bin/time -f "%M" -o "$work/rss" "$payctl" -q transfer process --group "$run" --until-idle 3 --output json >"$work/process.json"
+/usr/bin/time -f "%M" -o "$work/rss" "$payctl" -q transfer process --group "$run" --until-idle 3 --output json ${BENCH_PROCESS_ARGS:-} >"$work/process.json"
 python3 - "$work/process.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))

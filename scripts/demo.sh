@@ -10,7 +10,7 @@ payctl=target/release/payctl
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}"
 # Tansu allows a short session timeout, which makes the group join quick.
-export PAYCTL_KAFKA_OPTIONS="${PAYCTL_KAFKA_OPTIONS:-session.timeout.ms=1000,heartbeat.interval.ms=250}"
+export PAYCTL_KAFKA_OPTIONS="${PAYCTL_KAFKA_OPTIONS:-session.timeout.ms=1000 heartbeat.interval.ms=250}"
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -4,7 +4,10 @@
 //! turns global flags into validated config and hands each command only the
 //! clients it uses.
 
+use std::sync::OnceLock;
+
 use clap::{Parser, Subcommand};
+use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, RedisConfig, Topics};
@@ -36,13 +39,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
     pub redis_url: String,
     /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
-    #[arg(
-        short = 'X',
-        global = true,
-        value_name = "KEY=VALUE",
-        env = "PAYCTL_KAFKA_OPTIONS",
-        value_delimiter = ','
-    )]
+    /// PAYCTL_KAFKA_OPTIONS holds more, space-separated; -X wins over it.
+    #[arg(short = 'X', global = true, value_name = "KEY=VALUE")]
     pub kafka_option: Vec<String>,
     /// Output format.
     #[arg(
@@ -112,6 +110,9 @@ pub enum TopicsCommand {
     Create(topics::create::Args),
 }
 
+/// Environment variable with librdkafka options, space-separated `KEY=VALUE`s.
+pub const KAFKA_OPTIONS_ENV: &str = "PAYCTL_KAFKA_OPTIONS";
+
 /// Validated configuration for one run.
 pub struct App {
     pub kafka: KafkaConfig,
@@ -120,14 +121,32 @@ pub struct App {
     pub output: Output,
     pub progress: bool,
     pub shutdown: CancellationToken,
+    producer: OnceLock<FutureProducer>,
+}
+
+impl App {
+    /// The run's Kafka producer, made on first use.
+    ///
+    /// It lives as long as the `App`, which `main` never drops: it exits the
+    /// process once every ack has been awaited, sparing short commands the
+    /// ~100 ms rdkafka's producer teardown spends joining its poll thread.
+    pub fn producer(&self) -> anyhow::Result<&FutureProducer> {
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        let producer = self.kafka.producer()?;
+        Ok(self.producer.get_or_init(|| producer))
+    }
 }
 
 impl GlobalArgs {
     /// Validates the global flags.
     pub fn app(&self, shutdown: CancellationToken) -> anyhow::Result<App> {
-        let options = self
-            .kafka_option
-            .iter()
+        let from_env = std::env::var(KAFKA_OPTIONS_ENV).unwrap_or_default();
+        let options = from_env
+            .split_whitespace()
+            .map(String::from)
+            .chain(self.kafka_option.iter().cloned())
             .filter(|o| !o.trim().is_empty())
             .map(|option| {
                 option
@@ -151,13 +170,14 @@ impl GlobalArgs {
             output: Output::new(self.output),
             progress: !self.quiet,
             shutdown,
+            producer: OnceLock::new(),
         })
     }
 }
 
 impl Command {
     /// Runs the command with only the clients it needs.
-    pub async fn run(self, app: App) -> anyhow::Result<()> {
+    pub async fn run(self, app: &App) -> anyhow::Result<()> {
         let out = app.output;
         match self {
             Command::Accounts(command) => {
@@ -173,14 +193,21 @@ impl Command {
             }
             Command::Transfer(TransferCommand::Initiate(args)) => {
                 let mut redis = app.redis.connect().await?;
-                let producer = app.kafka.producer()?;
+                let producer = app.producer()?;
                 let topic = &app.topics.transfers;
-                transfer::initiate::run(args, &mut redis, &producer, topic, out, app.progress).await
+                transfer::initiate::run(args, &mut redis, producer, topic, out, app.progress).await
             }
             Command::Transfer(TransferCommand::Process(args)) => {
                 let redis = app.redis.connect().await?;
-                transfer::process::run(args, &app.kafka, redis, &app.topics, out, app.shutdown)
-                    .await
+                transfer::process::run(
+                    args,
+                    &app.kafka,
+                    redis,
+                    &app.topics,
+                    out,
+                    app.shutdown.clone(),
+                )
+                .await
             }
             Command::Transfer(TransferCommand::Show(args)) => {
                 transfer::show::run(args, &mut app.redis.connect().await?, out).await

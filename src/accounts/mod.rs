@@ -213,9 +213,7 @@ pub async fn deposit(redis: &mut Redis, id: &str, amount: &str) -> anyhow::Resul
             balance: Money::from_minor(minor, account.currency),
             ..account
         }),
-        (reason, _) => Err(refuse(format!(
-            "deposit into {id:?} refused: {reason}"
-        ))),
+        (reason, _) => Err(refuse(format!("deposit into {id:?} refused: {reason}"))),
     }
 }
 

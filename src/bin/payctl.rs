@@ -1,7 +1,6 @@
 //! The `payctl` binary: parse, run, turn the result into an exit code.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 
 use clap::Parser;
 use payctl::cli::Cli;
@@ -9,14 +8,15 @@ use payctl::exit::{exit_for, Exit};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let result = match cli.global.app(shutdown) {
+    let app = cli.global.app(shutdown);
+    let result = match &app {
         Ok(app) => cli.command.run(app).await,
-        Err(e) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     let exit = match result {
         Ok(()) => Exit::Done,
@@ -25,7 +25,9 @@ async fn main() -> ExitCode {
             exit_for(&error)
         }
     };
-    ExitCode::from(exit.code())
+    // Every ack has been awaited and stdout flushed; exit without tearing
+    // down the clients `app` still holds (see `App::producer`).
+    std::process::exit(exit.code().into())
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the -v/-q level.

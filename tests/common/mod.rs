@@ -151,7 +151,7 @@ impl Pipeline {
             .env("REDIS_URL", redis_url())
             .env(
                 "PAYCTL_KAFKA_OPTIONS",
-                "session.timeout.ms=1000,heartbeat.interval.ms=250",
+                "session.timeout.ms=1000 heartbeat.interval.ms=250",
             )
             .env("PAYCTL_TOPIC_TRANSFERS", &self.transfers)
             .env("PAYCTL_TOPIC_TRANSACTIONS", &self.transactions)
