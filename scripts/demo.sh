@@ -35,3 +35,15 @@ step "balances"
 
 step "latest transfers"
 "$payctl" transfer list --limit 8
+
+step "notifications from the outcome events (and a rate watcher)"
+"$payctl" notify watch --user carol --pair USD/EUR
+"$payctl" rates set USD EUR 0.9215 >/dev/null
+"$payctl" notify consume --until-idle 3
+"$payctl" notify list --user carol --limit 5
+
+step "rates and an exact conversion (direct, inverse, cross via USD)"
+"$payctl" rates set USD JPY 151.37 >/dev/null
+"$payctl" rates list
+"$payctl" rates convert 100 USD EUR
+"$payctl" rates convert 100 EUR JPY

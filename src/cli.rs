@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, RedisConfig, Topics};
 use crate::output::{Format, Output};
-use crate::{accounts, topics, transfer};
+use crate::{accounts, notify, rates, topics, transfer};
 
 /// payctl: run a payment pipeline on Kafka and Redis.
 #[derive(Debug, Parser)]
@@ -74,6 +74,22 @@ pub struct GlobalArgs {
         default_value = "payment_transactions"
     )]
     pub topic_transactions: String,
+    /// Topic of rate changes.
+    #[arg(
+        long,
+        global = true,
+        env = "PAYCTL_TOPIC_RATE_CHANGES",
+        default_value = "rate_changes"
+    )]
+    pub topic_rate_changes: String,
+    /// Topic of conversion requests (seed 004).
+    #[arg(
+        long,
+        global = true,
+        env = "PAYCTL_TOPIC_CONVERSIONS",
+        default_value = "conversion_requests"
+    )]
+    pub topic_conversions: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,9 +100,34 @@ pub enum Command {
     /// Money transfers: initiate, process, inspect.
     #[command(subcommand)]
     Transfer(TransferCommand),
+    /// Notifications: the worker, lists, rate watchers.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+    /// Currency rates and exact conversions.
+    #[command(subcommand)]
+    Rates(RatesCommand),
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    Consume(notify::consume::Args),
+    List(notify::list::Args),
+    Watch(notify::watch::Args),
+    /// Stop notifying a user about a pair.
+    Unwatch(notify::watch::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RatesCommand {
+    Set(rates::set::Args),
+    List(rates::list::Args),
+    Import(rates::import::Args),
+    Convert(rates::convert::Args),
+    Serve(rates::serve::Args),
+    Result(rates::result::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +207,8 @@ impl GlobalArgs {
             topics: Topics {
                 transfers: self.topic_transfers.clone(),
                 transactions: self.topic_transactions.clone(),
+                rate_changes: self.topic_rate_changes.clone(),
+                conversions: self.topic_conversions.clone(),
             },
             output: Output::new(self.output),
             progress: !self.quiet,
@@ -214,6 +257,58 @@ impl Command {
             }
             Command::Transfer(TransferCommand::List(args)) => {
                 transfer::list::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Notify(NotifyCommand::Consume(args)) => {
+                let redis = app.redis.connect().await?;
+                let shutdown = app.shutdown.clone();
+                notify::consume::run(args, &app.kafka, redis, &app.topics, out, shutdown).await
+            }
+            Command::Notify(NotifyCommand::List(args)) => {
+                notify::list::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Notify(NotifyCommand::Watch(args)) => {
+                notify::watch::run(args, &mut app.redis.connect().await?, out, true).await
+            }
+            Command::Notify(NotifyCommand::Unwatch(args)) => {
+                notify::watch::run(args, &mut app.redis.connect().await?, out, false).await
+            }
+            Command::Rates(RatesCommand::Serve(args)) => {
+                let redis = app.redis.connect().await?;
+                let (topic, shutdown) = (&app.topics.conversions, app.shutdown.clone());
+                rates::serve::run(args, &app.kafka, redis, topic, out, shutdown).await
+            }
+            Command::Rates(RatesCommand::Set(args)) => {
+                let mut redis = app.redis.connect().await?;
+                rates::set::run(
+                    args,
+                    &mut redis,
+                    app.producer()?,
+                    &app.topics.rate_changes,
+                    out,
+                )
+                .await
+            }
+            Command::Rates(RatesCommand::Import(args)) => {
+                let mut redis = app.redis.connect().await?;
+                rates::import::run(
+                    args,
+                    &mut redis,
+                    app.producer()?,
+                    &app.topics.rate_changes,
+                    out,
+                )
+                .await
+            }
+            Command::Rates(RatesCommand::List(args)) => {
+                rates::list::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Rates(RatesCommand::Convert(args)) => {
+                let mut redis = app.redis.connect().await?;
+                let topic = &app.topics.conversions;
+                rates::convert::run(args, &mut redis, || app.producer(), topic, out).await
+            }
+            Command::Rates(RatesCommand::Result(args)) => {
+                rates::result::run(args, &mut app.redis.connect().await?, out).await
             }
             Command::Topics(TopicsCommand::Create(args)) => {
                 topics::create::run(args, &app.kafka, out).await

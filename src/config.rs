@@ -45,6 +45,10 @@ pub struct Topics {
     pub transfers: String,
     /// Outcome events in seed 000's shape.
     pub transactions: String,
+    /// Rate changes (seed 002).
+    pub rate_changes: String,
+    /// Conversion requests (seed 004).
+    pub conversions: String,
 }
 
 impl Topics {
@@ -62,6 +66,8 @@ impl Default for Topics {
         Topics {
             transfers: "money_transfers".into(),
             transactions: "payment_transactions".into(),
+            rate_changes: "rate_changes".into(),
+            conversions: "conversion_requests".into(),
         }
     }
 }

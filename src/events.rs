@@ -44,3 +44,28 @@ impl TransactionEvent {
         }
     }
 }
+
+/// A rate change on `rate_changes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RateChangeEvent {
+    pub event_id: String,
+    /// `BASE/QUOTE`.
+    pub pair: String,
+    pub base: String,
+    pub quote: String,
+    pub rate: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_rate: Option<Decimal>,
+    pub changed_at: String,
+}
+
+impl RateChangeEvent {
+    /// The record to produce to `topic`, keyed by pair so one pair's changes stay in order.
+    pub fn to_outgoing(&self, topic: &str) -> Outgoing {
+        Outgoing {
+            topic: topic.to_string(),
+            key: Some(self.pair.clone()),
+            payload: serde_json::to_vec(self).expect("a rate change serializes"),
+        }
+    }
+}

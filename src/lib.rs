@@ -13,6 +13,8 @@
 //! - `events`: `payment_transactions` events in seed 000's shape.
 //! - `accounts`: open, deposit, show, list.
 //! - `transfer`: initiate, process (the worker), show, list (seeds 001, 002).
+//! - `rates`: rates, exact conversion (sync, and async over Kafka), the answering worker.
+//! - `notify`: the notification worker, notification lists, rate watchers.
 //! - `topics`: topic tooling.
 
 pub mod accounts;
@@ -23,7 +25,9 @@ pub mod events;
 pub mod exit;
 pub mod kafka;
 pub mod money;
+pub mod notify;
 pub mod output;
+pub mod rates;
 pub mod store;
 pub mod topics;
 pub mod transfer;

@@ -26,6 +26,28 @@ pub mod keys {
     }
     /// Sorted set of account ids by opening time (ms).
     pub const ACCOUNTS: &str = "accounts";
+    /// Hash of rates: field `BASE/QUOTE`, value the rate's JSON.
+    pub const RATES: &str = "rates";
+    /// A conversion request and, once served, its answer.
+    pub fn conversion(id: &str) -> String {
+        format!("conversion:{id}")
+    }
+    /// A user's notifications, oldest first (seed 000).
+    pub fn notifications(user: &str) -> String {
+        format!("notifications:{user}")
+    }
+    /// Marks an event as already notified (expires).
+    pub fn notified(identity: &str) -> String {
+        format!("notified:{identity}")
+    }
+    /// Users watching a pair's rate.
+    pub fn watchers(pair: &str) -> String {
+        format!("watchers:{pair}")
+    }
+    /// Pairs a user watches.
+    pub fn watching(user: &str) -> String {
+        format!("watching:{user}")
+    }
 }
 
 /// A live Redis connection that reconnects by itself after Redis comes back.

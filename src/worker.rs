@@ -211,6 +211,39 @@ impl Report for WorkerSummary {
     }
 }
 
+/// The flags every worker shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Stop after this many seconds without a message (a batch job).
+    #[arg(long, value_name = "SECS")]
+    pub until_idle: Option<f64>,
+    /// Most messages applied in one Redis round trip.
+    #[arg(long, default_value_t = WorkerLimits::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+}
+
+impl WorkerArgs {
+    /// The validated limits.
+    pub fn limits(&self) -> anyhow::Result<WorkerLimits> {
+        let until_idle = match self.until_idle {
+            Some(secs) if !(secs.is_finite() && secs >= 0.0) => {
+                anyhow::bail!("--until-idle must be a number of seconds, got {secs}")
+            }
+            Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
+            None => None,
+        };
+        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        Ok(WorkerLimits {
+            max_messages: self.max_messages,
+            until_idle,
+            batch_size: self.batch_size,
+        })
+    }
+}
+
 /// Notes partition assignment, so idle time counts only once the group has
 /// given this worker something to read.
 struct GroupContext {

@@ -16,13 +16,13 @@ use std::sync::LazyLock;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaConfig, Topics, WorkerLimits};
+use crate::config::{KafkaConfig, Topics};
 use crate::events::TransactionEvent;
 use crate::money::{Currency, Money};
 use crate::output::Output;
 use crate::store::{keys, Redis, Script};
 use crate::transfer::{Transfer, TransferStatus};
-use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerSpec, DEAD_LETTERED};
+use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
 /// Apply transfers from the transfers topic (a long-running worker).
 #[derive(Debug, clap::Args)]
@@ -44,39 +44,6 @@ pub struct Args {
     pub no_ledger: bool,
     #[command(flatten)]
     pub limits: WorkerArgs,
-}
-
-/// The flags every worker shares.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WorkerArgs {
-    /// Stop after this many messages.
-    #[arg(long)]
-    pub max_messages: Option<u64>,
-    /// Stop after this many seconds without a message (a batch job).
-    #[arg(long, value_name = "SECS")]
-    pub until_idle: Option<f64>,
-    /// Most messages applied in one Redis round trip.
-    #[arg(long, default_value_t = WorkerLimits::DEFAULT_BATCH_SIZE)]
-    pub batch_size: usize,
-}
-
-impl WorkerArgs {
-    /// The validated limits.
-    pub fn limits(&self) -> anyhow::Result<WorkerLimits> {
-        let until_idle = match self.until_idle {
-            Some(secs) if !(secs.is_finite() && secs >= 0.0) => {
-                anyhow::bail!("--until-idle must be a number of seconds, got {secs}")
-            }
-            Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
-            None => None,
-        };
-        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        Ok(WorkerLimits {
-            max_messages: self.max_messages,
-            until_idle,
-            batch_size: self.batch_size,
-        })
-    }
 }
 
 /// Outcome labels in the summary.

@@ -88,6 +88,8 @@ impl Run {
 pub struct Pipeline {
     pub transfers: String,
     pub transactions: String,
+    pub rate_changes: String,
+    pub conversions: String,
     pub group: String,
 }
 
@@ -98,20 +100,27 @@ impl Pipeline {
         let pipeline = Pipeline {
             transfers: unique("transfers"),
             transactions: unique("transactions"),
+            rate_changes: unique("rates"),
+            conversions: unique("conversions"),
             group: unique("group"),
         };
-        let dlq = format!("{}.dlq", pipeline.transfers);
-        pipeline
-            .payctl(&[
-                "topics",
-                "create",
-                &pipeline.transfers,
-                &dlq,
-                &pipeline.transactions,
-                "--partitions",
-                "3",
-            ])
-            .expect(0);
+        let mut args = vec![
+            "topics".to_string(),
+            "create".into(),
+            "--partitions".into(),
+            "3".into(),
+        ];
+        for topic in [
+            &pipeline.transfers,
+            &pipeline.transactions,
+            &pipeline.rate_changes,
+            &pipeline.conversions,
+        ] {
+            args.push(topic.clone());
+            args.push(format!("{topic}.dlq"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pipeline.payctl(&args).expect(0);
         pipeline
     }
 
@@ -155,7 +164,11 @@ impl Pipeline {
             )
             .env("PAYCTL_TOPIC_TRANSFERS", &self.transfers)
             .env("PAYCTL_TOPIC_TRANSACTIONS", &self.transactions)
+            .env("PAYCTL_TOPIC_RATE_CHANGES", &self.rate_changes)
+            .env("PAYCTL_TOPIC_CONVERSIONS", &self.conversions)
             .env("PAYCTL_TRANSFER_GROUP", &self.group)
+            .env("PAYCTL_NOTIFY_GROUP", &self.group)
+            .env("PAYCTL_RATES_GROUP", &self.group)
             .env_remove("PAYCTL_OUTPUT")
             .env_remove("RUST_LOG");
         for (k, v) in env {

@@ -1,0 +1,66 @@
+//! Notifications (seeds 000, 002): Redis lists `notifications:{user_id}` of
+//! JSON items `{notification_id, user_id, message, status: "sent"}`.
+
+pub mod consume;
+pub mod list;
+pub mod watch;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::{self, Rendered, Report};
+
+/// One notification as stored (seed 000's shape plus `kind` and `created_at`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    pub notification_id: String,
+    /// As the event gave it: seed 000 passes `user_id` through unchanged.
+    pub user_id: serde_json::Value,
+    pub message: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+impl Notification {
+    /// A new notification, status `sent`, with a fresh uuid v4.
+    pub fn sent(user_id: serde_json::Value, message: String, kind: &str) -> Notification {
+        Notification {
+            notification_id: uuid::Uuid::new_v4().to_string(),
+            user_id,
+            message,
+            status: "sent".into(),
+            kind: Some(kind.into()),
+            created_at: Some(crate::clock::now_rfc3339()),
+        }
+    }
+}
+
+/// A user's notifications, newest first.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct NotificationList(pub Vec<Notification>);
+
+impl Report for NotificationList {
+    fn render(&self) -> Rendered {
+        let mut table = output::table(["notification", "message", "status", "created_at"]);
+        for n in &self.0 {
+            table.add_row(vec![
+                n.notification_id.clone(),
+                n.message.clone(),
+                n.status.clone(),
+                n.created_at.clone().unwrap_or_default(),
+            ]);
+        }
+        Rendered::Table(table)
+    }
+}
+
+/// Checks a user id used in a key.
+pub fn validate_user(user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_whitespace) {
+        anyhow::bail!("invalid user id {user:?}: 1 to 128 characters, no spaces");
+    }
+    Ok(())
+}

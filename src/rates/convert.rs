@@ -1,0 +1,275 @@
+//! `payctl rates convert`: exact conversion now, or a request over Kafka (`--async`).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::exit::refuse;
+use crate::kafka::{produce_all, Outgoing};
+use crate::money::{Currency, Decimal, Money};
+use crate::output::{self, Output, Rendered, Report};
+use crate::rates::conversion::{self, Ratio};
+use crate::rates::{self, Pair, Rate};
+use crate::store::{keys, Redis};
+
+/// Convert an amount: the direct rate, else the inverse, else a cross rate
+/// through the pivot currency. Rounds once, half to even, to the target's
+/// minor unit. An unknown pair exits 1.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  payctl rates convert 100 USD EUR
+  payctl rates convert 100 EUR JPY --pivot USD --output json
+  payctl rates convert 100 USD EUR --async      # prints a request id; see: payctl rates result ID")]
+pub struct Args {
+    /// Amount in FROM, exact decimal.
+    #[arg(allow_hyphen_values = true)]
+    pub amount: String,
+    pub from: String,
+    pub to: String,
+    /// Currency for cross rates.
+    #[arg(long, env = "PAYCTL_PIVOT", default_value = "USD")]
+    pub pivot: String,
+    /// Send the request to the conversion_requests topic for `rates serve`
+    /// to answer, and print its id.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+/// A leg as reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LegReport {
+    pub pair: String,
+    pub rate: Decimal,
+    pub inverted: bool,
+}
+
+/// An answered conversion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Conversion {
+    pub amount: Decimal,
+    pub from: String,
+    pub to: String,
+    pub result: Decimal,
+    /// Units of TO per FROM, shown to 10 places (the computation is exact).
+    pub rate: Decimal,
+    /// `direct`, `inverse`, `cross via USD`, `same currency`.
+    pub route: String,
+    pub legs: Vec<LegReport>,
+    pub rounding: String,
+}
+
+/// The rounding rule, as reported with every conversion.
+pub const ROUNDING: &str = "half-even, once, to the target currency's minor unit";
+
+impl Report for Conversion {
+    fn render(&self) -> Rendered {
+        let legs: Vec<String> = self
+            .legs
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}{}",
+                    l.pair,
+                    l.rate,
+                    if l.inverted { " (inverted)" } else { "" }
+                )
+            })
+            .collect();
+        Rendered::Table(output::record_table([
+            ("amount", format!("{} {}", self.amount, self.from)),
+            ("result", format!("{} {}", self.result, self.to)),
+            ("rate", self.rate.to_string()),
+            ("route", self.route.clone()),
+            ("legs", legs.join(", ")),
+            ("rounding", self.rounding.clone()),
+        ]))
+    }
+}
+
+/// Why a conversion has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Unanswerable {
+    /// Bad amount or currency: the request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No rate connects the two currencies.
+    #[error("no rate for {from}/{to}: not direct, not inverse, not via {pivot}")]
+    NoRate {
+        from: String,
+        to: String,
+        pivot: String,
+    },
+}
+
+/// Converts with the given rates; pure, so the worker and the CLI share it.
+pub fn compute(
+    rates: &HashMap<Pair, Rate>,
+    amount: Decimal,
+    from: &str,
+    to: &str,
+    pivot: Currency,
+) -> Result<Conversion, Unanswerable> {
+    let bad = |e: &dyn std::fmt::Display| Unanswerable::BadRequest(e.to_string());
+    let from = Currency::parse(from).map_err(|e| bad(&e))?;
+    let to = Currency::parse(to).map_err(|e| bad(&e))?;
+    let money = Money::amount(amount, from).map_err(|e| bad(&format!("invalid amount: {e}")))?;
+    let route = rates::find_route(rates, from, to, pivot).ok_or_else(|| Unanswerable::NoRate {
+        from: from.code().into(),
+        to: to.code().into(),
+        pivot: pivot.code().into(),
+    })?;
+    let result = conversion::convert(money, to, &route.legs).map_err(|e| bad(&e))?;
+    Ok(Conversion {
+        amount: money.to_decimal(),
+        from: from.code().into(),
+        to: to.code().into(),
+        result: result.to_decimal(),
+        rate: Ratio::of_legs(&route.legs).to_decimal(10).normalized(),
+        route: route.how,
+        legs: route
+            .legs
+            .iter()
+            .map(|l| LegReport {
+                pair: format!("{}/{}", l.base, l.quote),
+                rate: l.rate,
+                inverted: l.inverted,
+            })
+            .collect(),
+        rounding: ROUNDING.into(),
+    })
+}
+
+/// A conversion request on `conversion_requests` (seed 004 sends `id`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversionRequest {
+    #[serde(alias = "request_id")]
+    pub id: String,
+    pub amount: Decimal,
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub pivot: Option<String>,
+    #[serde(default)]
+    pub requested_at: Option<String>,
+}
+
+/// `conversion:{id}`: a request and, once served, its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversionRecord {
+    pub request_id: String,
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    pub amount: Decimal,
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Conversion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<String>,
+}
+
+impl Report for ConversionRecord {
+    fn render(&self) -> Rendered {
+        let mut rows = vec![
+            ("request", self.request_id.clone()),
+            ("status", self.status.clone()),
+            ("amount", format!("{} {}", self.amount, self.from)),
+        ];
+        if let Some(a) = &self.answer {
+            rows.push(("result", format!("{} {}", a.result, a.to)));
+            rows.push(("rate", a.rate.to_string()));
+            rows.push(("route", a.route.clone()));
+        }
+        if let Some(e) = &self.error {
+            rows.push(("error", e.clone()));
+        }
+        Rendered::Table(output::record_table(rows))
+    }
+}
+
+#[derive(Serialize)]
+struct Requested {
+    request_id: String,
+}
+
+impl Report for Requested {
+    fn render(&self) -> Rendered {
+        Rendered::Line(self.request_id.clone())
+    }
+}
+
+/// `producer` is called only for `--async`: a plain conversion never opens Kafka.
+pub async fn run<'p>(
+    args: Args,
+    redis: &mut Redis,
+    producer: impl FnOnce() -> anyhow::Result<&'p rdkafka::producer::FutureProducer>,
+    topic: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let pivot = Currency::parse(&args.pivot)?;
+    let amount: Decimal = args.amount.parse().context("invalid amount")?;
+    if !args.asynchronous {
+        let rates = rates::all(redis).await?;
+        return match compute(&rates, amount, &args.from, &args.to, pivot) {
+            Ok(conversion) => output.emit(&conversion),
+            Err(e @ Unanswerable::NoRate { .. }) => Err(refuse(e.to_string())),
+            Err(e) => Err(e.into()),
+        };
+    }
+    // Check what can be checked now; the answer waits for `rates serve`.
+    let from = Currency::parse(&args.from)?;
+    Currency::parse(&args.to)?;
+    Money::amount(amount, from).context("invalid amount")?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let requested_at = crate::clock::now_rfc3339();
+    let request = ConversionRequest {
+        id: id.clone(),
+        amount,
+        from: args.from.to_ascii_uppercase(),
+        to: args.to.to_ascii_uppercase(),
+        pivot: Some(pivot.code().into()),
+        requested_at: Some(requested_at.clone()),
+    };
+    let record = ConversionRecord {
+        request_id: id.clone(),
+        status: "pending".into(),
+        amount,
+        from: request.from.clone(),
+        to: request.to.clone(),
+        requested_at: Some(requested_at),
+        answer: None,
+        error: None,
+        answered_at: None,
+    };
+    let key = keys::conversion(&id);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(serde_json::to_string(&record)?)
+        .arg("EX")
+        .arg(CONVERSION_TTL_SECS)
+        .query_async(redis)
+        .await
+        .context("storing the conversion request")?;
+    let message = Outgoing {
+        topic: topic.to_string(),
+        key: Some(id.clone()),
+        payload: serde_json::to_vec(&request)?,
+    };
+    if let Err(e) = async { produce_all(producer()?, &[message]).await }.await {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(redis)
+            .await
+            .unwrap_or(0);
+        return Err(e.context("the conversion request was not published; nothing was requested"));
+    }
+    output.emit(&Requested { request_id: id })
+}
+
+/// How long conversion requests and answers are kept.
+pub const CONVERSION_TTL_SECS: u64 = 7 * 24 * 3600;

@@ -1,0 +1,157 @@
+//! `payctl rates serve`: the worker that answers conversion requests (seed 004).
+//!
+//! Each request's answer is written to `conversion:{id}` once: a redelivered
+//! request finds the answer there and changes nothing.
+
+use std::sync::LazyLock;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::money::Currency;
+use crate::output::Output;
+use crate::rates;
+use crate::rates::convert::{
+    compute, ConversionRecord, ConversionRequest, Unanswerable, CONVERSION_TTL_SECS,
+};
+use crate::store::{keys, Redis, Script};
+use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
+
+/// Answer conversion requests from the conversion_requests topic (a worker).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  payctl rates serve\n  payctl rates serve --until-idle 5")]
+pub struct Args {
+    /// Consumer group.
+    #[arg(long, env = "PAYCTL_RATES_GROUP", default_value = "payctl-rates-serve")]
+    pub group: String,
+    /// Currency for cross rates when a request names none.
+    #[arg(long, env = "PAYCTL_PIVOT", default_value = "USD")]
+    pub pivot: String,
+    #[command(flatten)]
+    pub limits: WorkerArgs,
+}
+
+const ANSWERED: &str = "answered";
+const FAILED: &str = "failed";
+const ALREADY_ANSWERED: &str = "duplicate";
+
+static ANSWER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: conversion record. ARGV: answer JSON, ttl. The first answer stays.
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' and (record.status == 'done' or record.status == 'failed') then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#,
+    )
+});
+
+struct ConversionServer {
+    redis: Redis,
+    pivot: Currency,
+    scripts_loaded: bool,
+}
+
+impl BatchHandler for ConversionServer {
+    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+        if !self.scripts_loaded {
+            ANSWER.load(&mut self.redis).await?;
+            self.scripts_loaded = true;
+        }
+        let rates = rates::all(&mut self.redis).await?;
+        let now = crate::clock::now_rfc3339();
+        let mut pipe = redis::pipe();
+        let mut answered = Vec::new();
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let request: ConversionRequest = match serde_json::from_slice(&delivery.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    verdicts.push(Some(Verdict::dead_letter(
+                        delivery,
+                        format!("not a conversion request: {e}"),
+                    )));
+                    continue;
+                }
+            };
+            let pivot = request
+                .pivot
+                .as_deref()
+                .and_then(|p| Currency::parse(p).ok())
+                .unwrap_or(self.pivot);
+            let outcome = compute(&rates, request.amount, &request.from, &request.to, pivot);
+            let (status, answer, error) = match outcome {
+                Ok(conversion) => ("done", Some(conversion), None),
+                Err(e @ Unanswerable::NoRate { .. }) => ("failed", None, Some(e.to_string())),
+                Err(Unanswerable::BadRequest(reason)) => {
+                    verdicts.push(Some(Verdict::dead_letter(delivery, reason)));
+                    continue;
+                }
+            };
+            let record = ConversionRecord {
+                request_id: request.id.clone(),
+                status: status.into(),
+                amount: request.amount,
+                from: request.from.clone(),
+                to: request.to.clone(),
+                requested_at: request.requested_at.clone(),
+                answer,
+                error,
+                answered_at: Some(now.clone()),
+            };
+            let key = keys::conversion(&request.id);
+            let mut call = ANSWER.call(&[&key]);
+            call.arg(serde_json::to_string(&record)?)
+                .arg(CONVERSION_TTL_SECS);
+            pipe.add_command(call);
+            answered.push(if status == "done" { ANSWERED } else { FAILED });
+            verdicts.push(None);
+        }
+        let written: Vec<i64> = match pipe.query_async(&mut self.redis).await {
+            Ok(written) => written,
+            Err(e) => {
+                self.scripts_loaded = false;
+                return Err(e).context("writing conversion answers");
+            }
+        };
+        let mut results = answered.into_iter().zip(written);
+        Ok(verdicts
+            .into_iter()
+            .map(|v| {
+                v.unwrap_or_else(|| match results.next().expect("one reply per answer") {
+                    (_, 0) => Verdict::new(ALREADY_ANSWERED, Vec::new()),
+                    (label, _) => Verdict::new(label, Vec::new()),
+                })
+            })
+            .collect())
+    }
+}
+
+pub async fn run(
+    args: Args,
+    kafka: &KafkaConfig,
+    redis: Redis,
+    topic: &str,
+    output: Output,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        group: args.group,
+        inputs: vec![topic.to_string()],
+        outputs: Vec::new(),
+        outcomes: &[ANSWERED, FAILED, ALREADY_ANSWERED, DEAD_LETTERED],
+        limits: args.limits.limits()?,
+    };
+    let mut server = ConversionServer {
+        redis,
+        pivot: Currency::parse(&args.pivot)?,
+        scripts_loaded: false,
+    };
+    let summary = worker::run(kafka, &spec, &mut server, shutdown).await?;
+    output.emit(&summary)
+}
