@@ -53,6 +53,7 @@ return 0
 });
 
 /// One notification to push, unless its identity was notified before.
+#[derive(Debug)]
 struct Push {
     identity: String,
     user_key: String,
