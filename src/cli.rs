@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, RedisConfig, Topics};
 use crate::output::{Format, Output};
-use crate::{accounts, notify, rates, topics, transfer};
+use crate::{accounts, notify, payments, rates, topics, transfer};
 
 /// payctl: run a payment pipeline on Kafka and Redis.
 #[derive(Debug, Parser)]
@@ -82,6 +82,14 @@ pub struct GlobalArgs {
         default_value = "rate_changes"
     )]
     pub topic_rate_changes: String,
+    /// Topic of subscription payment requests (seed 003).
+    #[arg(
+        long,
+        global = true,
+        env = "PAYCTL_TOPIC_PAYMENTS",
+        default_value = "payments"
+    )]
+    pub topic_payments: String,
     /// Topic of conversion requests (seed 004).
     #[arg(
         long,
@@ -106,9 +114,23 @@ pub enum Command {
     /// Currency rates and exact conversions.
     #[command(subcommand)]
     Rates(RatesCommand),
+    /// Subscription payments: submit, save, process, inspect.
+    #[command(subcommand)]
+    Payments(PaymentsCommand),
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PaymentsCommand {
+    Submit(payments::submit::SubmitArgs),
+    Refund(payments::submit::RefundArgs),
+    Save(payments::save::Args),
+    Process(payments::process::Args),
+    List(payments::list::Args),
+    Show(payments::show::Args),
+    Stats(payments::stats::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +231,7 @@ impl GlobalArgs {
                 transactions: self.topic_transactions.clone(),
                 rate_changes: self.topic_rate_changes.clone(),
                 conversions: self.topic_conversions.clone(),
+                payments: self.topic_payments.clone(),
             },
             output: Output::new(self.output),
             progress: !self.quiet,
@@ -309,6 +332,57 @@ impl Command {
             }
             Command::Rates(RatesCommand::Result(args)) => {
                 rates::result::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Payments(PaymentsCommand::Submit(args)) => {
+                let mut redis = app.redis.connect().await?;
+                payments::submit::submit(
+                    args,
+                    &mut redis,
+                    app.producer()?,
+                    &app.topics.payments,
+                    out,
+                )
+                .await
+            }
+            Command::Payments(PaymentsCommand::Refund(args)) => {
+                let mut redis = app.redis.connect().await?;
+                payments::submit::refund(
+                    args,
+                    &mut redis,
+                    app.producer()?,
+                    &app.topics.payments,
+                    out,
+                )
+                .await
+            }
+            Command::Payments(PaymentsCommand::Save(args)) => {
+                let redis = app.redis.connect().await?;
+                let (topic, shutdown) = (&app.topics.payments, app.shutdown.clone());
+                payments::save::run(args, &app.kafka, redis, topic, out, shutdown).await
+            }
+            Command::Payments(PaymentsCommand::Process(args)) => {
+                let mut redis = app.redis.connect().await?;
+                let (topic, shutdown) = (&app.topics.transactions, app.shutdown.clone());
+                let producer = app.producer()?;
+                payments::process::run(
+                    args,
+                    &mut redis,
+                    producer,
+                    topic,
+                    out,
+                    app.progress,
+                    shutdown,
+                )
+                .await
+            }
+            Command::Payments(PaymentsCommand::List(args)) => {
+                payments::list::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Payments(PaymentsCommand::Show(args)) => {
+                payments::show::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Payments(PaymentsCommand::Stats(args)) => {
+                payments::stats::run(args, &mut app.redis.connect().await?, out).await
             }
             Command::Topics(TopicsCommand::Create(args)) => {
                 topics::create::run(args, &app.kafka, out).await

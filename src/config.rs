@@ -49,6 +49,8 @@ pub struct Topics {
     pub rate_changes: String,
     /// Conversion requests (seed 004).
     pub conversions: String,
+    /// Subscription payment requests (seed 003).
+    pub payments: String,
 }
 
 impl Topics {
@@ -68,6 +70,7 @@ impl Default for Topics {
             transactions: "payment_transactions".into(),
             rate_changes: "rate_changes".into(),
             conversions: "conversion_requests".into(),
+            payments: "payments".into(),
         }
     }
 }

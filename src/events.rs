@@ -11,7 +11,7 @@ use crate::kafka::Outgoing;
 use crate::money::Decimal;
 
 /// One party's view of a transaction outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TransactionEvent {
     pub transaction_id: String,
     pub user_id: String,
@@ -32,6 +32,13 @@ pub struct TransactionEvent {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    /// Set for subscription payments: `notify consume` marks the payment
+    /// `completed` once the user's notification is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// `payment` or `refund`, for subscription payments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl TransactionEvent {

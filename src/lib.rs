@@ -15,6 +15,7 @@
 //! - `transfer`: initiate, process (the worker), show, list (seeds 001, 002).
 //! - `rates`: rates, exact conversion (sync, and async over Kafka), the answering worker.
 //! - `notify`: the notification worker, notification lists, rate watchers.
+//! - `payments`: subscription payments: submit, save, process (processors), views.
 //! - `topics`: topic tooling.
 
 pub mod accounts;
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod money;
 pub mod notify;
 pub mod output;
+pub mod payments;
 pub mod rates;
 pub mod store;
 pub mod topics;

@@ -109,3 +109,16 @@ impl Script {
         cmd
     }
 }
+
+/// Runs a pipeline whose commands each answer a `T`. An empty pipeline
+/// (a batch of dead letters, say) answers nothing, without a round trip:
+/// Redis would refuse it.
+pub async fn run_pipeline<T: redis::FromRedisValue>(
+    pipe: &redis::Pipeline,
+    redis: &mut Redis,
+) -> redis::RedisResult<Vec<T>> {
+    if pipe.is_empty() {
+        return Ok(Vec::new());
+    }
+    pipe.query_async(redis).await
+}

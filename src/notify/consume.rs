@@ -16,7 +16,8 @@ use crate::config::{KafkaConfig, Topics};
 use crate::events::RateChangeEvent;
 use crate::notify::Notification;
 use crate::output::Output;
-use crate::store::{keys, Redis, Script};
+use crate::payments;
+use crate::store::{keys, run_pipeline, Redis, Script};
 use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
 /// Turn transaction events and rate changes into notifications (a worker).
@@ -58,6 +59,8 @@ struct Push {
     identity: String,
     user_key: String,
     json: String,
+    /// A subscription payment to mark `completed` once this is written.
+    payment_id: Option<String>,
 }
 
 /// What one message asks for.
@@ -112,6 +115,10 @@ fn plan_transaction(payload: &[u8]) -> Result<Push, String> {
         identity,
         user_key: keys::notifications(&user),
         json: serde_json::to_string(&notification).expect("a notification serializes"),
+        payment_id: event
+            .get("payment_id")
+            .and_then(Value::as_str)
+            .map(String::from),
     })
 }
 
@@ -153,10 +160,37 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Seed 003: a payment is `completed` once its user is notified. Runs
+    /// after the pushes, so a payment is never completed without its notification.
+    async fn complete_payments(&mut self, plans: &[Plan]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for plan in plans {
+            if let Plan::Transaction(Push {
+                payment_id: Some(id),
+                ..
+            }) = plan
+            {
+                pipe.add_command(payments::complete_command(id));
+                any = true;
+            }
+        }
+        if any {
+            let _: Vec<i64> = pipe
+                .query_async(&mut self.redis)
+                .await
+                .context("completing payments")?;
+        }
+        Ok(())
+    }
+}
+
 impl BatchHandler for Notifier {
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
         if !self.scripts_loaded {
             NOTIFY.load(&mut self.redis).await?;
+            payments::load_completion(&mut self.redis).await?;
             self.scripts_loaded = true;
         }
         let plans: Vec<Plan> = batch
@@ -191,6 +225,7 @@ impl BatchHandler for Notifier {
                     identity: push.identity.clone(),
                     user_key: push.user_key.clone(),
                     json: push.json.clone(),
+                    payment_id: push.payment_id.clone(),
                 }],
                 Plan::RateChange(change) => watchers
                     .get(&change.pair)
@@ -206,6 +241,7 @@ impl BatchHandler for Notifier {
                             identity: format!("rate:{}:{user}", change.event_id),
                             user_key: keys::notifications(user),
                             json: serde_json::to_string(&n).expect("a notification serializes"),
+                            payment_id: None,
                         }
                     })
                     .collect(),
@@ -218,13 +254,15 @@ impl BatchHandler for Notifier {
             }
             pushes_per_message.push(pushes.len());
         }
-        let pushed: Vec<i64> = match pipe.query_async(&mut self.redis).await {
+        let pushed: Vec<i64> = match run_pipeline(&pipe, &mut self.redis).await {
             Ok(pushed) => pushed,
             Err(e) => {
                 self.scripts_loaded = false;
                 return Err(e).context("storing notifications");
             }
         };
+
+        self.complete_payments(&plans).await?;
 
         let mut pushed = pushed.into_iter();
         let verdicts = batch

@@ -15,7 +15,7 @@ use crate::rates;
 use crate::rates::convert::{
     compute, ConversionRecord, ConversionRequest, Unanswerable, CONVERSION_TTL_SECS,
 };
-use crate::store::{keys, Redis, Script};
+use crate::store::{keys, run_pipeline, Redis, Script};
 use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
 /// Answer conversion requests from the conversion_requests topic (a worker).
@@ -112,7 +112,7 @@ impl BatchHandler for ConversionServer {
             answered.push(if status == "done" { ANSWERED } else { FAILED });
             verdicts.push(None);
         }
-        let written: Vec<i64> = match pipe.query_async(&mut self.redis).await {
+        let written: Vec<i64> = match run_pipeline(&pipe, &mut self.redis).await {
             Ok(written) => written,
             Err(e) => {
                 self.scripts_loaded = false;

@@ -7,14 +7,12 @@
 //! `transfer process` rather than applied.
 
 use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -488,7 +486,7 @@ pub async fn run(
                 );
             }
         };
-    let progress = progress_bar(transfers.len() as u64, show_progress);
+    let progress = output::progress_bar(transfers.len() as u64, show_progress);
     let mut summary = BulkSummary {
         rows: transfers.len(),
         created: 0,
@@ -526,19 +524,6 @@ pub async fn run(
         );
     }
     Ok(())
-}
-
-/// A progress bar on stderr, shown only to a person at a terminal.
-pub fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
-    if !wanted || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .expect("a valid progress template"),
-    );
-    bar
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::config::{KafkaConfig, Topics};
 use crate::events::TransactionEvent;
 use crate::money::{Currency, Money};
 use crate::output::Output;
-use crate::store::{keys, Redis, Script};
+use crate::store::{keys, run_pipeline, Redis, Script};
 use crate::transfer::{Transfer, TransferStatus};
 use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
@@ -252,6 +252,7 @@ impl TransferProcessor {
             currency: currency.clone(),
             reason: reason.map(String::from),
             occurred_at: Some(occurred_at.clone()),
+            ..TransactionEvent::default()
         })
         .map(|event| event.to_outgoing(&self.events_topic))
         .collect()
@@ -303,7 +304,7 @@ impl BatchHandler for TransferProcessor {
         for planned in plans.iter().flatten() {
             pipe.add_command(self.script_call(planned)?);
         }
-        let replies: Vec<Vec<String>> = match pipe.query_async(&mut self.redis).await {
+        let replies: Vec<Vec<String>> = match run_pipeline(&pipe, &mut self.redis).await {
             Ok(replies) => replies,
             Err(e) => {
                 // A restarted Redis has forgotten the script: load it on the retry.

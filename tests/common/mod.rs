@@ -90,6 +90,7 @@ pub struct Pipeline {
     pub transactions: String,
     pub rate_changes: String,
     pub conversions: String,
+    pub payments: String,
     pub group: String,
 }
 
@@ -102,6 +103,7 @@ impl Pipeline {
             transactions: unique("transactions"),
             rate_changes: unique("rates"),
             conversions: unique("conversions"),
+            payments: unique("payments"),
             group: unique("group"),
         };
         let mut args = vec![
@@ -115,6 +117,7 @@ impl Pipeline {
             &pipeline.transactions,
             &pipeline.rate_changes,
             &pipeline.conversions,
+            &pipeline.payments,
         ] {
             args.push(topic.clone());
             args.push(format!("{topic}.dlq"));
@@ -166,6 +169,8 @@ impl Pipeline {
             .env("PAYCTL_TOPIC_TRANSACTIONS", &self.transactions)
             .env("PAYCTL_TOPIC_RATE_CHANGES", &self.rate_changes)
             .env("PAYCTL_TOPIC_CONVERSIONS", &self.conversions)
+            .env("PAYCTL_TOPIC_PAYMENTS", &self.payments)
+            .env("PAYCTL_PAYMENTS_GROUP", &self.group)
             .env("PAYCTL_TRANSFER_GROUP", &self.group)
             .env("PAYCTL_NOTIFY_GROUP", &self.group)
             .env("PAYCTL_RATES_GROUP", &self.group)

@@ -1,0 +1,275 @@
+//! Subscription payments (seed 003): submit → save → process → notify.
+//!
+//! Statuses are seed 003's. Processing: `new` (saved), `in_processing`
+//! (sent to the processor), `processed` (the processor answered and the
+//! outcome event is on `payment_transactions`), `completed` (the user's
+//! notification was written by `notify consume`), `duplicated` (an older
+//! request of a user who asked again). Payment: `unknown` until the
+//! processor answers, then `accepted`, `decline` or `error`.
+//!
+//! Redis: `payment:{id}` holds the record's JSON; the sorted sets
+//! `payments` and `payments:user:{user}` index it by creation time; the sets
+//! `payments:status:{processing status}` hold ids by processing status, and
+//! `payments:unannounced` the processed payments whose event is not yet
+//! acknowledged. `subscription:{user}` is a hash (`status`, `plan`,
+//! `amount`, `currency`, `payment_id`, `since`, `ended_at`).
+
+pub mod list;
+pub mod process;
+pub mod processor;
+pub mod save;
+pub mod show;
+pub mod stats;
+pub mod submit;
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::money::Decimal;
+use crate::output::{self, Rendered, Report};
+use crate::store::Redis;
+
+/// Where a payment is in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingStatus {
+    New,
+    InProcessing,
+    Processed,
+    Completed,
+    Duplicated,
+}
+
+impl ProcessingStatus {
+    pub const ALL: [ProcessingStatus; 5] = [
+        ProcessingStatus::New,
+        ProcessingStatus::InProcessing,
+        ProcessingStatus::Processed,
+        ProcessingStatus::Completed,
+        ProcessingStatus::Duplicated,
+    ];
+
+    /// The snake_case name stored in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingStatus::New => "new",
+            ProcessingStatus::InProcessing => "in_processing",
+            ProcessingStatus::Processed => "processed",
+            ProcessingStatus::Completed => "completed",
+            ProcessingStatus::Duplicated => "duplicated",
+        }
+    }
+}
+
+/// What the processor said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Accepted,
+    Error,
+    Decline,
+    Unknown,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 4] = [
+        PaymentStatus::Accepted,
+        PaymentStatus::Error,
+        PaymentStatus::Decline,
+        PaymentStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Accepted => "accepted",
+            PaymentStatus::Error => "error",
+            PaymentStatus::Decline => "decline",
+            PaymentStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// A payment for a subscription, or a refund of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentKind {
+    Payment,
+    Refund,
+}
+
+/// A request on the `payments` topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PaymentRequest {
+    pub payment_id: String,
+    pub user_id: String,
+    pub plan: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub kind: PaymentKind,
+    #[serde(default)]
+    pub requested_at: Option<String>,
+    /// The request time in Unix milliseconds; "latest" compares these.
+    #[serde(default)]
+    pub requested_ms: Option<u64>,
+}
+
+/// `payment:{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payment {
+    pub payment_id: String,
+    pub user_id: String,
+    pub plan: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub kind: PaymentKind,
+    pub processing_status: ProcessingStatus,
+    pub payment_status: PaymentStatus,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Milliseconds since the epoch of the request: "latest" means highest.
+    pub requested_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Payment {
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.payment_id.clone(),
+            self.user_id.clone(),
+            format!("{:?}", self.kind).to_lowercase(),
+            self.plan.clone(),
+            format!("{} {}", self.amount, self.currency),
+            self.processing_status.as_str().into(),
+            self.payment_status.as_str().into(),
+            self.created_at.clone(),
+        ]
+    }
+}
+
+/// A table of payments.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct PaymentList(pub Vec<Payment>);
+
+impl Report for PaymentList {
+    fn render(&self) -> Rendered {
+        let mut table = output::table([
+            "payment",
+            "user",
+            "kind",
+            "plan",
+            "amount",
+            "processing",
+            "payment",
+            "created_at",
+        ]);
+        for p in &self.0 {
+            table.add_row(p.row());
+        }
+        Rendered::Table(table)
+    }
+}
+
+impl Report for Payment {
+    fn render(&self) -> Rendered {
+        let mut rows = vec![
+            ("payment", self.payment_id.clone()),
+            ("user", self.user_id.clone()),
+            ("kind", format!("{:?}", self.kind).to_lowercase()),
+            ("plan", self.plan.clone()),
+            ("amount", format!("{} {}", self.amount, self.currency)),
+            ("processing_status", self.processing_status.as_str().into()),
+            ("payment_status", self.payment_status.as_str().into()),
+            ("created_at", self.created_at.clone()),
+            ("updated_at", self.updated_at.clone()),
+        ];
+        if let Some(detail) = &self.detail {
+            rows.push(("detail", detail.clone()));
+        }
+        Rendered::Table(output::record_table(rows))
+    }
+}
+
+/// Redis keys of the payments domain.
+pub mod keys {
+    pub fn payment(id: &str) -> String {
+        format!("payment:{id}")
+    }
+    pub const PAYMENTS: &str = "payments";
+    pub fn by_user(user: &str) -> String {
+        format!("payments:user:{user}")
+    }
+    pub fn by_status(status: super::ProcessingStatus) -> String {
+        format!("payments:status:{}", status.as_str())
+    }
+    pub const UNANNOUNCED: &str = "payments:unannounced";
+    pub fn subscription(user: &str) -> String {
+        format!("subscription:{user}")
+    }
+}
+
+/// Reads payments by id, skipping ids with no record.
+pub async fn get_many(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Payment>> {
+    let mut payments = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
+        let stored: Vec<Option<String>> = redis.mget(&keys).await.context("reading payments")?;
+        for json in stored.into_iter().flatten() {
+            payments.push(serde_json::from_str(&json).context("reading a payment record")?);
+        }
+    }
+    Ok(payments)
+}
+
+/// One payment.
+pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Payment>> {
+    Ok(get_many(redis, &[id.to_string()]).await?.pop())
+}
+
+/// A user's subscription, if they ever had one.
+pub async fn subscription(
+    redis: &mut Redis,
+    user: &str,
+) -> anyhow::Result<HashMap<String, String>> {
+    redis
+        .hgetall(keys::subscription(user))
+        .await
+        .with_context(|| format!("reading the subscription of {user}"))
+}
+
+static COMPLETE: std::sync::LazyLock<crate::store::Script> = std::sync::LazyLock::new(|| {
+    crate::store::Script::new(
+        r#"
+-- A processed payment whose notification is written becomes completed.
+-- KEYS: payment, processed set, completed set. ARGV: id
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local ok, payment = pcall(cjson.decode, current)
+if not ok or type(payment) ~= 'table' or payment.processing_status ~= 'processed' then return 0 end
+local updated = string.gsub(current, '"processing_status":"processed"', '"processing_status":"completed"', 1)
+redis.call('SET', KEYS[1], updated)
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Loads the completion script (call before [`complete_command`] in a pipeline).
+pub async fn load_completion(redis: &mut Redis) -> anyhow::Result<()> {
+    COMPLETE.load(redis).await
+}
+
+/// Marks a `processed` payment `completed`: its notification has been written.
+pub fn complete_command(payment_id: &str) -> redis::Cmd {
+    let payment = keys::payment(payment_id);
+    let processed = keys::by_status(ProcessingStatus::Processed);
+    let completed = keys::by_status(ProcessingStatus::Completed);
+    let mut cmd = COMPLETE.call(&[&payment, &processed, &completed]);
+    cmd.arg(payment_id);
+    cmd
+}

@@ -1,0 +1,136 @@
+//! `payctl payments submit` and `payctl payments refund`: requests to the
+//! `payments` topic (seed 003's subscription app).
+
+use serde::Serialize;
+
+use crate::exit::refuse;
+use crate::kafka::{produce_all, Outgoing};
+use crate::money::{Currency, Money};
+use crate::notify::validate_user;
+use crate::output::{Output, Rendered, Report};
+use crate::payments::{self, PaymentKind, PaymentRequest};
+use crate::store::Redis;
+
+/// Ask to pay for a subscription. Refused (exit 1) while the user has an active one.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  payctl payments submit --user alice --plan premium --amount 9.99\n  payctl payments submit --user bob --plan basic --amount 499 --currency RUB"
+)]
+pub struct SubmitArgs {
+    #[arg(long)]
+    pub user: String,
+    #[arg(long)]
+    pub plan: String,
+    /// Exact decimal amount.
+    #[arg(long, allow_hyphen_values = true)]
+    pub amount: String,
+    #[arg(long, default_value = "USD")]
+    pub currency: String,
+}
+
+/// Ask for a refund of the active subscription. Refused (exit 1) without one.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  payctl payments refund --user alice")]
+pub struct RefundArgs {
+    #[arg(long)]
+    pub user: String,
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    #[serde(flatten)]
+    request: PaymentRequest,
+}
+
+impl Report for Submitted {
+    fn render(&self) -> Rendered {
+        Rendered::Line(self.request.payment_id.clone())
+    }
+}
+
+fn new_request(user: &str, plan: &str, amount: Money, kind: PaymentKind) -> PaymentRequest {
+    PaymentRequest {
+        payment_id: uuid::Uuid::new_v4().to_string(),
+        user_id: user.to_string(),
+        plan: plan.to_string(),
+        amount: amount.to_decimal(),
+        currency: amount.currency().code().into(),
+        kind,
+        requested_at: Some(crate::clock::now_rfc3339()),
+        requested_ms: Some(crate::clock::now_millis()),
+    }
+}
+
+async fn publish(
+    request: PaymentRequest,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let message = Outgoing {
+        topic: topic.to_string(),
+        key: Some(request.user_id.clone()),
+        payload: serde_json::to_vec(&request)?,
+    };
+    produce_all(producer, &[message]).await?;
+    output.emit(&Submitted { request })
+}
+
+pub async fn submit(
+    args: SubmitArgs,
+    redis: &mut Redis,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    validate_user(&args.user)?;
+    anyhow::ensure!(!args.plan.trim().is_empty(), "--plan must not be empty");
+    let amount = Money::parse_amount(&args.amount, Currency::parse(&args.currency)?)?;
+    let subscription = payments::subscription(redis, &args.user).await?;
+    if subscription.get("status").map(String::as_str) == Some("active") {
+        let plan = subscription.get("plan").cloned().unwrap_or_default();
+        return Err(refuse(format!(
+            "{} already has an active subscription ({plan}); nothing was submitted",
+            args.user
+        )));
+    }
+    publish(
+        new_request(&args.user, &args.plan, amount, PaymentKind::Payment),
+        producer,
+        topic,
+        output,
+    )
+    .await
+}
+
+pub async fn refund(
+    args: RefundArgs,
+    redis: &mut Redis,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    validate_user(&args.user)?;
+    let subscription = payments::subscription(redis, &args.user).await?;
+    if subscription.get("status").map(String::as_str) != Some("active") {
+        return Err(refuse(format!(
+            "{} has no active subscription to refund",
+            args.user
+        )));
+    }
+    let field = |name: &str| {
+        subscription
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("subscription of {} has no {name}", args.user))
+    };
+    let currency = Currency::parse(&field("currency")?)?;
+    let amount = Money::parse_amount(&field("amount")?, currency)?;
+    publish(
+        new_request(&args.user, &field("plan")?, amount, PaymentKind::Refund),
+        producer,
+        topic,
+        output,
+    )
+    .await
+}
