@@ -47,3 +47,12 @@ step "rates and an exact conversion (direct, inverse, cross via USD)"
 "$payctl" rates list
 "$payctl" rates convert 100 USD EUR
 "$payctl" rates convert 100 EUR JPY
+
+step "subscription payments: submit, save, process, notify"
+for user in dora dora erik; do
+  "$payctl" payments submit --user "$user" --plan premium --amount 9.99 >/dev/null || true   # exit 1 when already subscribed
+done
+"$payctl" payments save --until-idle 3 >/dev/null
+"$payctl" payments process --seed 7
+"$payctl" notify consume --until-idle 3 >/dev/null
+"$payctl" payments stats
