@@ -6,13 +6,13 @@
 
 use std::sync::OnceLock;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, RedisConfig, Topics};
 use crate::output::{Format, Output};
-use crate::{accounts, notify, payments, rates, topics, transfer};
+use crate::{accounts, groups, notify, payments, rates, status, topics, transactions, transfer};
 
 /// payctl: run a payment pipeline on Kafka and Redis.
 #[derive(Debug, Parser)]
@@ -103,23 +103,69 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Accounts and balances.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl accounts open alice --currency USD --balance 100.00\n  payctl accounts list"
+    )]
     Accounts(AccountsCommand),
     /// Money transfers: initiate, process, inspect.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl transfer initiate --from alice --to bob --amount 12.50\n  payctl transfer process --until-idle 5"
+    )]
     Transfer(TransferCommand),
     /// Notifications: the worker, lists, rate watchers.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl notify consume --until-idle 5\n  payctl notify list --user alice"
+    )]
     Notify(NotifyCommand),
     /// Currency rates and exact conversions.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl rates set USD EUR 0.9215\n  payctl rates convert 100 USD EUR"
+    )]
     Rates(RatesCommand),
     /// Subscription payments: submit, save, process, inspect.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl payments submit --user alice --plan premium --amount 9.99\n  payctl payments process --until-idle 10"
+    )]
     Payments(PaymentsCommand),
-    /// Kafka topics.
-    #[command(subcommand)]
+    /// Kafka topics: list, describe, create, produce, consume.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl topics list\n  payctl topics consume payment_transactions --from-beginning -n 5"
+    )]
     Topics(TopicsCommand),
+    /// Consumer groups and their lag.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl groups list\n  payctl groups lag payctl-transfer-process"
+    )]
+    Groups(GroupsCommand),
+    /// Transaction outcomes (seed 004's log).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl transactions log --user alice"
+    )]
+    Transactions(TransactionsCommand),
+    /// Is the pipeline healthy? Broker, Redis, topics, lag, DLQs.
+    Status(status::Args),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  payctl completions bash > /etc/bash_completion.d/payctl\n  payctl completions zsh > \"${fpath[1]}/_payctl\"\n  payctl completions fish > ~/.config/fish/completions/payctl.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    List(groups::list::Args),
+    Lag(groups::lag::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +177,11 @@ pub enum PaymentsCommand {
     List(payments::list::Args),
     Show(payments::show::Args),
     Stats(payments::stats::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransactionsCommand {
+    Log(transactions::log::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,7 +221,11 @@ pub enum TransferCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
+    List(topics::list::Args),
+    Describe(topics::describe::Args),
     Create(topics::create::Args),
+    Produce(topics::produce::Args),
+    Consume(topics::consume::Args),
 }
 
 /// Environment variable with librdkafka options, space-separated `KEY=VALUE`s.
@@ -384,6 +439,36 @@ impl Command {
             Command::Payments(PaymentsCommand::Stats(args)) => {
                 payments::stats::run(args, &mut app.redis.connect().await?, out).await
             }
+            Command::Topics(TopicsCommand::List(args)) => {
+                topics::list::run(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::Describe(args)) => {
+                topics::describe::run(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::Produce(args)) => {
+                topics::produce::run(args, app.producer()?, out, app.progress).await
+            }
+            Command::Topics(TopicsCommand::Consume(args)) => {
+                topics::consume::run(args, &app.kafka, app.shutdown.clone()).await
+            }
+            Command::Groups(GroupsCommand::List(args)) => {
+                groups::list::run(args, &app.kafka, out).await
+            }
+            Command::Groups(GroupsCommand::Lag(args)) => {
+                groups::lag::run(args, &app.kafka, out).await
+            }
+            Command::Transactions(TransactionsCommand::Log(args)) => {
+                let (topic, shutdown) = (&app.topics.transactions, app.shutdown.clone());
+                transactions::log::run(args, &app.kafka, topic, out, shutdown).await
+            }
+            Command::Status(args) => {
+                status::run(args, &app.kafka, &app.redis, &app.topics, out).await
+            }
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "payctl", &mut script);
+                crate::output::line(String::from_utf8_lossy(&script).trim_end()).map(|_| ())
+            }
             Command::Topics(TopicsCommand::Create(args)) => {
                 topics::create::run(args, &app.kafka, out).await
             }
@@ -398,5 +483,28 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command's --help ends with examples.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if !(help.starts_with("Examples:\n") && help.contains("payctl "))
+                && command.get_name() != "help"
+            {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
     }
 }

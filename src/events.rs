@@ -48,6 +48,7 @@ impl TransactionEvent {
             topic: topic.to_string(),
             key: Some(self.user_id.clone()),
             payload: serde_json::to_vec(self).expect("a transaction event serializes"),
+            headers: Vec::new(),
         }
     }
 }
@@ -73,6 +74,7 @@ impl RateChangeEvent {
             topic: topic.to_string(),
             key: Some(self.pair.clone()),
             payload: serde_json::to_vec(self).expect("a rate change serializes"),
+            headers: Vec::new(),
         }
     }
 }

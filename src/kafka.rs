@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -23,11 +24,13 @@ pub const DEFAULT_MESSAGE_TIMEOUT_MS: &str = "10000";
 pub const DEFAULT_SESSION_TIMEOUT_MS: &str = "6000";
 
 /// A record to produce: the outcome of applying a message, or a dead letter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outgoing {
     pub topic: String,
     pub key: Option<String>,
     pub payload: Vec<u8>,
+    /// Kafka headers, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -106,6 +109,18 @@ pub async fn produce_each(
         if let Some(key) = &record.key {
             future_record = future_record.key(key);
         }
+        if !record.headers.is_empty() {
+            let headers = record
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                });
+            future_record = future_record.headers(headers);
+        }
         producer.send(future_record, Timeout::After(Duration::from_secs(5)))
     });
     let results = join_all(deliveries).await;
@@ -146,4 +161,339 @@ pub async fn create_topics(
             Err((name, code)) => Err(anyhow!("creating topic {name}: {code}")),
         })
         .collect()
+}
+
+/// One partition's offsets as the broker reports them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+impl PartitionOffsets {
+    /// Messages the broker says the partition holds.
+    pub fn messages(&self) -> i64 {
+        (self.high - self.low).max(0)
+    }
+}
+
+/// A topic and its partitions' offsets.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicOffsets {
+    pub topic: String,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+impl TopicOffsets {
+    /// Messages in all partitions.
+    pub fn messages(&self) -> i64 {
+        self.partitions.iter().map(PartitionOffsets::messages).sum()
+    }
+}
+
+/// One partition of a consumer group's progress.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed offset; `None` before its first commit.
+    pub committed: Option<i64>,
+    pub end: i64,
+    /// Messages not yet committed: end − committed (end − low before any commit).
+    pub lag: i64,
+}
+
+/// Read-only questions to the cluster: topics, offsets, groups, lag.
+///
+/// These are blocking librdkafka calls; async callers run them on
+/// `spawn_blocking`.
+pub struct Cluster {
+    consumer: rdkafka::consumer::BaseConsumer,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Connects as `group` (needed to read that group's committed offsets;
+    /// the group is not joined).
+    pub fn connect(kafka: &KafkaConfig, group: &str) -> anyhow::Result<Cluster> {
+        let mut config = kafka.base();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer = kafka
+            .with_overrides(config)
+            .create()
+            .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
+        Ok(Cluster {
+            consumer,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Topic names and partition ids, internal topics left out.
+    pub fn topic_names(&self) -> anyhow::Result<Vec<(String, Vec<i32>)>> {
+        use rdkafka::consumer::Consumer;
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, self.timeout)
+            .context("reading topic metadata from the broker")?;
+        let mut topics: Vec<(String, Vec<i32>)> = metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__"))
+            .map(|t| {
+                (
+                    t.name().to_string(),
+                    t.partitions().iter().map(|p| p.id()).collect(),
+                )
+            })
+            .collect();
+        topics.sort();
+        Ok(topics)
+    }
+
+    /// Low and high watermarks of every partition of `topic`.
+    pub fn offsets(&self, topic: &str, partitions: &[i32]) -> anyhow::Result<TopicOffsets> {
+        use rdkafka::consumer::Consumer;
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for &partition in partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition, self.timeout)
+                .with_context(|| format!("reading offsets of {topic}/{partition}"))?;
+            offsets.push(PartitionOffsets {
+                partition,
+                low,
+                high,
+            });
+        }
+        Ok(TopicOffsets {
+            topic: topic.to_string(),
+            partitions: offsets,
+        })
+    }
+
+    /// Offsets of one topic by name; an unknown topic is an error.
+    pub fn describe(&self, topic: &str) -> anyhow::Result<TopicOffsets> {
+        let (_, partitions) = self
+            .topic_names()?
+            .into_iter()
+            .find(|(name, _)| name == topic)
+            .ok_or_else(|| anyhow!("no topic {topic:?} on the broker"))?;
+        self.offsets(topic, &partitions)
+    }
+
+    /// Consumer groups the broker knows: (name, state, members).
+    pub fn groups(&self) -> anyhow::Result<Vec<(String, String, usize)>> {
+        use rdkafka::consumer::Consumer;
+        let list = self
+            .consumer
+            .fetch_group_list(None, self.timeout)
+            .context("listing consumer groups")?;
+        let mut groups: Vec<_> = list
+            .groups()
+            .iter()
+            .map(|g| {
+                (
+                    g.name().to_string(),
+                    g.state().to_string(),
+                    g.members().len(),
+                )
+            })
+            .collect();
+        groups.sort();
+        Ok(groups)
+    }
+
+    /// This cluster's group's lag on `topics` (every topic it has committed
+    /// on, when `topics` is empty).
+    pub fn lag(&self, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let all = self.topic_names()?;
+        let wanted: Vec<&(String, Vec<i32>)> = all
+            .iter()
+            .filter(|(name, _)| topics.is_empty() || topics.contains(name))
+            .collect();
+        if let Some(missing) = topics
+            .iter()
+            .find(|t| !all.iter().any(|(name, _)| name == *t))
+        {
+            bail!("no topic {missing:?} on the broker");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (name, partitions) in &wanted {
+            for &p in partitions {
+                tpl.add_partition(name, p);
+            }
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, self.timeout)
+            .context("reading the group's committed offsets")?;
+        let mut rows = Vec::new();
+        for element in committed.elements() {
+            let committed = match element.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            if topics.is_empty() && committed.is_none() {
+                continue;
+            }
+            let (low, end) = self
+                .consumer
+                .fetch_watermarks(element.topic(), element.partition(), self.timeout)
+                .with_context(|| {
+                    format!(
+                        "reading offsets of {}/{}",
+                        element.topic(),
+                        element.partition()
+                    )
+                })?;
+            rows.push(PartitionLag {
+                topic: element.topic().to_string(),
+                partition: element.partition(),
+                committed,
+                end,
+                lag: (end - committed.unwrap_or(low)).max(0),
+            });
+        }
+        rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(rows)
+    }
+}
+
+/// Where a scan starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+    Offset(i64),
+}
+
+/// A read of one topic outside any worker group: for `topics consume` and
+/// `transactions log`.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub topic: String,
+    /// Only this partition (without a group).
+    pub partition: Option<i32>,
+    pub start: StartAt,
+    /// Read as this consumer group, committing what was read.
+    pub group: Option<String>,
+    /// Keep waiting for new messages until interrupted.
+    pub follow: bool,
+    /// Without `follow`, stop once nothing has arrived for this long.
+    pub wait: Duration,
+}
+
+impl Scan {
+    /// Reads until `visit` says stop, the topic goes quiet (unless
+    /// following) or `shutdown`. Returns how many messages were visited.
+    pub async fn run(
+        &self,
+        kafka: &KafkaConfig,
+        shutdown: &tokio_util::sync::CancellationToken,
+        mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<u64> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::{Offset, TopicPartitionList};
+
+        let group = self
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("payctl-scan-{}", uuid::Uuid::new_v4().simple()));
+        let mut config = kafka.base();
+        config
+            .set("group.id", &group)
+            .set(
+                "enable.auto.commit",
+                if self.group.is_some() {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .set(
+                "auto.offset.reset",
+                if self.start == StartAt::End {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
+            .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS);
+        let consumer: StreamConsumer = kafka
+            .with_overrides(config)
+            .create()
+            .with_context(|| format!("creating a Kafka consumer for {}", kafka.brokers))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .context("reading topic metadata")?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            bail!("no topic {:?} on the broker", self.topic);
+        }
+        let mut grace = Duration::ZERO;
+        if self.group.is_some() {
+            consumer.subscribe(&[&self.topic]).context("subscribing")?;
+            // Joining a group takes a while; do not call the topic quiet before that.
+            grace = Duration::from_secs(10);
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &partitions {
+                if self.partition.is_some_and(|only| only != p) {
+                    continue;
+                }
+                let offset = match self.start {
+                    StartAt::Beginning => Offset::Beginning,
+                    StartAt::End => Offset::End,
+                    StartAt::Offset(o) => Offset::Offset(o),
+                };
+                tpl.add_partition_offset(&self.topic, p, offset)?;
+            }
+            if tpl.count() == 0 {
+                bail!(
+                    "topic {:?} has no partition {:?}",
+                    self.topic,
+                    self.partition
+                );
+            }
+            consumer.assign(&tpl).context("assigning partitions")?;
+        }
+
+        let mut seen = 0u64;
+        let mut quiet_after = self.wait + grace;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = consumer.recv() => received,
+                _ = tokio::time::sleep(quiet_after), if !self.follow => break,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("consumer: {e}");
+                    continue;
+                }
+            };
+            seen += 1;
+            quiet_after = self.wait;
+            if !visit(&message)? {
+                break;
+            }
+        }
+        if self.group.is_some() && seen > 0 {
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::warn!("committing the group's offsets: {e}");
+            }
+        }
+        Ok(seen)
+    }
 }

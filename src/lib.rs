@@ -16,7 +16,10 @@
 //! - `rates`: rates, exact conversion (sync, and async over Kafka), the answering worker.
 //! - `notify`: the notification worker, notification lists, rate watchers.
 //! - `payments`: subscription payments: submit, save, process (processors), views.
-//! - `topics`: topic tooling.
+//! - `topics`: topic tooling (list, describe, create, produce, consume).
+//! - `groups`: consumer groups and their lag.
+//! - `transactions`: the transaction outcome log.
+//! - `status`: the pipeline health check.
 
 pub mod accounts;
 pub mod cli;
@@ -24,13 +27,16 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod exit;
+pub mod groups;
 pub mod kafka;
 pub mod money;
 pub mod notify;
 pub mod output;
 pub mod payments;
 pub mod rates;
+pub mod status;
 pub mod store;
 pub mod topics;
+pub mod transactions;
 pub mod transfer;
 pub mod worker;

@@ -80,15 +80,18 @@ impl Output {
                 Rendered::Table(table) => table.to_string(),
             },
         };
-        write_line(&text)
+        line(&text).map(|_| ())
     }
 }
 
-fn write_line(text: &str) -> anyhow::Result<()> {
+/// Writes one line to stdout. Returns `false` once the reader has gone
+/// (`payctl topics consume … | head`): not an error, a reason to stop.
+pub fn line(text: &str) -> anyhow::Result<bool> {
     let mut out = io::stdout().lock();
     match writeln!(out, "{text}").and_then(|_| out.flush()) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -107,6 +107,7 @@ impl Verdict {
                     .as_deref()
                     .map(|k| String::from_utf8_lossy(k).into_owned()),
                 payload: serde_json::to_vec(&letter).expect("a dead letter serializes"),
+                headers: Vec::new(),
             }],
         )
     }

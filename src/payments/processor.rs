@@ -75,12 +75,18 @@ impl Simulator {
 
     /// The answer for a payment id, without waiting.
     pub fn decide(&self, payment_id: &str) -> PaymentStatus {
-        // FNV-1a over the seed and the id, then the top 53 bits as a fraction.
+        // FNV-1a over the seed and the id, mixed, then the top 53 bits as a fraction.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in self.seed.to_le_bytes().iter().chain(payment_id.as_bytes()) {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
+        // splitmix64's finalizer spreads FNV's bits evenly.
+        hash ^= hash >> 30;
+        hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash ^= hash >> 27;
+        hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^= hash >> 31;
         let draw = (hash >> 11) as f64 / (1u64 << 53) as f64;
         if draw < self.accept_rate {
             PaymentStatus::Accepted

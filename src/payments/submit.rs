@@ -71,6 +71,7 @@ async fn publish(
         topic: topic.to_string(),
         key: Some(request.user_id.clone()),
         payload: serde_json::to_vec(&request)?,
+        headers: Vec::new(),
     };
     produce_all(producer, &[message]).await?;
     output.emit(&Submitted { request })

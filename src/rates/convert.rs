@@ -259,6 +259,7 @@ pub async fn run<'p>(
         topic: topic.to_string(),
         key: Some(id.clone()),
         payload: serde_json::to_vec(&request)?,
+        headers: Vec::new(),
     };
     if let Err(e) = async { produce_all(producer()?, &[message]).await }.await {
         let _: i64 = redis::cmd("DEL")

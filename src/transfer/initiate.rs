@@ -274,6 +274,7 @@ impl Publisher<'_> {
                     topic: self.topic.to_string(),
                     key: Some(transfer.sender_id.clone()),
                     payload: serde_json::to_vec(transfer)?,
+                    headers: Vec::new(),
                 });
             } else {
                 existing_ids.push(id.clone());
