@@ -155,6 +155,16 @@ impl Pipeline {
             .expect("starting payctl")
     }
 
+    /// Starts `payctl` with a pipe to its stdin.
+    pub fn spawn_with_stdin(&self, args: &[&str]) -> std::process::Child {
+        self.command(args, &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting payctl")
+    }
+
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_payctl"));
         command
