@@ -135,6 +135,13 @@ struct Origin<'a> {
 /// A worker's domain logic: apply a batch, say what became of each message.
 #[allow(async_fn_in_trait)]
 pub trait BatchHandler {
+    /// Gets ready to apply batches (loads Lua scripts, say). Called before
+    /// the first batch and again before retrying a failed one: a restarted
+    /// Redis has forgotten its scripts.
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Applies `batch` in order and returns one verdict per message.
     ///
     /// An `Err` is a passing failure: the batch is offered again later, so
@@ -296,6 +303,7 @@ pub async fn run<H: BatchHandler>(
         .subscribe(&inputs)
         .with_context(|| format!("subscribing to {}", spec.inputs.join(", ")))?;
     let producer = kafka.producer()?;
+    handler.prepare().await?;
     tracing::info!(group = %spec.group, topics = %spec.inputs.join(","), "worker started");
 
     let started = Instant::now();
@@ -371,10 +379,18 @@ pub async fn run<H: BatchHandler>(
 
         // 2 and 3. Apply and produce, retrying the whole batch on a passing failure.
         let mut backoff = FIRST_BACKOFF;
+        let mut retrying = false;
         let verdicts = loop {
-            match apply_and_produce(handler, &producer, &batch).await {
+            let attempt = async {
+                if retrying {
+                    handler.prepare().await?;
+                }
+                apply_and_produce(handler, &producer, &batch).await
+            };
+            match attempt.await {
                 Ok(verdicts) => break verdicts,
                 Err(e) => {
+                    retrying = true;
                     tracing::warn!(
                         "batch of {} not applied, retrying in {:?}: {e:#}",
                         batch.len(),

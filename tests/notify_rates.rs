@@ -103,6 +103,8 @@ fn a_malformed_message_goes_to_the_dlq_and_its_neighbours_are_notified() {
 fn a_rate_change_reaches_each_watcher_once() {
     let p = Pipeline::new();
     let (watcher, other) = (unique("watcher"), unique("other"));
+    // This test owns GBP/DKK; start it from "never set".
+    let _: i64 = redis().hdel("rates", "GBP/DKK").unwrap();
     p.payctl(&["notify", "watch", "--user", &watcher, "--pair", "GBP/DKK"])
         .expect(0);
     p.payctl(&["notify", "watch", "--user", &other, "--pair", "GBP/DKK"])

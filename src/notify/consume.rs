@@ -136,7 +136,6 @@ struct Notifier {
     redis: Redis,
     transactions_topic: String,
     remember_secs: u64,
-    scripts_loaded: bool,
 }
 
 impl Notifier {
@@ -187,12 +186,13 @@ impl Notifier {
 }
 
 impl BatchHandler for Notifier {
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        NOTIFY.load(&mut self.redis).await?;
+        payments::load_completion(&mut self.redis).await?;
+        Ok(())
+    }
+
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
-        if !self.scripts_loaded {
-            NOTIFY.load(&mut self.redis).await?;
-            payments::load_completion(&mut self.redis).await?;
-            self.scripts_loaded = true;
-        }
         let plans: Vec<Plan> = batch
             .iter()
             .map(|d| {
@@ -254,13 +254,9 @@ impl BatchHandler for Notifier {
             }
             pushes_per_message.push(pushes.len());
         }
-        let pushed: Vec<i64> = match run_pipeline(&pipe, &mut self.redis).await {
-            Ok(pushed) => pushed,
-            Err(e) => {
-                self.scripts_loaded = false;
-                return Err(e).context("storing notifications");
-            }
-        };
+        let pushed: Vec<i64> = run_pipeline(&pipe, &mut self.redis)
+            .await
+            .context("storing notifications")?;
 
         self.complete_payments(&plans).await?;
 
@@ -302,7 +298,6 @@ pub async fn run(
         redis,
         transactions_topic: topics.transactions.clone(),
         remember_secs: args.remember.max(1),
-        scripts_loaded: false,
     };
     let summary = worker::run(kafka, &spec, &mut notifier, shutdown).await?;
     output.emit(&summary)

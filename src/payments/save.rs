@@ -79,15 +79,15 @@ fn record(request: PaymentRequest, fallback_ms: u64) -> Result<Payment, String> 
 
 struct Saver {
     redis: Redis,
-    scripts_loaded: bool,
 }
 
 impl BatchHandler for Saver {
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        SAVE.load(&mut self.redis).await?;
+        Ok(())
+    }
+
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
-        if !self.scripts_loaded {
-            SAVE.load(&mut self.redis).await?;
-            self.scripts_loaded = true;
-        }
         let now = crate::clock::now_millis();
         let records: Vec<Result<Payment, String>> = batch
             .iter()
@@ -108,13 +108,9 @@ impl BatchHandler for Saver {
                 .arg(&payment.payment_id);
             pipe.add_command(call);
         }
-        let saved: Vec<i64> = match run_pipeline(&pipe, &mut self.redis).await {
-            Ok(saved) => saved,
-            Err(e) => {
-                self.scripts_loaded = false;
-                return Err(e).context("saving payments");
-            }
-        };
+        let saved: Vec<i64> = run_pipeline(&pipe, &mut self.redis)
+            .await
+            .context("saving payments")?;
         let mut saved = saved.into_iter();
         Ok(batch
             .iter()
@@ -143,10 +139,7 @@ pub async fn run(
         outcomes: &[SAVED, ALREADY_SAVED, DEAD_LETTERED],
         limits: args.limits.limits()?,
     };
-    let mut saver = Saver {
-        redis,
-        scripts_loaded: false,
-    };
+    let mut saver = Saver { redis };
     let summary = worker::run(kafka, &spec, &mut saver, shutdown).await?;
     output.emit(&summary)
 }

@@ -54,15 +54,15 @@ return 1
 struct ConversionServer {
     redis: Redis,
     pivot: Currency,
-    scripts_loaded: bool,
 }
 
 impl BatchHandler for ConversionServer {
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        ANSWER.load(&mut self.redis).await?;
+        Ok(())
+    }
+
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
-        if !self.scripts_loaded {
-            ANSWER.load(&mut self.redis).await?;
-            self.scripts_loaded = true;
-        }
         let rates = rates::all(&mut self.redis).await?;
         let now = crate::clock::now_rfc3339();
         let mut pipe = redis::pipe();
@@ -112,13 +112,9 @@ impl BatchHandler for ConversionServer {
             answered.push(if status == "done" { ANSWERED } else { FAILED });
             verdicts.push(None);
         }
-        let written: Vec<i64> = match run_pipeline(&pipe, &mut self.redis).await {
-            Ok(written) => written,
-            Err(e) => {
-                self.scripts_loaded = false;
-                return Err(e).context("writing conversion answers");
-            }
-        };
+        let written: Vec<i64> = run_pipeline(&pipe, &mut self.redis)
+            .await
+            .context("writing conversion answers")?;
         let mut results = answered.into_iter().zip(written);
         Ok(verdicts
             .into_iter()
@@ -150,7 +146,6 @@ pub async fn run(
     let mut server = ConversionServer {
         redis,
         pivot: Currency::parse(&args.pivot)?,
-        scripts_loaded: false,
     };
     let summary = worker::run(kafka, &spec, &mut server, shutdown).await?;
     output.emit(&summary)

@@ -114,7 +114,6 @@ pub struct TransferProcessor {
     redis: Redis,
     ledger: bool,
     events_topic: String,
-    scripts_loaded: bool,
     /// Account currencies never change, so each is looked up once.
     currencies: HashMap<String, Currency>,
 }
@@ -134,7 +133,6 @@ impl TransferProcessor {
             redis,
             ledger,
             events_topic,
-            scripts_loaded: false,
             currencies: HashMap::new(),
         }
     }
@@ -281,11 +279,12 @@ fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
 }
 
 impl BatchHandler for TransferProcessor {
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        PROCESS.load(&mut self.redis).await?;
+        Ok(())
+    }
+
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
-        if !self.scripts_loaded {
-            PROCESS.load(&mut self.redis).await?;
-            self.scripts_loaded = true;
-        }
         let parsed: Vec<Result<Transfer, String>> =
             batch.iter().map(|d| parse_message(&d.payload)).collect();
         let senders: Vec<&str> = parsed
@@ -304,14 +303,9 @@ impl BatchHandler for TransferProcessor {
         for planned in plans.iter().flatten() {
             pipe.add_command(self.script_call(planned)?);
         }
-        let replies: Vec<Vec<String>> = match run_pipeline(&pipe, &mut self.redis).await {
-            Ok(replies) => replies,
-            Err(e) => {
-                // A restarted Redis has forgotten the script: load it on the retry.
-                self.scripts_loaded = false;
-                return Err(e).context("applying transfers in Redis");
-            }
-        };
+        let replies: Vec<Vec<String>> = run_pipeline(&pipe, &mut self.redis)
+            .await
+            .context("applying transfers in Redis")?;
 
         let mut replies = replies.into_iter();
         let mut verdicts = Vec::with_capacity(batch.len());
