@@ -50,6 +50,16 @@ print(f"   per second (active): {s['processed'] * 1000 / max(s['active_ms'], 1):
 PY
 echo "   max RSS: $(( $(cat "$work/rss") / 1024 )) MB"
 
+echo "== notify consume (the outcome events of those transfers)"
+/usr/bin/time -f "%M" -o "$work/rss-notify" "$payctl" -q notify consume --group "$run-notify" --until-idle 3 --output json >"$work/notify.json"
+python3 - "$work/notify.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"   processed: {s['processed']}  outcomes: {s['outcomes']}")
+print(f"   per second (active): {s['processed'] * 1000 / max(s['active_ms'], 1):.0f}")
+PY
+echo "   max RSS: $(( $(cat "$work/rss-notify") / 1024 )) MB"
+
 echo "== one transfer initiate from the shell (20 runs)"
 python3 - "$payctl" "$run" <<'PY'
 import subprocess, sys, time
