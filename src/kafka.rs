@@ -9,10 +9,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 
 use crate::config::KafkaConfig;
 
@@ -104,13 +104,52 @@ pub async fn produce_each(
     producer: &FutureProducer,
     records: &[Outgoing],
 ) -> Vec<anyhow::Result<()>> {
-    let deliveries = records.iter().map(|record| {
-        let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload);
-        if let Some(key) = &record.key {
-            future_record = future_record.key(key);
+    match enqueue(producer, records).await {
+        Ok(acks) => acks.wait_each().await,
+        Err(e) => {
+            let message = format!("{e:#}");
+            records.iter().map(|_| Err(anyhow!("{message}"))).collect()
         }
-        if !record.headers.is_empty() {
-            let headers = record
+    }
+}
+
+/// Records handed to the producer whose acks have not been awaited yet.
+pub struct Acks {
+    pending: Vec<(String, rdkafka::producer::DeliveryFuture)>,
+}
+
+impl Acks {
+    /// Every record's ack or failure, in order.
+    pub async fn wait_each(self) -> Vec<anyhow::Result<()>> {
+        let (topics, futures): (Vec<String>, Vec<_>) = self.pending.into_iter().unzip();
+        join_all(futures)
+            .await
+            .into_iter()
+            .zip(topics)
+            .map(|(result, topic)| {
+                match result {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(anyhow!(e)),
+                    Err(_) => Err(anyhow!("the producer went away")),
+                }
+                .with_context(|| format!("producing to topic {topic}"))
+            })
+            .collect()
+    }
+
+    /// Waits for every ack; the first failure, once all are in.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.wait_each().await.into_iter().collect()
+    }
+}
+
+/// Hands every record to the producer without waiting for acks. When the
+/// producer's queue is full, waits for room rather than failing.
+pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> anyhow::Result<Acks> {
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        let headers = (!record.headers.is_empty()).then(|| {
+            record
                 .headers
                 .iter()
                 .fold(OwnedHeaders::new(), |h, (key, value)| {
@@ -118,22 +157,32 @@ pub async fn produce_each(
                         key,
                         value: Some(value),
                     })
-                });
-            future_record = future_record.headers(headers);
+                })
+        });
+        loop {
+            let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload);
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key);
+            }
+            if let Some(headers) = &headers {
+                future_record = future_record.headers(headers.clone());
+            }
+            match producer.send_result(future_record) {
+                Ok(delivery) => {
+                    pending.push((record.topic.clone(), delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("producing to topic {}", record.topic));
+                }
+            }
         }
-        producer.send(future_record, Timeout::After(Duration::from_secs(5)))
-    });
-    let results = join_all(deliveries).await;
-    records
-        .iter()
-        .zip(results)
-        .map(|(record, result)| {
-            result
-                .map(|_| ())
-                .map_err(|(e, _)| anyhow!(e))
-                .with_context(|| format!("producing to topic {}", record.topic))
-        })
-        .collect()
+    }
+    Ok(Acks { pending })
 }
 
 /// Creates `names` with `partitions` each. A topic that already exists is

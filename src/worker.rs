@@ -2,16 +2,22 @@
 //!
 //! At-least-once with idempotent effects, in batches:
 //! 1. wait for a message (the only place a shutdown or idle timeout can
-//!    interrupt), then take whatever else is ready, up to the batch bound;
+//!    interrupt a wait), then take whatever else is ready, up to the bound;
 //! 2. hand the batch to the worker's [`BatchHandler`], which applies it to
 //!    Redis in one pipelined round trip and says what to produce;
-//! 3. produce the outcome events and dead letters and await every ack;
-//! 4. only then store the batch's offsets (committed by librdkafka, and once
-//!    more, synchronously, on the way out).
+//! 3. hand those records (outcome events, dead letters) to the producer;
+//! 4. once every one of them is acknowledged, store the batch's offsets
+//!    (committed by librdkafka, and once more, synchronously, on the way out).
+//!
+//! While batch N waits for its acks (4), batch N+1 is applied (2, 3), so
+//! Redis and the broker work at the same time; offsets are still stored in
+//! batch order, and only for acknowledged batches.
 //!
 //! A failure in 2 or 3 (Redis down, broker down) is passing: the same batch
-//! is offered again after a backoff and nothing is committed meanwhile. The
-//! handler must therefore make re-applying a batch change nothing twice.
+//! is offered again after a backoff and nothing is committed meanwhile; a
+//! record that is not acknowledged in 4 gets its whole batch applied and
+//! produced again. The handler must therefore make re-applying a batch
+//! change nothing twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,13 +31,14 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics, WorkerLimits};
-use crate::kafka::{produce_all, Outgoing};
+use crate::kafka::{enqueue, Acks, Outgoing};
 use crate::output::{self, Rendered, Report};
 
 /// One consumed message, detached from the consumer.
@@ -319,105 +326,99 @@ pub async fn run<H: BatchHandler>(
     let mut first_input: Option<Instant> = None;
     let mut last_input: Option<Instant> = None;
     let batch_size = spec.limits.batch_size.max(1);
+    let mut cycle = Cycle {
+        consumer: &consumer,
+        producer: &producer,
+        handler,
+        shutdown: &shutdown,
+    };
+    // One batch may wait for its acks while the next is applied: Redis and
+    // the broker work at the same time, and offsets are still stored in order.
+    let mut in_flight: Option<InFlight> = None;
 
     'consume: loop {
+        // Between batches, a stop request is honoured even while input keeps coming.
+        if shutdown.is_cancelled() {
+            summary.stopped = StopReason::Signal;
+            break;
+        }
+        let taken = summary.processed + in_flight.as_ref().map_or(0, |f| f.batch.len() as u64);
         let remaining = match spec.limits.max_messages {
-            Some(max) if summary.processed >= max => {
+            Some(max) if taken >= max => {
                 summary.stopped = StopReason::MaxMessages;
                 break;
             }
-            Some(max) => (max - summary.processed) as usize,
+            Some(max) => (max - taken) as usize,
             None => usize::MAX,
         };
+        let bound = batch_size.min(remaining);
 
-        // 1. Wait for input: the only place where a stop request is honoured
-        //    without finishing the work in hand.
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                summary.stopped = StopReason::Signal;
-                break;
-            }
-            received = consumer.recv() => received,
-            _ = tokio::time::sleep(TICK) => {
-                if assigned.load(Ordering::SeqCst) {
-                    let since = *last_input.get_or_insert_with(Instant::now);
-                    if spec.limits.until_idle.is_some_and(|idle| since.elapsed() >= idle) {
-                        summary.stopped = StopReason::Idle;
-                        break;
-                    }
-                } else if started.elapsed() > ASSIGNMENT_WAIT {
-                    bail!(
-                        "no partitions assigned to group {} after {}s: is the broker up and the group healthy?",
-                        spec.group,
-                        ASSIGNMENT_WAIT.as_secs()
-                    );
+        let mut batch = Vec::new();
+        if in_flight.is_some() {
+            // Something is in flight: take only what is ready, or finish it.
+            take_ready(&consumer, &mut batch, bound);
+            if batch.is_empty() {
+                if !cycle.finish(in_flight.take(), &mut summary).await {
+                    break 'consume;
                 }
                 continue;
             }
-        };
-        first_input.get_or_insert_with(Instant::now);
-        let mut batch = Vec::new();
-        match first {
-            Ok(message) => batch.push(Delivery::from_message(&message)),
-            Err(e) => {
-                log_consumer_error(&e);
-                continue;
-            }
-        }
-        let bound = batch_size.min(remaining);
-        while batch.len() < bound {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
-                Some(Err(e)) => {
-                    log_consumer_error(&e);
+        } else {
+            // 1. Wait for input: the only place where a stop request is
+            //    honoured without finishing the work in hand.
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    summary.stopped = StopReason::Signal;
                     break;
                 }
-                None => break,
-            }
-        }
-
-        // 2 and 3. Apply and produce, retrying the whole batch on a passing failure.
-        let mut backoff = FIRST_BACKOFF;
-        let mut retrying = false;
-        let verdicts = loop {
-            let attempt = async {
-                if retrying {
-                    handler.prepare().await?;
-                }
-                apply_and_produce(handler, &producer, &batch).await
-            };
-            match attempt.await {
-                Ok(verdicts) => break verdicts,
-                Err(e) => {
-                    retrying = true;
-                    tracing::warn!(
-                        "batch of {} not applied, retrying in {:?}: {e:#}",
-                        batch.len(),
-                        backoff
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            summary.uncommitted = batch.len() as u64;
-                            summary.stopped = StopReason::Signal;
-                            break 'consume;
+                received = consumer.recv() => received,
+                _ = tokio::time::sleep(TICK) => {
+                    if assigned.load(Ordering::SeqCst) {
+                        let since = *last_input.get_or_insert_with(Instant::now);
+                        if spec.limits.until_idle.is_some_and(|idle| since.elapsed() >= idle) {
+                            summary.stopped = StopReason::Idle;
+                            break;
                         }
-                        _ = tokio::time::sleep(backoff) => {}
+                    } else if started.elapsed() > ASSIGNMENT_WAIT {
+                        bail!(
+                            "no partitions assigned to group {} after {}s: is the broker up and the group healthy?",
+                            spec.group,
+                            ASSIGNMENT_WAIT.as_secs()
+                        );
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            match first {
+                Ok(message) => batch.push(Delivery::from_message(&message)),
+                Err(e) => {
+                    log_consumer_error(&e);
+                    continue;
                 }
             }
-        };
-
-        // 4. Every effect is durable and every record acknowledged: store offsets.
-        store_offsets(&consumer, &batch);
-        summary.processed += batch.len() as u64;
-        for verdict in &verdicts {
-            *summary.outcomes.entry(verdict.outcome).or_default() += 1;
+            take_ready(&consumer, &mut batch, bound);
         }
+        first_input.get_or_insert_with(Instant::now);
+
+        // 2. Apply (retrying a passing failure), 3. hand the records over.
+        let Some(current) = cycle.apply(batch, &mut summary).await else {
+            break 'consume;
+        };
+        // 4. The previous batch's acks: then its offsets.
+        if !cycle.finish(in_flight.take(), &mut summary).await {
+            summary.uncommitted += current.batch.len() as u64;
+            break 'consume;
+        }
+        in_flight = Some(current);
         last_input = Some(Instant::now());
         if let Some(first) = first_input {
             summary.active_ms = first.elapsed().as_millis() as u64;
+        }
+    }
+    if cycle.finish(in_flight.take(), &mut summary).await {
+        if let Some(first) = first_input {
+            summary.active_ms = summary.active_ms.max(first.elapsed().as_millis() as u64);
         }
     }
 
@@ -430,24 +431,142 @@ pub async fn run<H: BatchHandler>(
     Ok(summary)
 }
 
-async fn apply_and_produce<H: BatchHandler>(
-    handler: &mut H,
-    producer: &rdkafka::producer::FutureProducer,
-    batch: &[Delivery],
-) -> anyhow::Result<Vec<Verdict>> {
-    let verdicts = handler.apply(batch).await?;
-    anyhow::ensure!(
-        verdicts.len() == batch.len(),
-        "handler returned {} verdicts for {} messages",
-        verdicts.len(),
-        batch.len()
-    );
-    let records: Vec<Outgoing> = verdicts
-        .iter()
-        .flat_map(|v| v.records.iter().cloned())
-        .collect();
-    produce_all(producer, &records).await?;
-    Ok(verdicts)
+/// A batch applied to Redis whose records are on their way to the broker.
+struct InFlight {
+    batch: Vec<Delivery>,
+    verdicts: Vec<Verdict>,
+    acks: Acks,
+}
+
+/// What one turn of the cycle needs.
+struct Cycle<'a, H> {
+    consumer: &'a StreamConsumer<GroupContext>,
+    producer: &'a FutureProducer,
+    handler: &'a mut H,
+    shutdown: &'a CancellationToken,
+}
+
+impl<H: BatchHandler> Cycle<'_, H> {
+    /// Applies a batch and hands its records to the producer, retrying a
+    /// passing failure with backoff. `None`: interrupted while retrying
+    /// (the batch stays uncommitted and will be delivered again).
+    async fn apply(
+        &mut self,
+        batch: Vec<Delivery>,
+        summary: &mut WorkerSummary,
+    ) -> Option<InFlight> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut retrying = false;
+        loop {
+            let attempt = async {
+                if retrying {
+                    self.handler.prepare().await?;
+                }
+                let verdicts = self.handler.apply(&batch).await?;
+                anyhow::ensure!(
+                    verdicts.len() == batch.len(),
+                    "handler returned {} verdicts for {} messages",
+                    verdicts.len(),
+                    batch.len()
+                );
+                let records: Vec<Outgoing> = verdicts
+                    .iter()
+                    .flat_map(|v| v.records.iter().cloned())
+                    .collect();
+                let acks = enqueue(self.producer, &records).await?;
+                anyhow::Ok((verdicts, acks))
+            };
+            match attempt.await {
+                Ok((verdicts, acks)) => {
+                    return Some(InFlight {
+                        batch,
+                        verdicts,
+                        acks,
+                    })
+                }
+                Err(e) => {
+                    retrying = true;
+                    tracing::warn!(
+                        "batch of {} not applied, retrying in {backoff:?}: {e:#}",
+                        batch.len()
+                    );
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => {
+                            summary.uncommitted += batch.len() as u64;
+                            summary.stopped = StopReason::Signal;
+                            return None;
+                        }
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Waits for a batch's acks, then stores its offsets and counts it. If
+    /// a record was not acknowledged, the whole batch is applied and
+    /// produced again (applying twice changes nothing twice). `false`:
+    /// interrupted while retrying.
+    async fn finish(&mut self, in_flight: Option<InFlight>, summary: &mut WorkerSummary) -> bool {
+        let Some(InFlight {
+            batch,
+            mut verdicts,
+            acks,
+        }) = in_flight
+        else {
+            return true;
+        };
+        if let Err(e) = acks.wait().await {
+            tracing::warn!(
+                "batch of {}: records not acknowledged, applying again: {e:#}",
+                batch.len()
+            );
+            loop {
+                let Some(again) = self.apply(batch.clone(), summary).await else {
+                    return false;
+                };
+                match again.acks.wait().await {
+                    Ok(()) => {
+                        verdicts = again.verdicts;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("batch of {}: still not acknowledged: {e:#}", batch.len());
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => {
+                                summary.uncommitted += batch.len() as u64;
+                                summary.stopped = StopReason::Signal;
+                                return false;
+                            }
+                            _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                        }
+                    }
+                }
+            }
+        }
+        // Every effect is durable and every record acknowledged.
+        store_offsets(self.consumer, &batch);
+        summary.processed += batch.len() as u64;
+        for verdict in &verdicts {
+            *summary.outcomes.entry(verdict.outcome).or_default() += 1;
+        }
+        true
+    }
+}
+
+/// Adds the messages that are ready now, without waiting, up to `bound`.
+fn take_ready(consumer: &StreamConsumer<GroupContext>, batch: &mut Vec<Delivery>, bound: usize) {
+    while batch.len() < bound {
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
+            Some(Err(e)) => {
+                log_consumer_error(&e);
+                break;
+            }
+            None => break,
+        }
+    }
 }
 
 /// Stores the next offset of every partition in the batch. Messages of one
