@@ -16,7 +16,7 @@ export REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/14}"
 export PAYCTL_KAFKA_OPTIONS="session.timeout.ms=1000 heartbeat.interval.ms=250"
 run="bench-$(date +%s)-$$"
 export PAYCTL_TOPIC_TRANSFERS="$run-transfers" PAYCTL_TOPIC_TRANSACTIONS="$run-transactions"
-"$payctl" -q topics create "$PAYCTL_TOPIC_TRANSFERS" "$PAYCTL_TOPIC_TRANSFERS.dlq" "$PAYCTL_TOPIC_TRANSACTIONS" --partitions 3 >/dev/null
+"$payctl" -q topics create "$PAYCTL_TOPIC_TRANSFERS" "$PAYCTL_TOPIC_TRANSFERS.dlq" "$PAYCTL_TOPIC_TRANSACTIONS" "$PAYCTL_TOPIC_TRANSACTIONS.dlq" rate_changes rate_changes.dlq --partitions 3 >/dev/null
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

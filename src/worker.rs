@@ -323,7 +323,6 @@ pub async fn run<H: BatchHandler>(
         elapsed_ms: 0,
         active_ms: 0,
     };
-    let mut first_input: Option<Instant> = None;
     let mut last_input: Option<Instant> = None;
     let batch_size = spec.limits.batch_size.max(1);
     let mut cycle = Cycle {
@@ -331,6 +330,7 @@ pub async fn run<H: BatchHandler>(
         producer: &producer,
         handler,
         shutdown: &shutdown,
+        first_input: None,
     };
     // One batch may wait for its acks while the next is applied: Redis and
     // the broker work at the same time, and offsets are still stored in order.
@@ -399,7 +399,7 @@ pub async fn run<H: BatchHandler>(
             }
             take_ready(&consumer, &mut batch, bound);
         }
-        first_input.get_or_insert_with(Instant::now);
+        cycle.first_input.get_or_insert_with(Instant::now);
 
         // 2. Apply (retrying a passing failure), 3. hand the records over.
         let Some(current) = cycle.apply(batch, &mut summary).await else {
@@ -412,15 +412,8 @@ pub async fn run<H: BatchHandler>(
         }
         in_flight = Some(current);
         last_input = Some(Instant::now());
-        if let Some(first) = first_input {
-            summary.active_ms = first.elapsed().as_millis() as u64;
-        }
     }
-    if cycle.finish(in_flight.take(), &mut summary).await {
-        if let Some(first) = first_input {
-            summary.active_ms = summary.active_ms.max(first.elapsed().as_millis() as u64);
-        }
-    }
+    cycle.finish(in_flight.take(), &mut summary).await;
 
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -444,6 +437,8 @@ struct Cycle<'a, H> {
     producer: &'a FutureProducer,
     handler: &'a mut H,
     shutdown: &'a CancellationToken,
+    /// When the first message came: the start of active time.
+    first_input: Option<Instant>,
 }
 
 impl<H: BatchHandler> Cycle<'_, H> {
@@ -455,6 +450,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
         batch: Vec<Delivery>,
         summary: &mut WorkerSummary,
     ) -> Option<InFlight> {
+        tracing::debug!(size = batch.len(), "applying a batch");
         let mut backoff = FIRST_BACKOFF;
         let mut retrying = false;
         loop {
@@ -550,6 +546,9 @@ impl<H: BatchHandler> Cycle<'_, H> {
         summary.processed += batch.len() as u64;
         for verdict in &verdicts {
             *summary.outcomes.entry(verdict.outcome).or_default() += 1;
+        }
+        if let Some(first) = self.first_input {
+            summary.active_ms = first.elapsed().as_millis() as u64;
         }
         true
     }

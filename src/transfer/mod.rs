@@ -42,8 +42,8 @@ impl TransferStatus {
 
 /// A transfer as stored in `transfer:{id}` and carried on `money_transfers`.
 ///
-/// Field order matters only for `reason`, which is kept last (see
-/// `process::rejected_prefix`).
+/// `transfer process` writes a rejected record by appending `reason` to the
+/// completed one's JSON, so `reason` stays the last field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Transfer {
     pub transfer_id: String,
