@@ -79,7 +79,9 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Prefetch plenty of batches, but not librdkafka's 64 MB.
+            .set("queued.max.messages.kbytes", "16384");
         self.with_overrides(config)
             .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))
