@@ -240,6 +240,7 @@ pub struct App {
     pub progress: bool,
     pub shutdown: CancellationToken,
     producer: OnceLock<FutureProducer>,
+    ordered_producer: OnceLock<FutureProducer>,
 }
 
 impl App {
@@ -254,6 +255,16 @@ impl App {
         }
         let producer = self.kafka.producer()?;
         Ok(self.producer.get_or_init(|| producer))
+    }
+
+    /// Like [`App::producer`], keeping each key's records in order through
+    /// retries: for commands that send many records.
+    pub fn ordered_producer(&self) -> anyhow::Result<&FutureProducer> {
+        if let Some(producer) = self.ordered_producer.get() {
+            return Ok(producer);
+        }
+        let producer = self.kafka.ordered_producer()?;
+        Ok(self.ordered_producer.get_or_init(|| producer))
     }
 }
 
@@ -292,6 +303,7 @@ impl GlobalArgs {
             progress: !self.quiet,
             shutdown,
             producer: OnceLock::new(),
+            ordered_producer: OnceLock::new(),
         })
     }
 }
@@ -314,7 +326,10 @@ impl Command {
             }
             Command::Transfer(TransferCommand::Initiate(args)) => {
                 let mut redis = app.redis.connect().await?;
-                let producer = app.producer()?;
+                let producer = match args.file {
+                    Some(_) => app.ordered_producer()?,
+                    None => app.producer()?,
+                };
                 let topic = &app.topics.transfers;
                 transfer::initiate::run(args, &mut redis, producer, topic, out, app.progress).await
             }
@@ -446,7 +461,7 @@ impl Command {
                 topics::describe::run(args, &app.kafka, out).await
             }
             Command::Topics(TopicsCommand::Produce(args)) => {
-                topics::produce::run(args, app.producer()?, out, app.progress).await
+                topics::produce::run(args, app.ordered_producer()?, out, app.progress).await
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await

@@ -49,15 +49,28 @@ impl KafkaConfig {
         config
     }
 
+    /// A producer that keeps the order of a key's records even when sends
+    /// are retried (idempotent: no reordering, no duplicates). Getting a
+    /// producer id costs a round trip or two at start, so one-message
+    /// commands use [`KafkaConfig::producer`] instead.
+    pub fn ordered_producer(&self) -> anyhow::Result<FutureProducer> {
+        self.make_producer(true)
+    }
+
     /// A producer that waits for all in-sync replicas and gives up on a
     /// record after [`DEFAULT_MESSAGE_TIMEOUT_MS`].
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.make_producer(false)
+    }
+
+    fn make_producer(&self, ordered: bool) -> anyhow::Result<FutureProducer> {
         let mut config = self.base();
         config
             .set("acks", "all")
             .set("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS)
             .set("linger.ms", "2")
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            .set("enable.idempotence", if ordered { "true" } else { "false" });
         self.with_overrides(config)
             .create()
             .with_context(|| format!("creating a Kafka producer for {}", self.brokers))

@@ -34,6 +34,8 @@ pub enum MoneyError {
         max: String,
         currency: &'static str,
     },
+    #[error("{0} is too large or too long: at most 36 digits")]
+    TooLong(String),
     #[error("unknown currency {0:?} (known: {known})", known = Currency::known_codes())]
     UnknownCurrency(String),
 }
@@ -132,6 +134,8 @@ pub struct Decimal {
 const MAX_DECIMAL_TEXT: usize = 48;
 /// Digits an i128 mantissa holds with room to spare.
 const MAX_DIGITS: usize = 36;
+/// Largest exponent accepted in `1e5` notation.
+const MAX_EXPONENT: u32 = 40;
 
 impl Decimal {
     /// A decimal from its parts: `mantissa * 10^-scale`.
@@ -182,6 +186,9 @@ impl FromStr for Decimal {
         let (number, exponent) = match s.find(['e', 'E']) {
             Some(at) => {
                 let exp: i32 = s[at + 1..].parse().map_err(|_| bad())?;
+                if exp.unsigned_abs() > MAX_EXPONENT {
+                    return Err(MoneyError::TooLong(text.to_string()));
+                }
                 (&s[..at], exp)
             }
             None => (s, 0),
@@ -205,7 +212,7 @@ impl FromStr for Decimal {
         let digits = format!("{int_part}{frac_part}");
         let significant = digits.trim_start_matches('0');
         if significant.len() > MAX_DIGITS {
-            return Err(bad());
+            return Err(MoneyError::TooLong(text.to_string()));
         }
         let mut mantissa: i128 = if significant.is_empty() {
             0
@@ -213,12 +220,17 @@ impl FromStr for Decimal {
             significant.parse().map_err(|_| bad())?
         };
         let mut scale = frac_part.len() as i64 - i64::from(exponent);
+        if mantissa == 0 {
+            scale = scale.clamp(0, MAX_DIGITS as i64);
+        }
         while scale < 0 {
-            mantissa = mantissa.checked_mul(10).ok_or_else(bad)?;
+            mantissa = mantissa
+                .checked_mul(10)
+                .ok_or_else(|| MoneyError::TooLong(text.to_string()))?;
             scale += 1;
         }
-        if scale > MAX_DIGITS as i64 || significant.len() + scale as usize > 2 * MAX_DIGITS {
-            return Err(bad());
+        if scale > MAX_DIGITS as i64 {
+            return Err(MoneyError::TooLong(text.to_string()));
         }
         if negative {
             mantissa = -mantissa;
@@ -414,7 +426,15 @@ mod tests {
         ));
         assert!(matches!(
             Money::parse_amount("1e40", usd()),
-            Err(MoneyError::TooLarge { .. }) | Err(MoneyError::NotANumber(_))
+            Err(MoneyError::TooLong(_))
+        ));
+        assert!(matches!(
+            Money::parse_amount("0e2000000000", usd()),
+            Err(MoneyError::TooLong(_))
+        ));
+        assert!(matches!(
+            Money::parse_amount("0e-30", usd()),
+            Err(MoneyError::NotPositive(_))
         ));
         assert!(matches!(
             Money::parse_amount("10000000000000.01", usd()),

@@ -16,6 +16,8 @@ pub mod keys {
     }
     /// Sorted set of transfer ids by creation time (ms).
     pub const TRANSFERS: &str = "transfers";
+    /// Ids of transfers stored but not yet acknowledged by the broker.
+    pub const UNPUBLISHED_TRANSFERS: &str = "transfers:unpublished";
     /// The transfer id a client's idempotency key already created.
     pub fn transfer_idempotency(key: &str) -> String {
         format!("idempotency:transfer:{key}")

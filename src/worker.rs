@@ -309,7 +309,7 @@ pub async fn run<H: BatchHandler>(
     consumer
         .subscribe(&inputs)
         .with_context(|| format!("subscribing to {}", spec.inputs.join(", ")))?;
-    let producer = kafka.producer()?;
+    let producer = kafka.ordered_producer()?;
     handler.prepare().await?;
     tracing::info!(group = %spec.group, topics = %spec.inputs.join(","), "worker started");
 
@@ -518,6 +518,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 "batch of {}: records not acknowledged, applying again: {e:#}",
                 batch.len()
             );
+            let mut backoff = FIRST_BACKOFF;
             loop {
                 let Some(again) = self.apply(batch.clone(), summary).await else {
                     return false;
@@ -535,8 +536,9 @@ impl<H: BatchHandler> Cycle<'_, H> {
                                 summary.stopped = StopReason::Signal;
                                 return false;
                             }
-                            _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                            _ = tokio::time::sleep(backoff) => {}
                         }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }

@@ -121,6 +121,58 @@ fn insufficient_funds_is_rejected_and_moves_nothing() {
     assert!(events
         .iter()
         .all(|(_, v)| v.contains("\"status\":\"rejected\"")));
+    let rejected = p.payctl(&[
+        "transfer", "list", "--status", "rejected", "--limit", "1000", "--output", "json",
+    ]);
+    let rejected = rejected.expect(0).json();
+    assert!(rejected
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["transfer_id"] == id.as_str()));
+    assert!(rejected
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "rejected"));
+}
+
+#[test]
+fn deposits_are_exact_and_checked() {
+    let p = Pipeline::new();
+    let carol = open(&p, "carol", "0.10");
+    p.payctl(&["accounts", "deposit", &carol, "0.20"]).expect(0);
+    assert_eq!(balance(&p, &carol), "0.30");
+    let over = p
+        .payctl(&["accounts", "deposit", &carol, "1.001"])
+        .expect(2);
+    assert!(
+        over.stderr.contains("more decimal places than USD allows"),
+        "{}",
+        over.stderr
+    );
+    let negative = p.payctl(&["accounts", "deposit", &carol, "-5"]).expect(2);
+    assert!(
+        negative.stderr.contains("greater than zero"),
+        "{}",
+        negative.stderr
+    );
+    p.payctl(&["accounts", "deposit", &unique("nobody"), "5"])
+        .expect(1);
+    p.payctl(&["accounts", "open", &carol, "--currency", "USD"])
+        .expect(1);
+    p.payctl(&["accounts", "open", &unique("dave"), "--currency", "XYZ"])
+        .expect(2);
+    assert_eq!(balance(&p, &carol), "0.30");
+    let listed = p
+        .payctl(&["accounts", "list", "--output", "json"])
+        .expect(0)
+        .json();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["id"] == carol.as_str() && a["currency"] == "USD"));
 }
 
 #[test]

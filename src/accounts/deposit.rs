@@ -11,6 +11,7 @@ pub struct Args {
     /// Account id.
     pub id: String,
     /// Amount, exact decimal in the account's currency.
+    #[arg(allow_hyphen_values = true)]
     pub amount: String,
 }
 

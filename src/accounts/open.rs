@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, default_value = "USD")]
     pub currency: String,
     /// Opening balance, exact decimal (e.g. 100.00).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub balance: Option<String>,
 }
 

@@ -44,11 +44,11 @@ static NOTIFY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 -- KEYS: notified marker, notifications list. ARGV: notification JSON, seconds to remember.
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- Push first: if the push fails, no marker claims it was sent.
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+return 1
 "#,
     )
 });

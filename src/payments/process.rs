@@ -405,6 +405,19 @@ pub async fn run(
         script.load(redis).await?;
     }
     let lock = uuid::Uuid::new_v4().to_string();
+    take_lock(redis, &lock).await?;
+    // Keep the lock for as long as the run takes, however long a pass is.
+    let renewer = {
+        let (mut redis, lock) = (redis.clone(), lock.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(LOCK_SECS / 4)).await;
+                if let Err(e) = take_lock(&mut redis, &lock).await {
+                    tracing::error!("renewing the process lock: {e:#}");
+                }
+            }
+        })
+    };
     let started = Instant::now();
     let mut summary = ProcessSummary {
         answered: PaymentStatus::ALL[..3]
@@ -413,35 +426,44 @@ pub async fn run(
             .collect(),
         ..ProcessSummary::default()
     };
-    let mut last_work = Instant::now();
-    loop {
-        take_lock(redis, &lock).await?;
-        announce(redis, producer, topic, &mut summary).await?;
-        let before = summary.claimed;
-        claim(redis, &mut summary).await?;
-        summary.unanswered = 0;
-        let answered =
-            send_to_processor(redis, &processor, &args, &mut summary, progress, &shutdown).await?;
-        announce(redis, producer, topic, &mut summary).await?;
-        if summary.claimed > before || answered > 0 {
-            last_work = Instant::now();
+    let passes = async {
+        let mut last_work = Instant::now();
+        loop {
+            announce(redis, producer, topic, &mut summary).await?;
+            let before = summary.claimed;
+            claim(redis, &mut summary).await?;
+            summary.unanswered = 0;
+            let answered =
+                send_to_processor(redis, &processor, &args, &mut summary, progress, &shutdown)
+                    .await?;
+            announce(redis, producer, topic, &mut summary).await?;
+            if summary.claimed > before || answered > 0 {
+                last_work = Instant::now();
+            }
+            let Some(idle) = until_idle else { break };
+            if last_work.elapsed() >= idle || shutdown.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
-        let Some(idle) = until_idle else { break };
-        if last_work.elapsed() >= idle || shutdown.is_cancelled() {
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-    let _: i64 = RELEASE_LOCK
+        anyhow::Ok(())
+    };
+    let result = passes.await;
+    renewer.abort();
+    // Released whatever happened, so the next run does not wait for expiry.
+    let released: redis::RedisResult<i64> = RELEASE_LOCK
         .invocation()
         .key(LOCK_KEY)
         .arg(&lock)
         .invoke_async(redis)
-        .await
-        .context("releasing the process lock")?;
+        .await;
+    if let Err(e) = released {
+        tracing::warn!("releasing the process lock (it expires within {LOCK_SECS}s): {e}");
+    }
+    result?;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     output.emit(&summary)
 }

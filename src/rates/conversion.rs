@@ -58,11 +58,14 @@ impl Ratio {
         })
     }
 
-    /// The value rounded half to even at `places` decimals.
-    pub fn to_decimal(&self, places: u32) -> Decimal {
+    /// The value rounded half to even at `places` decimals; `Err` with the
+    /// digits when it does not fit a decimal.
+    pub fn to_decimal(&self, places: u32) -> Result<Decimal, String> {
         let scaled = &self.numerator * BigInt::from(10u8).pow(places);
         let minor = round_half_even(&scaled, &self.denominator);
-        Decimal::new(i128::try_from(minor).unwrap_or(i128::MAX), places)
+        i128::try_from(&minor)
+            .map(|m| Decimal::new(m, places))
+            .map_err(|_| minor.to_string())
     }
 }
 
@@ -88,7 +91,9 @@ pub enum ConversionError {
 /// Converts `amount` along `legs` into `to`, rounding once (half to even).
 pub fn convert(amount: Money, to: Currency, legs: &[Leg]) -> Result<Money, ConversionError> {
     let value = Ratio::of(amount.to_decimal()).times(Ratio::of_legs(legs));
-    let result = value.to_decimal(to.exponent());
+    let result = value
+        .to_decimal(to.exponent())
+        .map_err(ConversionError::TooLarge)?;
     i64::try_from(result.mantissa())
         .ok()
         .filter(|m| *m <= crate::money::MAX_MINOR_UNITS)
@@ -199,6 +204,6 @@ mod tests {
     #[test]
     fn effective_rate_is_shown_rounded() {
         let ratio = Ratio::of_legs(&[leg("USD", "EUR", "3", true)]);
-        assert_eq!(ratio.to_decimal(6).to_string(), "0.333333");
+        assert_eq!(ratio.to_decimal(6).unwrap().to_string(), "0.333333");
     }
 }

@@ -125,7 +125,10 @@ pub fn compute(
         from: from.code().into(),
         to: to.code().into(),
         result: result.to_decimal(),
-        rate: Ratio::of_legs(&route.legs).to_decimal(10).normalized(),
+        rate: Ratio::of_legs(&route.legs)
+            .to_decimal(10)
+            .map_err(|digits| bad(&format!("the rate {digits} is too large")))?
+            .normalized(),
         route: route.how,
         legs: route
             .legs

@@ -122,6 +122,11 @@ pub async fn all(redis: &mut Redis) -> anyhow::Result<HashMap<Pair, Rate>> {
             tracing::warn!("ignoring unreadable rate {field}: {json}");
             continue;
         };
+        // Written by another client, perhaps: a rate is a divisor when inverted.
+        if let Err(e) = validate_rate(&rate.rate.to_string()) {
+            tracing::warn!("ignoring rate {field}: {e:#}");
+            continue;
+        }
         rates.insert(pair, rate);
     }
     Ok(rates)

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use rdkafka::producer::FutureProducer;
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ use crate::accounts::{self, Account};
 use crate::kafka::{produce_each, Outgoing};
 use crate::money::{Currency, Decimal, Money};
 use crate::output::{self, Output, Rendered, Report};
-use crate::store::{keys, Redis, Script};
+use crate::store::{keys, run_pipeline, Redis, Script};
 use crate::transfer::{Transfer, TransferStatus};
 
 /// Start a transfer between two accounts (or many, from a file).
@@ -178,14 +179,16 @@ pub async fn prepare(
 static INITIATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
--- KEYS: transfer record, transfers index, [idempotency key]. ARGV: record JSON, id, score
-if #KEYS >= 3 then
-  local existing = redis.call('GET', KEYS[3])
+-- KEYS: transfer record, transfers index, unpublished set, [idempotency key]
+-- ARGV: record JSON, id, score. Returns {1, id} when created, {0, earlier id}.
+if #KEYS >= 4 then
+  local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[4], ARGV[2])
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
 return {1, ARGV[2]}
 "#,
     )
@@ -195,16 +198,20 @@ static DISCARD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 -- Undo an initiate whose message the broker did not acknowledge, unless it
--- was processed after all (then it stays: its money has moved).
--- KEYS: transfer record, transfers index, [idempotency key]. ARGV: id
+-- was processed after all (then it stays: it was published, its money moved).
+-- KEYS: transfer record, transfers index, unpublished set, [idempotency key]. ARGV: id
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local ok, t = pcall(cjson.decode, stored)
-  if ok and type(t) == 'table' and t.status ~= 'initiated' then return 0 end
+  if ok and type(t) == 'table' and t.status ~= 'initiated' then
+    redis.call('SREM', KEYS[3], ARGV[1])
+    return 0
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if #KEYS >= 3 and redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+redis.call('SREM', KEYS[3], ARGV[1])
+if #KEYS >= 4 and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return 1
 "#,
     )
@@ -214,11 +221,18 @@ fn record_keys(transfer: &Transfer) -> Vec<String> {
     let mut keys = vec![
         keys::transfer(&transfer.transfer_id),
         keys::TRANSFERS.to_string(),
+        keys::UNPUBLISHED_TRANSFERS.to_string(),
     ];
     if let Some(key) = &transfer.idempotency_key {
         keys.push(keys::transfer_idempotency(key));
     }
     keys
+}
+
+fn script_call(script: &Script, transfer: &Transfer) -> redis::Cmd {
+    let keys = record_keys(transfer);
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    script.call(&key_refs)
 }
 
 /// Where initiated transfers go.
@@ -228,11 +242,22 @@ pub struct Publisher<'a> {
     pub topic: &'a str,
 }
 
+/// What one transfer of a chunk needs after its record is stored.
+enum Step {
+    /// Created now: publish; undo on failure.
+    New(Transfer),
+    /// An idempotency key's earlier transfer, already published.
+    Earlier(Transfer),
+    /// An earlier transfer whose publishing never finished: publish again
+    /// (processing is idempotent by version, so a second copy is harmless).
+    Republish(Transfer),
+}
+
 impl Publisher<'_> {
     /// Stores and publishes prepared transfers: one pipelined Redis round
     /// trip, all messages in flight at once, then every ack awaited. A
-    /// transfer whose message is not acknowledged is removed again and comes
-    /// back as an error.
+    /// transfer stays in `transfers:unpublished` until its ack; one whose
+    /// message is not acknowledged is removed again and comes back as an error.
     pub async fn initiate(
         &mut self,
         transfers: Vec<Transfer>,
@@ -243,88 +268,123 @@ impl Publisher<'_> {
         for script in [&*INITIATE, &*DISCARD] {
             script.load(self.redis).await?;
         }
-        let mut pipe = redis::pipe();
-        let mut scored = Vec::with_capacity(transfers.len());
         let score = crate::clock::now_millis();
+        let mut pipe = redis::pipe();
         for transfer in &transfers {
-            let json = serde_json::to_string(transfer)?;
-            let keys = record_keys(transfer);
-            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            pipe.add_command(
-                INITIATE
-                    .call(&key_refs)
-                    .arg(json)
-                    .arg(&transfer.transfer_id)
-                    .arg(score)
-                    .clone(),
-            );
-            scored.push(transfer);
+            let mut call = script_call(&INITIATE, transfer);
+            call.arg(serde_json::to_string(transfer)?)
+                .arg(&transfer.transfer_id)
+                .arg(score);
+            pipe.add_command(call);
         }
         let stored: Vec<(i64, String)> = pipe
             .query_async(self.redis)
             .await
             .context("storing transfers in Redis")?;
 
-        // Publish the new ones; look up what the idempotency keys returned.
-        let mut outgoing = Vec::new();
-        let mut existing_ids = Vec::new();
-        for (transfer, (created, id)) in transfers.iter().zip(&stored) {
-            if *created == 1 {
-                outgoing.push(Outgoing {
-                    topic: self.topic.to_string(),
-                    key: Some(transfer.sender_id.clone()),
-                    payload: serde_json::to_vec(transfer)?,
-                    headers: Vec::new(),
-                });
-            } else {
-                existing_ids.push(id.clone());
-            }
-        }
-        let acks = produce_each(self.producer, &outgoing).await;
-        let mut existing = HashMap::new();
-        for id in existing_ids {
-            if let std::collections::hash_map::Entry::Vacant(slot) = existing.entry(id) {
-                let id = slot.key();
-                let transfer = super::get(self.redis, id).await?.with_context(|| {
-                    format!("idempotency key points at transfer {id}, which is gone")
-                })?;
-                slot.insert(transfer);
-            }
-        }
-
-        let mut acks = acks.into_iter();
-        let mut results = Vec::with_capacity(transfers.len());
-        let mut undo = redis::pipe();
+        let mut steps = Vec::with_capacity(transfers.len());
         for (transfer, (created, id)) in transfers.into_iter().zip(stored) {
-            if created != 1 {
-                let transfer = existing[&id].clone();
-                results.push(Ok(Initiated {
-                    transfer,
-                    created: false,
-                }));
+            if created == 1 {
+                steps.push(Step::New(transfer));
                 continue;
             }
-            match acks.next().expect("one ack per published transfer") {
-                Ok(()) => results.push(Ok(Initiated {
+            let earlier = super::get(self.redis, &id).await?.with_context(|| {
+                format!("idempotency key points at transfer {id}, which is gone")
+            })?;
+            let unpublished: bool = self
+                .redis
+                .sismember(keys::UNPUBLISHED_TRANSFERS, &id)
+                .await
+                .context("reading unpublished transfers")?;
+            steps.push(
+                if unpublished && earlier.status == TransferStatus::Initiated {
+                    Step::Republish(earlier)
+                } else {
+                    Step::Earlier(earlier)
+                },
+            );
+        }
+
+        let outgoing: Vec<Outgoing> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::New(t) | Step::Republish(t) => Some(t),
+                Step::Earlier(_) => None,
+            })
+            .map(|t| {
+                Ok(Outgoing {
+                    topic: self.topic.to_string(),
+                    key: Some(t.sender_id.clone()),
+                    payload: serde_json::to_vec(t)?,
+                    headers: Vec::new(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut acks = produce_each(self.producer, &outgoing).await.into_iter();
+
+        // Acknowledged: published. Not acknowledged and new: undone.
+        let mut settle = redis::pipe();
+        let mut outcomes = Vec::with_capacity(steps.len());
+        for step in steps {
+            let ack = match &step {
+                Step::Earlier(_) => Ok(()),
+                _ => acks.next().expect("one ack per published transfer"),
+            };
+            match (&step, &ack) {
+                (Step::New(t) | Step::Republish(t), Ok(())) => {
+                    settle.srem(keys::UNPUBLISHED_TRANSFERS, &t.transfer_id);
+                }
+                (Step::New(t), Err(_)) => {
+                    let mut call = script_call(&DISCARD, t);
+                    call.arg(&t.transfer_id);
+                    settle.add_command(call);
+                }
+                _ => {}
+            }
+            outcomes.push((step, ack));
+        }
+        let settled: Vec<i64> = run_pipeline(&settle, self.redis)
+            .await
+            .context("recording which transfers were published")?;
+
+        let mut settled = settled.into_iter();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (step, ack) in outcomes {
+            results.push(match (step, ack) {
+                (Step::Earlier(transfer), _) => Ok(Initiated {
                     transfer,
-                    created: true,
-                })),
-                Err(e) => {
-                    let keys = record_keys(&transfer);
-                    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    undo.add_command(DISCARD.call(&key_refs).arg(&transfer.transfer_id).clone());
-                    results.push(Err(e.context(format!(
+                    created: false,
+                }),
+                (Step::Republish(transfer), Ok(())) => {
+                    settled.next();
+                    Ok(Initiated {
+                        transfer,
+                        created: false,
+                    })
+                }
+                (Step::Republish(transfer), Err(e)) => Err(e.context(format!(
+                    "transfer {} is stored but still not published; run the same command again",
+                    transfer.transfer_id
+                ))),
+                (Step::New(transfer), Ok(())) => {
+                    settled.next();
+                    Ok(Initiated {
+                        transfer,
+                        created: true,
+                    })
+                }
+                (Step::New(transfer), Err(e)) => match settled.next() {
+                    // Processed after all: the broker had it.
+                    Some(0) => Ok(Initiated {
+                        transfer,
+                        created: true,
+                    }),
+                    _ => Err(e.context(format!(
                         "transfer from {} to {} was not published; nothing was initiated",
                         transfer.sender_id, transfer.receiver_id
-                    ))));
-                }
-            }
-        }
-        if results.iter().any(|r| r.is_err()) {
-            let _: Vec<i64> = undo
-                .query_async(self.redis)
-                .await
-                .context("removing transfers the broker did not accept")?;
+                    ))),
+                },
+            });
         }
         Ok(results)
     }

@@ -58,7 +58,8 @@ static PROCESS: LazyLock<Script> = LazyLock::new(|| {
 -- KEYS: transfer record, sender account, receiver account
 -- ARGV: 1 message version, 2 mode (ledger | status-only | reject),
 --       3 amount in minor units, 4 transfer currency,
---       5 completed record JSON (no reason field), 6 reason (mode reject)
+--       5 completed record JSON (no reason field), 6 reason (mode reject),
+--       7 the largest balance (minor units; below 2^53, so Lua's doubles are exact)
 local version = tonumber(ARGV[1])
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -84,14 +85,21 @@ local reason = nil
 if ARGV[2] == 'reject' then
   reason = ARGV[6]
 elseif ARGV[2] == 'ledger' then
+  -- Every check before any write: a script that fails halfway would keep
+  -- its debit and be retried.
   local sender = redis.call('HMGET', KEYS[2], 'currency', 'balance')
-  local receiver_currency = redis.call('HGET', KEYS[3], 'currency')
-  if not sender[1] or not receiver_currency then
+  local receiver = redis.call('HMGET', KEYS[3], 'currency', 'balance')
+  local amount = tonumber(ARGV[3])
+  local sender_balance = tonumber(sender[2])
+  local receiver_balance = tonumber(receiver[2])
+  if not sender[1] or not receiver[1] or not sender_balance or not receiver_balance then
     reason = 'unknown account'
-  elseif sender[1] ~= ARGV[4] or receiver_currency ~= ARGV[4] then
+  elseif sender[1] ~= ARGV[4] or receiver[1] ~= ARGV[4] then
     reason = 'currency mismatch'
-  elseif tonumber(sender[2]) < tonumber(ARGV[3]) then
+  elseif sender_balance < amount then
     reason = 'insufficient funds'
+  elseif receiver_balance + amount > tonumber(ARGV[7]) then
+    reason = 'receiver balance limit'
   end
 end
 if reason then
@@ -177,6 +185,13 @@ impl TransferProcessor {
             }
             // No currency and no such sender: rejected, under the version check.
             None if self.ledger => (0, Some("unknown account")),
+            // Seed 001 mode, no currency to check places against: still a positive number.
+            None if transfer.amount.is_negative() || transfer.amount.is_zero() => {
+                return Err(format!(
+                    "invalid amount: must be greater than zero, got {}",
+                    transfer.amount
+                ));
+            }
             None => (0, None),
         };
         Ok(Planned {
@@ -215,7 +230,8 @@ impl TransferProcessor {
             .arg(planned.amount_minor)
             .arg(planned.currency.map(|c| c.code()).unwrap_or(""))
             .arg(completed)
-            .arg(planned.reject.unwrap_or(""));
+            .arg(planned.reject.unwrap_or(""))
+            .arg(crate::money::MAX_MINOR_UNITS);
         Ok(cmd)
     }
 
