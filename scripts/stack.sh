@@ -73,8 +73,11 @@ start_tansu() {
   local bin url="tcp://127.0.0.1:$kafka_port"
   bin=$(tansu_bin)
   # Tansu resolves relative storage paths from its working directory.
-  (cd "$state" && nohup "$bin" broker --listener-url "$url" --advertised-listener-url "$url" \
-      >"$state/tansu.log" 2>&1 & echo $! >"$state/tansu.pid")
+  (
+    cd "$state"
+    nohup "$bin" broker --listener-url "$url" --advertised-listener-url "$url" >"$state/tansu.log" 2>&1 &
+    echo $! >"$state/tansu.pid"
+  )
   wait_port "$kafka_port" tansu "$state/tansu.log"
   say "tansu up on 127.0.0.1:$kafka_port"
 }
@@ -100,6 +103,8 @@ stop_pid() {
   local pid; pid=$(cat "$file")
   if kill "$pid" 2>/dev/null; then
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # Tansu may not act on SIGTERM; its memory storage has nothing to flush.
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     say "$name stopped"
   fi
   rm -f "$file"
