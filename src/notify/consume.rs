@@ -17,7 +17,7 @@ use crate::events::RateChangeEvent;
 use crate::notify::Notification;
 use crate::output::Output;
 use crate::payments;
-use crate::store::{keys, run_pipeline, Redis, Script};
+use crate::store::{keys, Redis, Script};
 use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
 /// Turn transaction events and rate changes into notifications (a worker).
@@ -43,12 +43,22 @@ const NO_WATCHERS: &str = "no-watchers";
 static NOTIFY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
--- KEYS: notified marker, notifications list. ARGV: notification JSON, seconds to remember.
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
--- Push first: if the push fails, no marker claims it was sent.
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-return 1
+-- Every notification of a batch, in order, in one call.
+-- KEYS: marker 1, list 1, marker 2, list 2, ... ARGV: seconds to remember, JSON 1, JSON 2, ...
+-- Returns 1 for each one pushed, 0 for each already sent.
+local pushed = {}
+for i = 1, #ARGV - 1 do
+  local marker, list = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', marker) == 1 then
+    pushed[i] = 0
+  else
+    -- Push first: if the push fails, no marker claims it was sent.
+    redis.call('RPUSH', list, ARGV[i + 1])
+    redis.call('SET', marker, '1', 'EX', ARGV[1])
+    pushed[i] = 1
+  end
+end
+return pushed
 "#,
     )
 });
@@ -215,9 +225,10 @@ impl BatchHandler for Notifier {
             .collect();
         let watchers = self.watchers(pairs).await?;
 
-        // Every push of the batch, in message order, in one round trip.
+        // Every push of the batch, in message order, in one script call.
         let mut pushes_per_message = Vec::with_capacity(plans.len());
-        let mut pipe = redis::pipe();
+        let mut all_keys: Vec<String> = Vec::new();
+        let mut all_json: Vec<String> = Vec::new();
         for plan in &plans {
             let pushes: Vec<Push> = match plan {
                 Plan::Dead(_) => Vec::new(),
@@ -246,17 +257,23 @@ impl BatchHandler for Notifier {
                     })
                     .collect(),
             };
-            for push in &pushes {
-                let marker = keys::notified(&push.identity);
-                let mut call = NOTIFY.call(&[&marker, &push.user_key]);
-                call.arg(&push.json).arg(self.remember_secs);
-                pipe.add_command(call);
-            }
             pushes_per_message.push(pushes.len());
+            for push in pushes {
+                all_keys.push(keys::notified(&push.identity));
+                all_keys.push(push.user_key);
+                all_json.push(push.json);
+            }
         }
-        let pushed: Vec<i64> = run_pipeline(&pipe, &mut self.redis)
-            .await
-            .context("storing notifications")?;
+        let pushed: Vec<i64> = if all_json.is_empty() {
+            Vec::new()
+        } else {
+            let key_refs: Vec<&str> = all_keys.iter().map(String::as_str).collect();
+            let mut call = NOTIFY.call(&key_refs);
+            call.arg(self.remember_secs).arg(&all_json);
+            call.query_async(&mut self.redis)
+                .await
+                .context("storing notifications")?
+        };
 
         self.complete_payments(&plans).await?;
 
