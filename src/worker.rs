@@ -9,9 +9,10 @@
 //! 4. once every one of them is acknowledged, store the batch's offsets
 //!    (committed by librdkafka, and once more, synchronously, on the way out).
 //!
-//! While batch N waits for its acks (4), batch N+1 is applied (2, 3), so
-//! Redis and the broker work at the same time; offsets are still stored in
-//! batch order, and only for acknowledged batches.
+//! While batch N waits for its acks (4), batch N+1 is applied to Redis (2),
+//! so Redis and the broker work at the same time. Batch N+1's records are
+//! handed over (3) only once batch N's are acknowledged, so events keep
+//! their order, and offsets are stored in batch order.
 //!
 //! A failure in 2 or 3 (Redis down, broker down) is passing: the same batch
 //! is offered again after a backoff and nothing is committed meanwhile; a
@@ -401,16 +402,18 @@ pub async fn run<H: BatchHandler>(
         }
         cycle.first_input.get_or_insert_with(Instant::now);
 
-        // 2. Apply (retrying a passing failure), 3. hand the records over.
-        let Some(current) = cycle.apply(batch, &mut summary).await else {
+        // 2. Apply to Redis (retrying a passing failure) while the previous
+        //    batch's acks arrive.
+        let Some(applied) = cycle.apply(batch, &mut summary).await else {
             break 'consume;
         };
-        // 4. The previous batch's acks: then its offsets.
+        // 4. The previous batch's acks, then its offsets; only then
+        // 3. this batch's records, so events keep their order.
         if !cycle.finish(in_flight.take(), &mut summary).await {
-            summary.uncommitted += current.batch.len() as u64;
+            summary.uncommitted += applied.batch.len() as u64;
             break 'consume;
         }
-        in_flight = Some(current);
+        in_flight = Some(cycle.send(applied).await);
         last_input = Some(Instant::now());
     }
     cycle.finish(in_flight.take(), &mut summary).await;
@@ -424,11 +427,17 @@ pub async fn run<H: BatchHandler>(
     Ok(summary)
 }
 
-/// A batch applied to Redis whose records are on their way to the broker.
+/// A batch whose effects are in Redis; its records are not handed over yet.
+struct Applied {
+    batch: Vec<Delivery>,
+    verdicts: Vec<Verdict>,
+}
+
+/// A batch whose records are on their way to the broker.
 struct InFlight {
     batch: Vec<Delivery>,
     verdicts: Vec<Verdict>,
-    acks: Acks,
+    acks: anyhow::Result<Acks>,
 }
 
 /// What one turn of the cycle needs.
@@ -442,14 +451,14 @@ struct Cycle<'a, H> {
 }
 
 impl<H: BatchHandler> Cycle<'_, H> {
-    /// Applies a batch and hands its records to the producer, retrying a
-    /// passing failure with backoff. `None`: interrupted while retrying
-    /// (the batch stays uncommitted and will be delivered again).
+    /// Applies a batch to Redis, retrying a passing failure with backoff.
+    /// `None`: interrupted while retrying (the batch stays uncommitted and
+    /// will be delivered again).
     async fn apply(
         &mut self,
         batch: Vec<Delivery>,
         summary: &mut WorkerSummary,
-    ) -> Option<InFlight> {
+    ) -> Option<Applied> {
         tracing::debug!(size = batch.len(), "applying a batch");
         let mut backoff = FIRST_BACKOFF;
         let mut retrying = false;
@@ -465,34 +474,18 @@ impl<H: BatchHandler> Cycle<'_, H> {
                     verdicts.len(),
                     batch.len()
                 );
-                let records: Vec<Outgoing> = verdicts
-                    .iter()
-                    .flat_map(|v| v.records.iter().cloned())
-                    .collect();
-                let acks = enqueue(self.producer, &records).await?;
-                anyhow::Ok((verdicts, acks))
+                anyhow::Ok(verdicts)
             };
             match attempt.await {
-                Ok((verdicts, acks)) => {
-                    return Some(InFlight {
-                        batch,
-                        verdicts,
-                        acks,
-                    })
-                }
+                Ok(verdicts) => return Some(Applied { batch, verdicts }),
                 Err(e) => {
                     retrying = true;
                     tracing::warn!(
                         "batch of {} not applied, retrying in {backoff:?}: {e:#}",
                         batch.len()
                     );
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => {
-                            summary.uncommitted += batch.len() as u64;
-                            summary.stopped = StopReason::Signal;
-                            return None;
-                        }
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !self.pause(backoff, batch.len(), summary).await {
+                        return None;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -500,10 +493,24 @@ impl<H: BatchHandler> Cycle<'_, H> {
         }
     }
 
+    /// Hands an applied batch's records to the producer.
+    async fn send(&self, applied: Applied) -> InFlight {
+        let records: Vec<Outgoing> = applied
+            .verdicts
+            .iter()
+            .flat_map(|v| v.records.iter().cloned())
+            .collect();
+        InFlight {
+            acks: enqueue(self.producer, &records).await,
+            batch: applied.batch,
+            verdicts: applied.verdicts,
+        }
+    }
+
     /// Waits for a batch's acks, then stores its offsets and counts it. If
     /// a record was not acknowledged, the whole batch is applied and
-    /// produced again (applying twice changes nothing twice). `false`:
-    /// interrupted while retrying.
+    /// produced again (applying twice changes nothing twice) before anything
+    /// later is produced. `false`: interrupted while retrying.
     async fn finish(&mut self, in_flight: Option<InFlight>, summary: &mut WorkerSummary) -> bool {
         let Some(InFlight {
             batch,
@@ -513,35 +520,29 @@ impl<H: BatchHandler> Cycle<'_, H> {
         else {
             return true;
         };
-        if let Err(e) = acks.wait().await {
+        let mut acked = match acks {
+            Ok(acks) => acks.wait().await,
+            Err(e) => Err(e),
+        };
+        let mut backoff = FIRST_BACKOFF;
+        while let Err(e) = acked {
             tracing::warn!(
                 "batch of {}: records not acknowledged, applying again: {e:#}",
                 batch.len()
             );
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                let Some(again) = self.apply(batch.clone(), summary).await else {
-                    return false;
-                };
-                match again.acks.wait().await {
-                    Ok(()) => {
-                        verdicts = again.verdicts;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("batch of {}: still not acknowledged: {e:#}", batch.len());
-                        tokio::select! {
-                            _ = self.shutdown.cancelled() => {
-                                summary.uncommitted += batch.len() as u64;
-                                summary.stopped = StopReason::Signal;
-                                return false;
-                            }
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
+            if !self.pause(backoff, batch.len(), summary).await {
+                return false;
             }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let Some(again) = self.apply(batch.clone(), summary).await else {
+                return false;
+            };
+            let again = self.send(again).await;
+            verdicts = again.verdicts;
+            acked = match again.acks {
+                Ok(acks) => acks.wait().await,
+                Err(e) => Err(e),
+            };
         }
         // Every effect is durable and every record acknowledged.
         store_offsets(self.consumer, &batch);
@@ -553,6 +554,19 @@ impl<H: BatchHandler> Cycle<'_, H> {
             summary.active_ms = first.elapsed().as_millis() as u64;
         }
         true
+    }
+
+    /// Sleeps before a retry. `false`: a stop was asked for meanwhile; the
+    /// batch is left uncommitted.
+    async fn pause(&self, backoff: Duration, size: usize, summary: &mut WorkerSummary) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {
+                summary.uncommitted += size as u64;
+                summary.stopped = StopReason::Signal;
+                false
+            }
+            _ = tokio::time::sleep(backoff) => true,
+        }
     }
 }
 
