@@ -487,3 +487,74 @@ fn a_file_of_transfers_is_checked_whole_then_initiated() {
     assert_eq!(balance(&p, &bob), "101.00");
     assert_eq!(balance(&p, &alice), "899.00");
 }
+
+#[test]
+fn replays_return_earlier_transfers_and_finish_an_interrupted_publish() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "100.00");
+    let bob = open(&p, "bob", "0");
+    let dir = std::env::temp_dir().join(unique("replay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keyed.csv");
+    let run_id = unique("k");
+    let rows: Vec<String> = (0..20)
+        .map(|i| format!("{alice},{bob},1.00,USD,{run_id}-{i}"))
+        .collect();
+    std::fs::write(
+        &file,
+        format!(
+            "from,to,amount,currency,idempotency_key\n{}\n",
+            rows.join("\n")
+        ),
+    )
+    .unwrap();
+    let args = [
+        "transfer",
+        "initiate",
+        "--file",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+    assert_eq!(p.payctl(&args).expect(0).json()["created"], 20);
+    // The batch job runs again: every row returns its earlier transfer.
+    let again = p.payctl(&args).expect(0).json();
+    assert_eq!(
+        (again["created"].as_u64(), again["existing"].as_u64()),
+        (Some(0), Some(20)),
+        "{again}"
+    );
+    assert_eq!(read_topic(&p.transfers).len(), 20);
+
+    // A crash between storing a transfer and its broker ack leaves it
+    // stored and unpublished; the replay of its key publishes it.
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = unique("crashed");
+    let record = format!(
+        r#"{{"transfer_id":"{id}","sender_id":"{alice}","receiver_id":"{bob}","amount":2.00,"status":"initiated","version":1,"currency":"USD","idempotency_key":"{key}"}}"#
+    );
+    let mut con = redis();
+    let _: () = con.set(format!("transfer:{id}"), &record).unwrap();
+    let _: () = con.set(format!("idempotency:transfer:{key}"), &id).unwrap();
+    let _: () = con.sadd("transfers:unpublished", &id).unwrap();
+    let replay = p.payctl(&[
+        "transfer",
+        "initiate",
+        "--from",
+        &alice,
+        "--to",
+        &bob,
+        "--amount",
+        "2.00",
+        "--idempotency-key",
+        &key,
+    ]);
+    assert_eq!(replay.expect(0).stdout.trim(), id);
+    assert!(!con
+        .sismember::<_, _, bool>("transfers:unpublished", &id)
+        .unwrap());
+    assert_eq!(read_topic(&p.transfers).len(), 21);
+    let summary = p.process(&[]);
+    assert_eq!(count(&summary, "completed"), 21, "{summary}");
+    assert_eq!(balance(&p, &alice), "78.00");
+}

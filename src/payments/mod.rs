@@ -230,15 +230,17 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Payment>>
     Ok(get_many(redis, &[id.to_string()]).await?.pop())
 }
 
-/// A user's subscription, if they ever had one.
-pub async fn subscription(
+/// A user's subscription hash, if it is active.
+pub async fn active_subscription(
     redis: &mut Redis,
     user: &str,
-) -> anyhow::Result<HashMap<String, String>> {
-    redis
+) -> anyhow::Result<Option<HashMap<String, String>>> {
+    let subscription: HashMap<String, String> = redis
         .hgetall(keys::subscription(user))
         .await
-        .with_context(|| format!("reading the subscription of {user}"))
+        .with_context(|| format!("reading the subscription of {user}"))?;
+    let active = subscription.get("status").map(String::as_str) == Some("active");
+    Ok(active.then_some(subscription))
 }
 
 static COMPLETE: std::sync::LazyLock<crate::store::Script> = std::sync::LazyLock::new(|| {

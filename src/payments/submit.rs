@@ -87,9 +87,8 @@ pub async fn submit(
     validate_user(&args.user)?;
     anyhow::ensure!(!args.plan.trim().is_empty(), "--plan must not be empty");
     let amount = Money::parse_amount(&args.amount, Currency::parse(&args.currency)?)?;
-    let subscription = payments::subscription(redis, &args.user).await?;
-    if subscription.get("status").map(String::as_str) == Some("active") {
-        let plan = subscription.get("plan").cloned().unwrap_or_default();
+    if let Some(active) = payments::active_subscription(redis, &args.user).await? {
+        let plan = active.get("plan").cloned().unwrap_or_default();
         return Err(refuse(format!(
             "{} already has an active subscription ({plan}); nothing was submitted",
             args.user
@@ -112,13 +111,12 @@ pub async fn refund(
     output: Output,
 ) -> anyhow::Result<()> {
     validate_user(&args.user)?;
-    let subscription = payments::subscription(redis, &args.user).await?;
-    if subscription.get("status").map(String::as_str) != Some("active") {
+    let Some(subscription) = payments::active_subscription(redis, &args.user).await? else {
         return Err(refuse(format!(
             "{} has no active subscription to refund",
             args.user
         )));
-    }
+    };
     let field = |name: &str| {
         subscription
             .get(name)

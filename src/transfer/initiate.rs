@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use rdkafka::producer::FutureProducer;
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -282,20 +281,30 @@ impl Publisher<'_> {
             .await
             .context("storing transfers in Redis")?;
 
+        // What the idempotency keys returned, in one round trip: re-running a
+        // whole batch file is mostly replays.
+        let mut lookup = redis::pipe();
+        for (_, id) in stored.iter().filter(|(created, _)| *created != 1) {
+            lookup
+                .get(keys::transfer(id))
+                .sismember(keys::UNPUBLISHED_TRANSFERS, id);
+        }
+        let earlier: Vec<(Option<String>, bool)> = run_pipeline(&lookup, self.redis)
+            .await
+            .context("reading the transfers idempotency keys point at")?;
+        let mut earlier = earlier.into_iter();
+
         let mut steps = Vec::with_capacity(transfers.len());
         for (transfer, (created, id)) in transfers.into_iter().zip(stored) {
             if created == 1 {
                 steps.push(Step::New(transfer));
                 continue;
             }
-            let earlier = super::get(self.redis, &id).await?.with_context(|| {
+            let (json, unpublished) = earlier.next().expect("one lookup per replay");
+            let json = json.with_context(|| {
                 format!("idempotency key points at transfer {id}, which is gone")
             })?;
-            let unpublished: bool = self
-                .redis
-                .sismember(keys::UNPUBLISHED_TRANSFERS, &id)
-                .await
-                .context("reading unpublished transfers")?;
+            let earlier = super::parse_stored(&id, &json)?;
             steps.push(
                 if unpublished && earlier.status == TransferStatus::Initiated {
                     Step::Republish(earlier)
