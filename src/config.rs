@@ -89,6 +89,22 @@ pub struct WorkerLimits {
 impl WorkerLimits {
     /// The default batch bound.
     pub const DEFAULT_BATCH_SIZE: usize = 1000;
+    /// The largest batch bound accepted.
+    pub const MAX_BATCH_SIZE: usize = 100_000;
+}
+
+/// The longest duration a flag takes: a year.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A flag's number of seconds as a duration: finite, not negative, at most
+/// [`MAX_SECONDS`]; anything else is a clear error naming the flag.
+pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    if !(secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs)) {
+        anyhow::bail!(
+            "{flag} must be a number of seconds from 0 to {MAX_SECONDS} (a year), got {secs}"
+        );
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -105,5 +121,14 @@ mod tests {
             url: RedisConfig::DEFAULT_URL.into(),
         };
         assert_eq!(without.display_url(), RedisConfig::DEFAULT_URL);
+    }
+
+    #[test]
+    fn seconds_are_bounded() {
+        assert_eq!(seconds("--x", 1.5).unwrap(), Duration::from_millis(1500));
+        for bad in [1e20, -1.0, f64::NAN, f64::INFINITY] {
+            let message = seconds("--until-idle", bad).unwrap_err().to_string();
+            assert!(message.starts_with("--until-idle must be"), "{message}");
+        }
     }
 }

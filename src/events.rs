@@ -39,6 +39,11 @@ pub struct TransactionEvent {
     /// `payment` or `refund`, for subscription payments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// True when this outcome may have been announced before (a redelivered
+    /// transfer, an announcement retried): `notify consume` then checks the
+    /// user's recent notifications for the same `event_id` before pushing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reannounced: bool,
 }
 
 impl TransactionEvent {

@@ -119,37 +119,41 @@ pub async fn produce_each(
     producer: &FutureProducer,
     records: &[Outgoing],
 ) -> Vec<anyhow::Result<()>> {
-    match enqueue(producer, records).await {
-        Ok(acks) => acks.wait_each().await,
-        Err(e) => {
-            let message = format!("{e:#}");
-            records.iter().map(|_| Err(anyhow!("{message}"))).collect()
-        }
-    }
+    enqueue(producer, records).await.wait_each().await
+}
+
+/// One record handed to the producer, or refused before it left.
+enum Pending {
+    Sent(rdkafka::producer::DeliveryFuture),
+    /// librdkafka would not queue it (too large, say): it never will.
+    Refused(KafkaError),
 }
 
 /// Records handed to the producer whose acks have not been awaited yet.
 pub struct Acks {
-    pending: Vec<(String, rdkafka::producer::DeliveryFuture)>,
+    pending: Vec<(String, Pending)>,
 }
 
 impl Acks {
-    /// Every record's ack or failure, in order.
+    /// Every record's ack or failure, in order. A failure keeps its
+    /// [`KafkaError`] in the chain, for [`crate::failure::classify`].
     pub async fn wait_each(self) -> Vec<anyhow::Result<()>> {
-        let (topics, futures): (Vec<String>, Vec<_>) = self.pending.into_iter().unzip();
-        join_all(futures)
-            .await
-            .into_iter()
-            .zip(topics)
-            .map(|(result, topic)| {
-                match result {
+        let (topics, pending): (Vec<String>, Vec<Pending>) = self.pending.into_iter().unzip();
+        join_all(pending.into_iter().map(|p| async move {
+            match p {
+                Pending::Sent(future) => match future.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(anyhow!(e)),
+                    Ok(Err((e, _))) => Err(anyhow::Error::new(e)),
                     Err(_) => Err(anyhow!("the producer went away")),
-                }
-                .with_context(|| format!("producing to topic {topic}"))
-            })
-            .collect()
+                },
+                Pending::Refused(e) => Err(anyhow::Error::new(e)),
+            }
+        }))
+        .await
+        .into_iter()
+        .zip(topics)
+        .map(|(result, topic)| result.with_context(|| format!("producing to topic {topic}")))
+        .collect()
     }
 
     /// Waits for every ack; the first failure, once all are in.
@@ -159,8 +163,9 @@ impl Acks {
 }
 
 /// Hands every record to the producer without waiting for acks. When the
-/// producer's queue is full, waits for room rather than failing.
-pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> anyhow::Result<Acks> {
+/// producer's queue is full, waits for room rather than failing; a record
+/// librdkafka refuses outright fails alone, in its place among the acks.
+pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> Acks {
     let mut pending = Vec::with_capacity(records.len());
     for record in records {
         let headers = (!record.headers.is_empty()).then(|| {
@@ -174,7 +179,7 @@ pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> anyhow:
                     })
                 })
         });
-        loop {
+        let sent = loop {
             let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload);
             if let Some(key) = &record.key {
                 future_record = future_record.key(key);
@@ -183,21 +188,16 @@ pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> anyhow:
                 future_record = future_record.headers(headers.clone());
             }
             match producer.send_result(future_record) {
-                Ok(delivery) => {
-                    pending.push((record.topic.clone(), delivery));
-                    break;
-                }
+                Ok(delivery) => break Pending::Sent(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => {
-                    return Err(anyhow!(e))
-                        .with_context(|| format!("producing to topic {}", record.topic));
-                }
+                Err((e, _)) => break Pending::Refused(e),
             }
-        }
+        };
+        pending.push((record.topic.clone(), sent));
     }
-    Ok(Acks { pending })
+    Acks { pending }
 }
 
 /// Creates `names` with `partitions` each. A topic that already exists is

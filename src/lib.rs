@@ -6,6 +6,7 @@
 //! - `money`: exact decimals, currencies and amounts; never a float.
 //! - `output`: the one place that writes stdout (tables or JSON).
 //! - `exit`: exit codes and the "answer is no" error.
+//! - `failure`: every error's class (passing, permanent, fatal) and what a worker does with it.
 //! - `clock`: timestamps.
 //! - `kafka`: clients with payctl's defaults; produce-and-await-acks.
 //! - `store`: Redis connection, key names, Lua scripts called by SHA.
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod exit;
+pub mod failure;
 pub mod groups;
 pub mod kafka;
 pub mod money;

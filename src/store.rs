@@ -18,6 +18,9 @@ pub mod keys {
     pub const TRANSFERS: &str = "transfers";
     /// Ids of transfers stored but not yet acknowledged by the broker.
     pub const UNPUBLISHED_TRANSFERS: &str = "transfers:unpublished";
+    /// Sorted set of transfers not yet decided (score: creation time, ms):
+    /// what `transfer resend` looks through.
+    pub const PENDING_TRANSFERS: &str = "transfers:pending";
     /// The transfer id a client's idempotency key already created.
     pub fn transfer_idempotency(key: &str) -> String {
         format!("idempotency:transfer:{key}")
@@ -38,10 +41,9 @@ pub mod keys {
     pub fn notifications(user: &str) -> String {
         format!("notifications:{user}")
     }
-    /// Marks an event as already notified (expires).
-    pub fn notified(identity: &str) -> String {
-        format!("notified:{identity}")
-    }
+    /// Hash of each input partition's highest applied offset, for
+    /// `notify consume` (field `topic/partition`, value `offset:timestamp`).
+    pub const NOTIFY_APPLIED: &str = "notify:applied";
     /// Users watching a pair's rate.
     pub fn watchers(pair: &str) -> String {
         format!("watchers:{pair}")

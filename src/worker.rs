@@ -39,6 +39,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics, WorkerLimits};
+use crate::failure::{classify, Class, FatalError};
 use crate::kafka::{enqueue, Acks, Outgoing};
 use crate::output::{self, Rendered, Report};
 
@@ -78,15 +79,29 @@ pub struct Verdict {
     pub outcome: &'static str,
     /// Records to produce before the message's offset is stored.
     pub records: Vec<Outgoing>,
+    /// Why the message was dead-lettered, for a dead letter.
+    pub reason: Option<String>,
 }
 
 /// The summary label of dead-lettered messages.
 pub const DEAD_LETTERED: &str = "dead-lettered";
 
+/// The largest dead letter payctl produces, in bytes: well under the 1 MB
+/// that brokers (`message.max.bytes`) and librdkafka accept by default. A
+/// longer original payload is cut to fit.
+pub const MAX_DEAD_LETTER_BYTES: usize = 512 * 1024;
+/// Longest reason and key kept in a dead letter.
+const MAX_REASON_BYTES: usize = 2048;
+const MAX_KEY_BYTES: usize = 1024;
+
 impl Verdict {
     /// An outcome that produces `records`.
     pub fn new(outcome: &'static str, records: Vec<Outgoing>) -> Verdict {
-        Verdict { outcome, records }
+        Verdict {
+            outcome,
+            records,
+            reason: None,
+        }
     }
 
     /// A message that can never be processed: it goes to `<topic>.dlq` with
@@ -94,40 +109,91 @@ impl Verdict {
     pub fn dead_letter(delivery: &Delivery, reason: impl Into<String>) -> Verdict {
         let reason = reason.into();
         tracing::warn!(origin = %delivery.origin(), %reason, "dead-lettering message");
-        let letter = DeadLetter {
-            reason,
-            origin: Origin {
-                topic: &delivery.topic,
-                partition: delivery.partition,
-                offset: delivery.offset,
-                timestamp_ms: delivery.timestamp_ms,
-                key: delivery.key.as_deref().map(String::from_utf8_lossy),
-            },
-            payload: String::from_utf8_lossy(&delivery.payload),
-            failed_at: crate::clock::now_rfc3339(),
-        };
-        Verdict::new(
-            DEAD_LETTERED,
-            vec![Outgoing {
-                topic: Topics::dlq(&delivery.topic),
-                key: delivery
-                    .key
-                    .as_deref()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                payload: serde_json::to_vec(&letter).expect("a dead letter serializes"),
-                headers: Vec::new(),
-            }],
-        )
+        let record = dead_letter_record(delivery, &reason, MAX_DEAD_LETTER_BYTES);
+        Verdict {
+            outcome: DEAD_LETTERED,
+            records: vec![record],
+            reason: Some(reason),
+        }
     }
+}
+
+/// The record for `<topic>.dlq`: the reason, the origin, and as much of the
+/// original payload as fits in `limit` bytes (none at all with a limit of 0).
+fn dead_letter_record(delivery: &Delivery, reason: &str, limit: usize) -> Outgoing {
+    let text = String::from_utf8_lossy(&delivery.payload);
+    let key = delivery
+        .key
+        .as_deref()
+        .map(|k| prefix_fitting(&String::from_utf8_lossy(k), MAX_KEY_BYTES).to_string());
+    let mut letter = DeadLetter {
+        reason: prefix_fitting(reason, MAX_REASON_BYTES),
+        origin: Origin {
+            topic: &delivery.topic,
+            partition: delivery.partition,
+            offset: delivery.offset,
+            timestamp_ms: delivery.timestamp_ms,
+            key: key.as_deref(),
+        },
+        payload: &text,
+        payload_truncated: false,
+        payload_bytes: delivery.payload.len(),
+        failed_at: crate::clock::now_rfc3339(),
+    };
+    let mut json = serde_json::to_vec(&letter).expect("a dead letter serializes");
+    if json.len() > limit {
+        // What the letter takes besides the payload, then the longest
+        // prefix of the payload whose escaped form fits beside it.
+        let escaped = escaped_len(&text) + 2;
+        let rest = json.len() - escaped + 2;
+        letter.payload = prefix_fitting(&text, limit.saturating_sub(rest));
+        letter.payload_truncated = true;
+        json = serde_json::to_vec(&letter).expect("a dead letter serializes");
+    }
+    Outgoing {
+        topic: Topics::dlq(&delivery.topic),
+        key,
+        payload: json,
+        headers: Vec::new(),
+    }
+}
+
+/// Bytes `c` takes inside a JSON string.
+fn escaped_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+fn escaped_len(text: &str) -> usize {
+    text.chars().map(escaped_char_len).sum()
+}
+
+/// The longest prefix of `text` whose JSON-escaped form takes at most `budget` bytes.
+fn prefix_fitting(text: &str, budget: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += escaped_char_len(c);
+        if used > budget {
+            return &text[..at];
+        }
+    }
+    text
 }
 
 /// The value written to a dead-letter topic.
 #[derive(Serialize)]
 struct DeadLetter<'a> {
-    reason: String,
+    reason: &'a str,
     origin: Origin<'a>,
-    /// The original value, as text (invalid UTF-8 replaced).
-    payload: std::borrow::Cow<'a, str>,
+    /// The original value, as text (invalid UTF-8 replaced), cut to fit.
+    payload: &'a str,
+    /// True when `payload` is only the start of the original.
+    payload_truncated: bool,
+    /// The original value's length in bytes.
+    payload_bytes: usize,
     failed_at: String,
 }
 
@@ -137,7 +203,7 @@ struct Origin<'a> {
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
-    key: Option<std::borrow::Cow<'a, str>>,
+    key: Option<&'a str>,
 }
 
 /// A worker's domain logic: apply a batch, say what became of each message.
@@ -244,14 +310,16 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// The validated limits.
     pub fn limits(&self) -> anyhow::Result<WorkerLimits> {
-        let until_idle = match self.until_idle {
-            Some(secs) if !(secs.is_finite() && secs >= 0.0) => {
-                anyhow::bail!("--until-idle must be a number of seconds, got {secs}")
-            }
-            Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
-            None => None,
-        };
-        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        let until_idle = self
+            .until_idle
+            .map(|secs| crate::config::seconds("--until-idle", secs))
+            .transpose()?;
+        anyhow::ensure!(
+            (1..=WorkerLimits::MAX_BATCH_SIZE).contains(&self.batch_size),
+            "--batch-size must be between 1 and {}, got {}",
+            WorkerLimits::MAX_BATCH_SIZE,
+            self.batch_size
+        );
         Ok(WorkerLimits {
             max_messages: self.max_messages,
             until_idle,
@@ -291,7 +359,8 @@ const TICK: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Runs the cycle until a signal, `--max-messages` or `--until-idle`.
+/// Runs the cycle until a signal, `--max-messages` or `--until-idle`, or a
+/// fatal error (returned after committing what was finished).
 pub async fn run<H: BatchHandler>(
     kafka: &KafkaConfig,
     spec: &WorkerSpec,
@@ -331,11 +400,13 @@ pub async fn run<H: BatchHandler>(
         producer: &producer,
         handler,
         shutdown: &shutdown,
+        spec,
         first_input: None,
     };
     // One batch may wait for its acks while the next is applied: Redis and
     // the broker work at the same time, and offsets are still stored in order.
     let mut in_flight: Option<InFlight> = None;
+    let mut fatal: Option<anyhow::Error> = None;
 
     'consume: loop {
         // Between batches, a stop request is honoured even while input keeps coming.
@@ -355,15 +426,19 @@ pub async fn run<H: BatchHandler>(
         let bound = batch_size.min(remaining);
 
         let mut batch = Vec::new();
-        if in_flight.is_some() {
+        let taking = if in_flight.is_some() {
             // Something is in flight: take only what is ready, or finish it.
-            take_ready(&consumer, &mut batch, bound);
-            if batch.is_empty() {
-                if !cycle.finish(in_flight.take(), &mut summary).await {
-                    break 'consume;
+            let taking = cycle.take_ready(&mut batch, bound);
+            if taking.is_ok() && batch.is_empty() {
+                match cycle.finish(in_flight.take(), &mut summary).await {
+                    Ok(()) => continue,
+                    Err(stop) => {
+                        fatal = stop.into_fatal();
+                        break 'consume;
+                    }
                 }
-                continue;
             }
+            taking
         } else {
             // 1. Wait for input: the only place where a stop request is
             //    honoured without finishing the work in hand.
@@ -392,31 +467,49 @@ pub async fn run<H: BatchHandler>(
                 }
             };
             match first {
-                Ok(message) => batch.push(Delivery::from_message(&message)),
-                Err(e) => {
-                    log_consumer_error(&e);
-                    continue;
+                Ok(message) => {
+                    batch.push(Delivery::from_message(&message));
+                    cycle.take_ready(&mut batch, bound)
                 }
+                Err(e) => cycle.consumer_error(e),
             }
-            take_ready(&consumer, &mut batch, bound);
+        };
+        if let Err(stop) = taking {
+            // A fatal consumer error: finish what is in hand, then stop.
+            fatal = stop.into_fatal();
+            if let Err(stop) = cycle.finish(in_flight.take(), &mut summary).await {
+                fatal = fatal.or(stop.into_fatal());
+            }
+            summary.uncommitted += batch.len() as u64;
+            break 'consume;
+        }
+        if batch.is_empty() {
+            continue;
         }
         cycle.first_input.get_or_insert_with(Instant::now);
 
         // 2. Apply to Redis (retrying a passing failure) while the previous
         //    batch's acks arrive.
-        let Some(applied) = cycle.apply(batch, &mut summary).await else {
-            break 'consume;
+        let applied = match cycle.apply(batch, &mut summary).await {
+            Ok(applied) => applied,
+            Err(stop) => {
+                fatal = stop.into_fatal();
+                break 'consume;
+            }
         };
         // 4. The previous batch's acks, then its offsets; only then
         // 3. this batch's records, so events keep their order.
-        if !cycle.finish(in_flight.take(), &mut summary).await {
+        if let Err(stop) = cycle.finish(in_flight.take(), &mut summary).await {
             summary.uncommitted += applied.batch.len() as u64;
+            fatal = stop.into_fatal();
             break 'consume;
         }
         in_flight = Some(cycle.send(applied).await);
         last_input = Some(Instant::now());
     }
-    cycle.finish(in_flight.take(), &mut summary).await;
+    if let Err(stop) = cycle.finish(in_flight.take(), &mut summary).await {
+        fatal = fatal.or(stop.into_fatal());
+    }
 
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -424,7 +517,30 @@ pub async fn run<H: BatchHandler>(
     }
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(processed = summary.processed, "worker stopped");
+    if let Some(e) = fatal {
+        return Err(e.context(format!(
+            "worker stopped after {} messages, all committed; the rest stays on the topic",
+            summary.processed
+        )));
+    }
     Ok(summary)
+}
+
+/// Why a turn of the cycle stopped short.
+enum Stop {
+    /// A stop was asked for while retrying; the batch stays uncommitted.
+    Interrupted,
+    /// The worker cannot go on.
+    Fatal(anyhow::Error),
+}
+
+impl Stop {
+    fn into_fatal(self) -> Option<anyhow::Error> {
+        match self {
+            Stop::Interrupted => None,
+            Stop::Fatal(e) => Some(e),
+        }
+    }
 }
 
 /// A batch whose effects are in Redis; its records are not handed over yet.
@@ -437,7 +553,9 @@ struct Applied {
 struct InFlight {
     batch: Vec<Delivery>,
     verdicts: Vec<Verdict>,
-    acks: anyhow::Result<Acks>,
+    /// For each record handed over, the index of the message it belongs to.
+    owners: Vec<usize>,
+    acks: Acks,
 }
 
 /// What one turn of the cycle needs.
@@ -446,20 +564,53 @@ struct Cycle<'a, H> {
     producer: &'a FutureProducer,
     handler: &'a mut H,
     shutdown: &'a CancellationToken,
+    spec: &'a WorkerSpec,
     /// When the first message came: the start of active time.
     first_input: Option<Instant>,
 }
 
 impl<H: BatchHandler> Cycle<'_, H> {
-    /// Applies a batch to Redis, retrying a passing failure with backoff.
-    /// `None`: interrupted while retrying (the batch stays uncommitted and
-    /// will be delivered again).
+    /// Applies a batch to Redis, retrying passing failures with backoff. If
+    /// it fails for good, its messages are applied one at a time, and each
+    /// one that still fails for good is dead-lettered with the error: one bad
+    /// message never holds up its neighbours.
     async fn apply(
         &mut self,
         batch: Vec<Delivery>,
         summary: &mut WorkerSummary,
-    ) -> Option<Applied> {
+    ) -> Result<Applied, Stop> {
         tracing::debug!(size = batch.len(), "applying a batch");
+        let error = match self.attempt(&batch, summary).await? {
+            Ok(verdicts) => return Ok(Applied { batch, verdicts }),
+            Err(error) => error,
+        };
+        if batch.len() > 1 {
+            tracing::warn!(
+                "batch of {} failed for good ({error:#}); applying its messages one at a time",
+                batch.len()
+            );
+        }
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for delivery in &batch {
+            let verdict = match self
+                .attempt(std::slice::from_ref(delivery), summary)
+                .await?
+            {
+                Ok(mut one) => one.pop().expect("one verdict for one message"),
+                Err(error) => Verdict::dead_letter(delivery, format!("{error:#}")),
+            };
+            verdicts.push(verdict);
+        }
+        Ok(Applied { batch, verdicts })
+    }
+
+    /// Applies `messages`, retrying passing failures. `Ok(Err)`: a
+    /// permanent failure, for the caller to isolate.
+    async fn attempt(
+        &mut self,
+        messages: &[Delivery],
+        summary: &mut WorkerSummary,
+    ) -> Result<anyhow::Result<Vec<Verdict>>, Stop> {
         let mut backoff = FIRST_BACKOFF;
         let mut retrying = false;
         loop {
@@ -467,26 +618,29 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 if retrying {
                     self.handler.prepare().await?;
                 }
-                let verdicts = self.handler.apply(&batch).await?;
+                let verdicts = self.handler.apply(messages).await?;
                 anyhow::ensure!(
-                    verdicts.len() == batch.len(),
+                    verdicts.len() == messages.len(),
                     "handler returned {} verdicts for {} messages",
                     verdicts.len(),
-                    batch.len()
+                    messages.len()
                 );
                 anyhow::Ok(verdicts)
             };
-            match attempt.await {
-                Ok(verdicts) => return Some(Applied { batch, verdicts }),
-                Err(e) => {
+            let error = match attempt.await {
+                Ok(verdicts) => return Ok(Ok(verdicts)),
+                Err(error) => error,
+            };
+            match classify(&error) {
+                Class::Permanent => return Ok(Err(error)),
+                Class::Fatal => return Err(Stop::Fatal(error)),
+                Class::Passing => {
                     retrying = true;
                     tracing::warn!(
-                        "batch of {} not applied, retrying in {backoff:?}: {e:#}",
-                        batch.len()
+                        "batch of {} not applied, retrying in {backoff:?}: {error:#}",
+                        messages.len()
                     );
-                    if !self.pause(backoff, batch.len(), summary).await {
-                        return None;
-                    }
+                    self.pause(backoff, messages.len(), summary).await?;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -495,54 +649,122 @@ impl<H: BatchHandler> Cycle<'_, H> {
 
     /// Hands an applied batch's records to the producer.
     async fn send(&self, applied: Applied) -> InFlight {
-        let records: Vec<Outgoing> = applied
-            .verdicts
-            .iter()
-            .flat_map(|v| v.records.iter().cloned())
-            .collect();
+        let mut owners = Vec::new();
+        let mut records = Vec::new();
+        for (owner, verdict) in applied.verdicts.iter().enumerate() {
+            for record in &verdict.records {
+                owners.push(owner);
+                records.push(record.clone());
+            }
+        }
         InFlight {
             acks: enqueue(self.producer, &records).await,
             batch: applied.batch,
             verdicts: applied.verdicts,
+            owners,
         }
     }
 
-    /// Waits for a batch's acks, then stores its offsets and counts it. If
-    /// a record was not acknowledged, the whole batch is applied and
-    /// produced again (applying twice changes nothing twice) before anything
-    /// later is produced. `false`: interrupted while retrying.
-    async fn finish(&mut self, in_flight: Option<InFlight>, summary: &mut WorkerSummary) -> bool {
+    /// Waits for a batch's acks, then stores its offsets and counts it.
+    ///
+    /// A record the broker will never take (too large, say) turns its
+    /// message into a dead letter, which is produced instead; a dead letter
+    /// refused that way is sent again without its payload. Any other
+    /// failure is passing: the whole batch is applied and produced again
+    /// (applying twice changes nothing twice) before anything later is
+    /// produced.
+    async fn finish(
+        &mut self,
+        in_flight: Option<InFlight>,
+        summary: &mut WorkerSummary,
+    ) -> Result<(), Stop> {
         let Some(InFlight {
             batch,
             mut verdicts,
-            acks,
+            mut owners,
+            mut acks,
         }) = in_flight
         else {
-            return true;
-        };
-        let mut acked = match acks {
-            Ok(acks) => acks.wait().await,
-            Err(e) => Err(e),
+            return Ok(());
         };
         let mut backoff = FIRST_BACKOFF;
-        while let Err(e) = acked {
-            tracing::warn!(
-                "batch of {}: records not acknowledged, applying again: {e:#}",
-                batch.len()
-            );
-            if !self.pause(backoff, batch.len(), summary).await {
-                return false;
+        loop {
+            let failed: Vec<(usize, anyhow::Error)> = acks
+                .wait_each()
+                .await
+                .into_iter()
+                .zip(&owners)
+                .filter_map(|(ack, &owner)| ack.err().map(|e| (owner, e)))
+                .collect();
+            if failed.is_empty() {
+                break;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            let Some(again) = self.apply(batch.clone(), summary).await else {
-                return false;
-            };
-            let again = self.send(again).await;
-            verdicts = again.verdicts;
-            acked = match again.acks {
-                Ok(acks) => acks.wait().await,
-                Err(e) => Err(e),
-            };
+            let worst = failed.iter().map(|(_, e)| classify(e)).fold(
+                Class::Permanent,
+                |worst, class| match (worst, class) {
+                    (Class::Fatal, _) | (_, Class::Fatal) => Class::Fatal,
+                    (Class::Passing, _) | (_, Class::Passing) => Class::Passing,
+                    _ => Class::Permanent,
+                },
+            );
+            match worst {
+                Class::Fatal => {
+                    let (_, error) = failed
+                        .into_iter()
+                        .find(|(_, e)| classify(e) == Class::Fatal)
+                        .expect("a fatal failure");
+                    return Err(Stop::Fatal(error));
+                }
+                Class::Passing => {
+                    let (_, error) = &failed[0];
+                    tracing::warn!(
+                        "batch of {}: {} records not acknowledged, applying again: {error:#}",
+                        batch.len(),
+                        failed.len()
+                    );
+                    self.pause(backoff, batch.len(), summary).await?;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let again = self.apply(batch.clone(), summary).await?;
+                    let again = self.send(again).await;
+                    (verdicts, owners, acks) = (again.verdicts, again.owners, again.acks);
+                }
+                Class::Permanent => {
+                    let mut replacements = Vec::new();
+                    owners.clear();
+                    for (owner, error) in failed {
+                        let delivery = &batch[owner];
+                        let verdict = &mut verdicts[owner];
+                        let record = match &verdict.reason {
+                            Some(reason)
+                                if verdict
+                                    .records
+                                    .first()
+                                    .is_some_and(|r| r.payload.len() > MINIMAL_DEAD_LETTER) =>
+                            {
+                                tracing::warn!(origin = %delivery.origin(), "dead letter refused ({error:#}); sending it without the payload");
+                                dead_letter_record(delivery, reason, 0)
+                            }
+                            Some(_) => {
+                                return Err(Stop::Fatal(error.context(format!(
+                                    "{} refuses even a dead letter without payload",
+                                    Topics::dlq(&delivery.topic)
+                                ))));
+                            }
+                            None => {
+                                *verdict = Verdict::dead_letter(
+                                    delivery,
+                                    format!("its outcome could not be produced: {error:#}"),
+                                );
+                                verdict.records[0].clone()
+                            }
+                        };
+                        verdict.records = vec![record.clone()];
+                        replacements.push(record);
+                        owners.push(owner);
+                    }
+                    acks = enqueue(self.producer, &replacements).await;
+                }
+            }
         }
         // Every effect is durable and every record acknowledged.
         store_offsets(self.consumer, &batch);
@@ -553,36 +775,64 @@ impl<H: BatchHandler> Cycle<'_, H> {
         if let Some(first) = self.first_input {
             summary.active_ms = first.elapsed().as_millis() as u64;
         }
-        true
+        Ok(())
     }
 
-    /// Sleeps before a retry. `false`: a stop was asked for meanwhile; the
-    /// batch is left uncommitted.
-    async fn pause(&self, backoff: Duration, size: usize, summary: &mut WorkerSummary) -> bool {
+    /// Sleeps before a retry. `Interrupted`: a stop was asked for meanwhile;
+    /// the batch is left uncommitted.
+    async fn pause(
+        &self,
+        backoff: Duration,
+        size: usize,
+        summary: &mut WorkerSummary,
+    ) -> Result<(), Stop> {
         tokio::select! {
             _ = self.shutdown.cancelled() => {
                 summary.uncommitted += size as u64;
                 summary.stopped = StopReason::Signal;
-                false
+                Err(Stop::Interrupted)
             }
-            _ = tokio::time::sleep(backoff) => true,
+            _ = tokio::time::sleep(backoff) => Ok(()),
         }
+    }
+
+    /// Adds the messages that are ready now, without waiting, up to `bound`.
+    fn take_ready(&self, batch: &mut Vec<Delivery>, bound: usize) -> Result<(), Stop> {
+        while batch.len() < bound {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
+                Some(Err(e)) => return self.consumer_error(e),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A consumer error is logged and passes, unless it is fatal: a refused
+    /// login, or an input topic that no longer exists.
+    fn consumer_error(&self, e: KafkaError) -> Result<(), Stop> {
+        tracing::warn!("consumer: {e}");
+        let code = e.rdkafka_error_code();
+        if crate::failure::classify_kafka(&e) == Class::Fatal {
+            return Err(Stop::Fatal(anyhow::Error::new(e).context("consuming")));
+        }
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        ) {
+            if let Err(missing) = check_topics_exist(self.consumer, self.spec) {
+                return Err(Stop::Fatal(
+                    anyhow::Error::new(FatalError(format!("{missing:#}")))
+                        .context("an input topic was deleted under the worker"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-/// Adds the messages that are ready now, without waiting, up to `bound`.
-fn take_ready(consumer: &StreamConsumer<GroupContext>, batch: &mut Vec<Delivery>, bound: usize) {
-    while batch.len() < bound {
-        match consumer.recv().now_or_never() {
-            Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
-            Some(Err(e)) => {
-                log_consumer_error(&e);
-                break;
-            }
-            None => break,
-        }
-    }
-}
+/// A dead letter at most this long already carries no payload to cut.
+const MINIMAL_DEAD_LETTER: usize = MAX_REASON_BYTES + MAX_KEY_BYTES + 1024;
 
 /// Stores the next offset of every partition in the batch. Messages of one
 /// partition arrive in order, so the last one seen is the highest.
@@ -597,10 +847,6 @@ fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, batch: &[Deli
             tracing::warn!("storing offset {topic}/{partition}@{offset} (partition moved?): {e}");
         }
     }
-}
-
-fn log_consumer_error(e: &KafkaError) {
-    tracing::warn!("consumer: {e}");
 }
 
 /// Fails fast, with the fix, when a topic the worker needs is missing

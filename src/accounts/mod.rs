@@ -52,9 +52,10 @@ impl Account {
                 .with_context(|| format!("account {id} has no {name} field"))
         };
         let currency = Currency::parse(field("currency")?)?;
-        let minor: i64 = field("balance")?
-            .parse()
-            .with_context(|| format!("account {id} has a balance that is not an integer"))?;
+        let text = field("balance")?;
+        let minor = parse_balance(text).with_context(|| {
+            format!("account {id} has a balance payctl will not touch: {text:?} is not a canonical integer of minor units")
+        })?;
         Ok(Some(Account {
             id: id.to_string(),
             currency,
@@ -92,6 +93,21 @@ impl Report for Account {
     fn render(&self) -> Rendered {
         AccountList(vec![self.clone()]).render()
     }
+}
+
+/// Reads a stored balance strictly: integer minor units in canonical form
+/// (optional `-`, digits, no leading zeros) within [`MAX_MINOR_UNITS`].
+/// `100.0`, `+5`, ` 5`, `1e3` and `05` are refused, as the transfer script
+/// refuses them.
+pub fn parse_balance(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0"
+        && digits.len() <= 16;
+    let value: i64 = text.parse().ok().filter(|_| canonical)?;
+    (value.abs() <= MAX_MINOR_UNITS).then_some(value)
 }
 
 /// Refuses ids that would make awkward keys or unreadable tables.
@@ -186,10 +202,16 @@ static DEPOSIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 -- KEYS: account hash. ARGV: amount (minor units), currency, largest balance
+-- Writes only onto a canonical integer balance, so balances stay canonical.
 local account = redis.call('HMGET', KEYS[1], 'currency', 'balance')
 if not account[1] then return {'unknown account', false} end
 if account[1] ~= ARGV[2] then return {'currency mismatch', false} end
-if tonumber(account[2]) + tonumber(ARGV[1]) > tonumber(ARGV[3]) then return {'balance too large', false} end
+local balance = account[2]
+if type(balance) ~= 'string' or #balance > 17
+   or (balance ~= '0' and not string.match(balance, '^%-?[1-9]%d*$')) then
+  return {'the stored balance is not a canonical integer', false}
+end
+if tonumber(balance) + tonumber(ARGV[1]) > tonumber(ARGV[3]) then return {'balance too large', false} end
 return {'ok', redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])}
 "#,
     )
@@ -224,4 +246,33 @@ pub async fn list(redis: &mut Redis) -> anyhow::Result<Vec<Account>> {
         .await
         .context("listing accounts")?;
     Ok(get_many(redis, &ids).await?.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balances_are_read_strictly() {
+        assert_eq!(parse_balance("0"), Some(0));
+        assert_eq!(parse_balance("1250"), Some(1250));
+        assert_eq!(parse_balance("-5"), Some(-5));
+        assert_eq!(parse_balance("1000000000000000"), Some(MAX_MINOR_UNITS));
+        for bad in [
+            "100.0",
+            "+5",
+            " 5",
+            "5 ",
+            "1e3",
+            "05",
+            "-0",
+            "",
+            "-",
+            "0x10",
+            "1000000000000001",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_balance(bad), None, "{bad:?} should be refused");
+        }
+    }
 }

@@ -1,9 +1,13 @@
 //! `payctl notify consume`: the notification worker (seed 000, seed 002).
 //!
 //! A transaction event becomes one notification for its user; a rate change
-//! one for each user watching the pair. Each (event, user) notifies once:
-//! `notified:{identity}` is set with the push, atomically, and expires
-//! after `--remember`.
+//! one for each user watching the pair. Each notifies exactly once, with no
+//! key kept per event: `notify:applied` holds each input partition's
+//! highest applied offset, written in the same script call as the pushes,
+//! so a redelivered message, read again by any group, pushes nothing. An
+//! event that may have been announced before (flagged `reannounced`, or
+//! from a producer that gives no `event_id`) is also looked for among the
+//! user's last `--dedup-window` notifications. See `notify.lua`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -24,14 +28,20 @@ use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpe
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   payctl notify consume                     # until SIGINT/SIGTERM
-  payctl notify consume --until-idle 5 --output json")]
+  payctl notify consume --until-idle 5 --output json
+  payctl notify consume --group replay-1 --replay --until-idle 5   # notify again, on purpose")]
 pub struct Args {
     /// Consumer group.
     #[arg(long, env = "PAYCTL_NOTIFY_GROUP", default_value = "payctl-notify")]
     pub group: String,
-    /// How long to remember that an event was notified, in seconds.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
-    pub remember: u64,
+    /// How many of a user's latest notifications are searched for an earlier
+    /// copy of an event that may have been announced before.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub dedup_window: u32,
+    /// Push even what was applied before (a deliberate replay, e.g. with a
+    /// new --group from the start of the topic).
+    #[arg(long)]
+    pub replay: bool,
     #[command(flatten)]
     pub limits: WorkerArgs,
 }
@@ -40,35 +50,16 @@ const NOTIFIED: &str = "notified";
 const DUPLICATE: &str = "duplicate";
 const NO_WATCHERS: &str = "no-watchers";
 
-static NOTIFY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
--- Every notification of a batch, in order, in one call.
--- KEYS: marker 1, list 1, marker 2, list 2, ... ARGV: seconds to remember, JSON 1, JSON 2, ...
--- Returns 1 for each one pushed, 0 for each already sent.
-local pushed = {}
-for i = 1, #ARGV - 1 do
-  local marker, list = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('EXISTS', marker) == 1 then
-    pushed[i] = 0
-  else
-    -- Push first: if the push fails, no marker claims it was sent.
-    redis.call('RPUSH', list, ARGV[i + 1])
-    redis.call('SET', marker, '1', 'EX', ARGV[1])
-    pushed[i] = 1
-  end
-end
-return pushed
-"#,
-    )
-});
+static NOTIFY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("notify.lua")));
 
-/// One notification to push, unless its identity was notified before.
+/// One notification to push.
 #[derive(Debug)]
 struct Push {
-    identity: String,
     user_key: String,
     json: String,
+    /// Text that marks an earlier copy in the user's list, when this event
+    /// may have been announced before.
+    mark: Option<String>,
     /// A subscription payment to mark `completed` once this is written.
     payment_id: Option<String>,
 }
@@ -82,13 +73,17 @@ enum Plan {
 
 /// The user id as a key part: seed 000 accepts strings and numbers.
 fn user_key(user: &Value) -> Result<String, String> {
-    match user {
-        Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(format!(
-            "user_id must be a non-empty string or a number, got {other}"
-        )),
-    }
+    let key = match user {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(format!(
+                "user_id must be a non-empty string or a number, got {other}"
+            ))
+        }
+    };
+    super::validate_user(&key).map_err(|e| e.to_string())?;
+    Ok(key)
 }
 
 fn scalar_text(value: &Value) -> Option<String> {
@@ -97,6 +92,17 @@ fn scalar_text(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// Longest transaction id or status put into a notification.
+const MAX_FIELD: usize = 256;
+
+/// The JSON text of `"name":value`, as serde writes it into a notification.
+fn json_field(name: &str, value: &str) -> String {
+    format!(
+        "\"{name}\":{}",
+        serde_json::to_string(value).expect("a string serializes")
+    )
 }
 
 /// Seed 000: `{transaction_id, user_id, status}` → "Transaction {id} is {status}".
@@ -114,17 +120,38 @@ fn plan_transaction(payload: &[u8]) -> Result<Push, String> {
         .as_str()
         .ok_or("status must be a string")?
         .to_string();
+    for (name, value) in [("transaction_id", &transaction_id), ("status", &status)] {
+        if value.is_empty() || value.len() > MAX_FIELD || value.chars().any(char::is_control) {
+            return Err(format!(
+                "{name} must be 1 to {MAX_FIELD} bytes without control characters"
+            ));
+        }
+    }
     let user = user_key(&user_id)?;
-    let identity = match event.get("event_id").and_then(Value::as_str) {
-        Some(id) => format!("event:{id}"),
-        None => format!("transaction:{transaction_id}:{user}:{status}"),
+    let event_id = match event.get("event_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_FIELD => Some(id.clone()),
+        Some(_) => {
+            return Err(format!(
+                "event_id must be a string of 1 to {MAX_FIELD} bytes"
+            ))
+        }
     };
+    let reannounced = event.get("reannounced").and_then(Value::as_bool) == Some(true);
     let message = format!("Transaction {transaction_id} is {status}");
-    let notification = Notification::sent(user_id, message, "transaction");
+    // Our own first announcements carry an event id and are new by
+    // construction; anything else may be a second copy.
+    let mark = match &event_id {
+        Some(id) if reannounced => Some(json_field("event_id", id)),
+        Some(_) => None,
+        None => Some(json_field("message", &message)),
+    };
+    let mut notification = Notification::sent(user_id, message, "transaction");
+    notification.event_id = event_id;
     Ok(Push {
-        identity,
         user_key: keys::notifications(&user),
         json: serde_json::to_string(&notification).expect("a notification serializes"),
+        mark,
         payment_id: event
             .get("payment_id")
             .and_then(Value::as_str)
@@ -142,10 +169,22 @@ fn rate_message(change: &RateChangeEvent) -> String {
     }
 }
 
+fn plan_rate_change(payload: &[u8]) -> Result<RateChangeEvent, String> {
+    let mut change: RateChangeEvent =
+        serde_json::from_slice(payload).map_err(|e| format!("not a rate change: {e}"))?;
+    let pair: crate::rates::Pair = change
+        .pair
+        .parse()
+        .map_err(|e| format!("not a rate change: {e:#}"))?;
+    change.pair = pair.to_string();
+    Ok(change)
+}
+
 struct Notifier {
     redis: Redis,
     transactions_topic: String,
-    remember_secs: u64,
+    dedup_window: u32,
+    replay: bool,
 }
 
 impl Notifier {
@@ -167,9 +206,7 @@ impl Notifier {
             .context("reading watchers")?;
         Ok(pairs.into_iter().zip(members).collect())
     }
-}
 
-impl Notifier {
     /// Seed 003: a payment is `completed` once its user is notified. Runs
     /// after the pushes, so a payment is never completed without its notification.
     async fn complete_payments(&mut self, plans: &[Plan]) -> anyhow::Result<()> {
@@ -209,9 +246,7 @@ impl BatchHandler for Notifier {
                 if d.topic == self.transactions_topic {
                     plan_transaction(&d.payload).map(Plan::Transaction)
                 } else {
-                    serde_json::from_slice::<RateChangeEvent>(&d.payload)
-                        .map(Plan::RateChange)
-                        .map_err(|e| format!("not a rate change: {e}"))
+                    plan_rate_change(&d.payload).map(Plan::RateChange)
                 }
                 .unwrap_or_else(Plan::Dead)
             })
@@ -227,49 +262,57 @@ impl BatchHandler for Notifier {
 
         // Every push of the batch, in message order, in one script call.
         let mut pushes_per_message = Vec::with_capacity(plans.len());
-        let mut all_keys: Vec<String> = Vec::new();
-        let mut all_json: Vec<String> = Vec::new();
-        for plan in &plans {
-            let pushes: Vec<Push> = match plan {
-                Plan::Dead(_) => Vec::new(),
-                Plan::Transaction(push) => vec![Push {
-                    identity: push.identity.clone(),
-                    user_key: push.user_key.clone(),
-                    json: push.json.clone(),
-                    payment_id: push.payment_id.clone(),
-                }],
-                Plan::RateChange(change) => watchers
-                    .get(&change.pair)
-                    .into_iter()
-                    .flatten()
-                    .map(|user| {
-                        let n = Notification::sent(
-                            Value::String(user.clone()),
-                            rate_message(change),
-                            "rate_change",
-                        );
-                        Push {
-                            identity: format!("rate:{}:{user}", change.event_id),
+        let mut list_keys: Vec<String> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        for (delivery, plan) in batch.iter().zip(&plans) {
+            let rate_pushes;
+            let pushes: &[Push] = match plan {
+                Plan::Dead(_) => &[],
+                Plan::Transaction(push) => std::slice::from_ref(push),
+                Plan::RateChange(change) => {
+                    rate_pushes = watchers
+                        .get(&change.pair)
+                        .into_iter()
+                        .flatten()
+                        .map(|user| Push {
                             user_key: keys::notifications(user),
-                            json: serde_json::to_string(&n).expect("a notification serializes"),
+                            json: serde_json::to_string(&Notification::sent(
+                                Value::String(user.clone()),
+                                rate_message(change),
+                                "rate_change",
+                            ))
+                            .expect("a notification serializes"),
+                            mark: None,
                             payment_id: None,
-                        }
-                    })
-                    .collect(),
+                        })
+                        .collect::<Vec<_>>();
+                    &rate_pushes
+                }
             };
             pushes_per_message.push(pushes.len());
+            let partition = format!("{}/{}", delivery.topic, delivery.partition);
             for push in pushes {
-                all_keys.push(keys::notified(&push.identity));
-                all_keys.push(push.user_key);
-                all_json.push(push.json);
+                list_keys.push(push.user_key.clone());
+                args.extend([
+                    partition.clone(),
+                    delivery.offset.to_string(),
+                    delivery.timestamp_ms.unwrap_or(-1).to_string(),
+                    push.json.clone(),
+                    push.mark.clone().unwrap_or_default(),
+                ]);
             }
         }
-        let pushed: Vec<i64> = if all_json.is_empty() {
+        let pushed: Vec<i64> = if list_keys.is_empty() {
             Vec::new()
         } else {
-            let key_refs: Vec<&str> = all_keys.iter().map(String::as_str).collect();
-            let mut call = NOTIFY.call(&key_refs);
-            call.arg(self.remember_secs).arg(&all_json);
+            let mut call = NOTIFY.call(
+                &std::iter::once(keys::NOTIFY_APPLIED)
+                    .chain(list_keys.iter().map(String::as_str))
+                    .collect::<Vec<_>>(),
+            );
+            call.arg(self.dedup_window)
+                .arg(if self.replay { "1" } else { "0" })
+                .arg(&args);
             call.query_async(&mut self.redis)
                 .await
                 .context("storing notifications")?
@@ -314,7 +357,8 @@ pub async fn run(
     let mut notifier = Notifier {
         redis,
         transactions_topic: topics.transactions.clone(),
-        remember_secs: args.remember.max(1),
+        dedup_window: args.dedup_window,
+        replay: args.replay,
     };
     let summary = worker::run(kafka, &spec, &mut notifier, shutdown).await?;
     output.emit(&summary)
@@ -330,7 +374,10 @@ mod tests {
             plan_transaction(br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#)
                 .unwrap();
         assert_eq!(push.user_key, "notifications:42");
-        assert_eq!(push.identity, "transaction:t1:42:completed");
+        assert_eq!(
+            push.mark.as_deref(),
+            Some(r#""message":"Transaction t1 is completed""#)
+        );
         let n: Value = serde_json::from_str(&push.json).unwrap();
         assert_eq!(n["message"], "Transaction t1 is completed");
         assert_eq!(n["status"], "sent");

@@ -21,6 +21,9 @@ pub struct Notification {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The event this notifies of, when the event named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl Notification {
@@ -33,6 +36,7 @@ impl Notification {
             status: "sent".into(),
             kind: Some(kind.into()),
             created_at: Some(crate::clock::now_rfc3339()),
+            event_id: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics};
 use crate::events::TransactionEvent;
+use crate::failure::{classify_redis, Class};
 use crate::money::{Currency, Money};
 use crate::output::Output;
 use crate::store::{keys, run_pipeline, Redis, Script};
@@ -52,71 +53,14 @@ pub const REJECTED: &str = "rejected";
 pub const CONFLICT: &str = "conflict";
 pub const DUPLICATE: &str = "duplicate";
 
-static PROCESS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
--- KEYS: transfer record, sender account, receiver account
--- ARGV: 1 message version, 2 mode (ledger | status-only | reject),
---       3 amount in minor units, 4 transfer currency,
---       5 completed record JSON (no reason field), 6 reason (mode reject),
---       7 the largest balance (minor units; below 2^53, so Lua's doubles are exact)
-local version = tonumber(ARGV[1])
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  local ok, current = pcall(cjson.decode, stored)
-  if not ok or type(current) ~= 'table' then return {'corrupt', 'stored record is not JSON'} end
-  local stored_version = tonumber(current.version)
-  local done = current.status == 'completed' or current.status == 'rejected'
-  if done and stored_version == version + 1 then
-    local reason = ''
-    if type(current.reason) == 'string' then reason = current.reason end
-    return {'duplicate', current.status, reason}
-  end
-  if stored_version ~= version then
-    return {'conflict', 'stored version ' .. tostring(current.version) .. ', message version ' .. ARGV[1]}
-  end
-  if current.status ~= 'initiated' then
-    return {'conflict', 'transfer is already ' .. tostring(current.status)}
-  end
-elseif ARGV[2] ~= 'status-only' then
-  return {'missing', 'no record ' .. KEYS[1]}
-end
-local reason = nil
-if ARGV[2] == 'reject' then
-  reason = ARGV[6]
-elseif ARGV[2] == 'ledger' then
-  -- Every check before any write: a script that fails halfway would keep
-  -- its debit and be retried.
-  local sender = redis.call('HMGET', KEYS[2], 'currency', 'balance')
-  local receiver = redis.call('HMGET', KEYS[3], 'currency', 'balance')
-  local amount = tonumber(ARGV[3])
-  local sender_balance = tonumber(sender[2])
-  local receiver_balance = tonumber(receiver[2])
-  if not sender[1] or not receiver[1] or not sender_balance or not receiver_balance then
-    reason = 'unknown account'
-  elseif sender[1] ~= ARGV[4] or receiver[1] ~= ARGV[4] then
-    reason = 'currency mismatch'
-  elseif sender_balance < amount then
-    reason = 'insufficient funds'
-  elseif receiver_balance + amount > tonumber(ARGV[7]) then
-    reason = 'receiver balance limit'
-  end
-end
-if reason then
-  -- The rejected record is the completed one with another status and a reason.
-  local rejected = string.gsub(ARGV[5], '"status":"completed"', '"status":"rejected"', 1)
-  redis.call('SET', KEYS[1], string.sub(rejected, 1, -2) .. ',"reason":"' .. reason .. '"}')
-  return {'rejected', reason}
-end
-if ARGV[2] == 'ledger' then
-  redis.call('HINCRBY', KEYS[2], 'balance', '-' .. ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'balance', ARGV[3])
-end
-redis.call('SET', KEYS[1], ARGV[5])
-return {'completed', ''}
-"#,
-    )
-});
+/// The dead-letter reason of a message that disagrees with the stored record.
+pub const MISMATCH: &str = "does not match the stored transfer";
+
+static PROCESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("process.lua")));
+
+/// How many times a batch's plans are made again when records change
+/// between the read and the script (another worker on the same transfer).
+const MAX_REPLANS: usize = 5;
 
 /// Applies batches of transfer messages.
 pub struct TransferProcessor {
@@ -127,8 +71,23 @@ pub struct TransferProcessor {
     currencies: HashMap<String, Currency>,
 }
 
+/// What became of one message before any script runs.
+enum Plan {
+    /// Dead-letter it with this reason.
+    Dead(String),
+    /// Changes nothing and announces nothing.
+    Conflict(String),
+    /// Already decided: announce the stored outcome again.
+    Duplicate(Transfer),
+    /// Run the script.
+    Apply(Planned),
+}
+
 /// What the script is asked to do with one message.
 struct Planned {
+    /// The record as read (`None`: there was none, seed 001 mode only).
+    read: Option<String>,
+    /// The transfer as stored (or, with no record, as the message says).
     transfer: Transfer,
     currency: Option<Currency>,
     amount_minor: i64,
@@ -171,30 +130,106 @@ impl TransferProcessor {
         Ok(())
     }
 
-    /// Parses and checks one message; `Err` is the dead-letter reason.
-    fn plan(&self, transfer: Transfer) -> Result<Planned, String> {
-        let currency = match &transfer.currency {
-            Some(code) => Some(Currency::parse(code).map_err(|e| e.to_string())?),
-            None => self.currencies.get(&transfer.sender_id).copied(),
+    /// Reads the stored records of `messages` in one round trip.
+    async fn read_records(
+        &mut self,
+        messages: &[&Transfer],
+    ) -> anyhow::Result<Vec<Option<String>>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = messages
+            .iter()
+            .map(|t| keys::transfer(&t.transfer_id))
+            .collect();
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.redis)
+            .await
+            .context("reading transfer records")
+    }
+
+    /// Decides what to do with one message, given the record as read.
+    fn plan(&self, message: &Transfer, read: Option<String>) -> Plan {
+        let Some(raw) = read else {
+            if self.ledger {
+                return Plan::Dead(format!(
+                    "no stored transfer {}: only transfers initiated in Redis are applied",
+                    keys::transfer(&message.transfer_id)
+                ));
+            }
+            // Seed 001 mode: the seed applies a message with no record; no money moves.
+            return self.apply_plan(None, message.clone());
+        };
+        let stored = match parse_record(&raw, &message.transfer_id) {
+            Ok(stored) => stored,
+            Err(e) => return Plan::Dead(e),
+        };
+        let stored_currency = match self.currency_of(&stored) {
+            Ok(c) => c,
+            Err(e) => return Plan::Dead(e),
+        };
+        if let Some(difference) = difference(message, &stored, stored_currency) {
+            return Plan::Dead(format!("{MISMATCH} ({difference}); stored record: {raw}"));
+        }
+        let decided = matches!(
+            stored.status,
+            TransferStatus::Completed | TransferStatus::Rejected
+        );
+        if decided && Some(stored.version) == message.version.checked_add(1) {
+            return Plan::Duplicate(stored);
+        }
+        if stored.version != message.version {
+            return Plan::Conflict(format!(
+                "stored version {}, message version {}",
+                stored.version, message.version
+            ));
+        }
+        if stored.status != TransferStatus::Initiated {
+            return Plan::Conflict(format!("transfer is already {}", stored.status.as_str()));
+        }
+        self.apply_plan(Some(raw), stored)
+    }
+
+    /// The currency a stored record is in: its own, or its sender's.
+    fn currency_of(&self, stored: &Transfer) -> Result<Option<Currency>, String> {
+        match &stored.currency {
+            Some(code) => Currency::parse(code)
+                .map(Some)
+                .map_err(|e| format!("stored transfer has {e}")),
+            None => Ok(self.currencies.get(&stored.sender_id).copied()),
+        }
+    }
+
+    fn apply_plan(&self, read: Option<String>, transfer: Transfer) -> Plan {
+        let currency = match self.currency_of(&transfer) {
+            Ok(c) => c,
+            Err(e) => return Plan::Dead(e),
         };
         let (amount_minor, reject) = match currency {
-            Some(currency) => {
-                let amount = Money::amount(transfer.amount, currency)
-                    .map_err(|e| format!("invalid amount: {e}"))?;
-                (amount.minor_units(), None)
-            }
+            Some(currency) => match Money::amount(transfer.amount, currency) {
+                Ok(amount) => (amount.minor_units(), None),
+                Err(e) => return Plan::Dead(format!("invalid amount: {e}")),
+            },
             // No currency and no such sender: rejected, under the version check.
             None if self.ledger => (0, Some("unknown account")),
             // Seed 001 mode, no currency to check places against: still a positive number.
             None if transfer.amount.is_negative() || transfer.amount.is_zero() => {
-                return Err(format!(
+                return Plan::Dead(format!(
                     "invalid amount: must be greater than zero, got {}",
                     transfer.amount
                 ));
             }
             None => (0, None),
         };
-        Ok(Planned {
+        if transfer.version >= MAX_VERSION {
+            return Plan::Dead(format!(
+                "version {} is out of range (at most {MAX_VERSION})",
+                transfer.version
+            ));
+        }
+        Plan::Apply(Planned {
+            read,
             transfer,
             currency,
             amount_minor,
@@ -224,30 +259,46 @@ impl TransferProcessor {
         let transfer_key = keys::transfer(&t.transfer_id);
         let sender_key = keys::account(&t.sender_id);
         let receiver_key = keys::account(&t.receiver_id);
-        let mut cmd = PROCESS.call(&[&transfer_key, &sender_key, &receiver_key]);
-        cmd.arg(t.version)
+        let mut cmd = PROCESS.call(&[
+            &transfer_key,
+            &sender_key,
+            &receiver_key,
+            keys::PENDING_TRANSFERS,
+        ]);
+        cmd.arg(planned.read.as_deref().unwrap_or(""))
             .arg(mode)
             .arg(planned.amount_minor)
             .arg(planned.currency.map(|c| c.code()).unwrap_or(""))
             .arg(completed)
             .arg(planned.reject.unwrap_or(""))
-            .arg(crate::money::MAX_MINOR_UNITS);
+            .arg(crate::money::MAX_MINOR_UNITS)
+            .arg(&t.transfer_id)
+            .arg(&t.sender_id)
+            .arg(&t.receiver_id);
         Ok(cmd)
     }
 
-    /// The outcome events of a processed transfer, one per party.
+    /// The outcome events of a decided transfer, one per party, built from
+    /// the stored record (`t`), never from the message.
     fn announce(
         &self,
-        planned: &Planned,
+        t: &Transfer,
         status: &str,
         reason: Option<&str>,
+        reannounced: bool,
     ) -> Vec<crate::kafka::Outgoing> {
-        let t = &planned.transfer;
         let occurred_at = crate::clock::now_rfc3339();
-        let currency = planned
-            .currency
-            .map(|c| c.code().to_string())
-            .or(t.currency.clone());
+        let currency = t.currency.clone().or_else(|| {
+            self.currencies
+                .get(&t.sender_id)
+                .map(|c| c.code().to_string())
+        });
+        // The version the outcome was decided at: the stored one, minus the
+        // bump for a record already decided.
+        let version = match t.status {
+            TransferStatus::Initiated => t.version,
+            _ => t.version - 1,
+        };
         [
             ("debit", &t.sender_id, &t.receiver_id),
             ("credit", &t.receiver_id, &t.sender_id),
@@ -257,29 +308,218 @@ impl TransferProcessor {
             transaction_id: t.transfer_id.clone(),
             user_id: user.clone(),
             status: status.to_string(),
-            event_id: Some(format!("{}:{}:{role}", t.transfer_id, t.version)),
+            event_id: Some(format!("{}:{version}:{role}", t.transfer_id)),
             role: Some(role.into()),
             counterparty: Some(counterparty.clone()),
             amount: Some(t.amount),
             currency: currency.clone(),
             reason: reason.map(String::from),
             occurred_at: Some(occurred_at.clone()),
+            reannounced,
             ..TransactionEvent::default()
         })
         .map(|event| event.to_outgoing(&self.events_topic))
         .collect()
     }
+
+    /// Plans `messages` against their records, runs the scripts, and turns
+    /// each reply into a verdict. Messages whose record changed in between
+    /// come back as `None`, to be planned again.
+    async fn apply_once(
+        &mut self,
+        batch: &[Delivery],
+        messages: &[(usize, Transfer)],
+        verdicts: &mut [Option<Verdict>],
+    ) -> anyhow::Result<Vec<(usize, Transfer)>> {
+        let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| t).collect();
+        let records = self.read_records(&refs).await?;
+        let stored_senders: Vec<String> = records
+            .iter()
+            .flatten()
+            .filter_map(|raw| serde_json::from_str::<StoredParties>(raw).ok())
+            .filter(|p| p.currency.is_none())
+            .filter_map(|p| p.sender_id)
+            .collect();
+        let mut senders: Vec<&str> = stored_senders.iter().map(String::as_str).collect();
+        senders.extend(refs.iter().map(|t| t.sender_id.as_str()));
+        self.learn_currencies(senders).await?;
+
+        let plans: Vec<Plan> = refs
+            .iter()
+            .zip(records)
+            .map(|(message, read)| self.plan(message, read))
+            .collect();
+        // Each reply stands alone: an error caused by one transfer's data
+        // (WRONGTYPE on its accounts) dead-letters that transfer only.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for plan in &plans {
+            if let Plan::Apply(planned) = plan {
+                pipe.add_command(self.script_call(planned)?);
+            }
+        }
+        let replies: Vec<redis::RedisResult<Vec<String>>> = run_pipeline(&pipe, &mut self.redis)
+            .await
+            .context("applying transfers in Redis")?;
+
+        let mut replies = replies.into_iter();
+        let mut stale = Vec::new();
+        for ((index, message), plan) in messages.iter().zip(plans) {
+            let delivery = &batch[*index];
+            let id = &message.transfer_id;
+            let verdict = match plan {
+                Plan::Dead(reason) => Verdict::dead_letter(delivery, reason),
+                Plan::Conflict(detail) => {
+                    tracing::warn!(transfer = %id, %detail, "version conflict; not applied");
+                    Verdict::new(CONFLICT, Vec::new())
+                }
+                Plan::Duplicate(stored) => {
+                    tracing::info!(transfer = %id, "duplicate delivery; announcing the stored outcome again");
+                    let status = stored.status.as_str();
+                    Verdict::new(
+                        DUPLICATE,
+                        self.announce(&stored, status, stored.reason.as_deref(), true),
+                    )
+                }
+                Plan::Apply(planned) => {
+                    let reply = match replies
+                        .next()
+                        .context("Redis returned fewer replies than commands")?
+                    {
+                        Ok(reply) => reply,
+                        Err(e) => match classify_redis(&e) {
+                            Class::Permanent => {
+                                verdicts[*index] = Some(Verdict::dead_letter(
+                                    delivery,
+                                    format!("applying the transfer failed: {e}"),
+                                ));
+                                continue;
+                            }
+                            _ => return Err(e).context("applying transfers in Redis"),
+                        },
+                    };
+                    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+                    match field(0) {
+                        COMPLETED => Verdict::new(
+                            COMPLETED,
+                            self.announce(&planned.transfer, COMPLETED, None, false),
+                        ),
+                        REJECTED => {
+                            tracing::info!(transfer = %id, reason = field(1), "transfer rejected");
+                            Verdict::new(
+                                REJECTED,
+                                self.announce(&planned.transfer, REJECTED, Some(field(1)), false),
+                            )
+                        }
+                        "stale" => {
+                            stale.push((*index, message.clone()));
+                            continue;
+                        }
+                        other => {
+                            anyhow::bail!("unexpected reply from the transfer script: {other}")
+                        }
+                    }
+                }
+            };
+            verdicts[*index] = Some(verdict);
+        }
+        Ok(stale)
+    }
+}
+
+/// The highest version a message may carry: versions stay exact in Lua and
+/// JSON readers that use doubles.
+const MAX_VERSION: u64 = 1 << 53;
+
+/// The parties of a stored record, read leniently to learn currencies.
+#[derive(serde::Deserialize)]
+struct StoredParties {
+    sender_id: Option<String>,
+    currency: Option<String>,
+}
+
+/// Reads a stored record strictly; `Err` is the dead-letter reason.
+fn parse_record(raw: &str, id: &str) -> Result<Transfer, String> {
+    let stored: Transfer = serde_json::from_str(raw).map_err(|e| {
+        format!(
+            "stored {} is not a transfer payctl can read: {e}",
+            keys::transfer(id)
+        )
+    })?;
+    if stored.transfer_id != id {
+        return Err(format!(
+            "stored {} names another transfer ({:?})",
+            keys::transfer(id),
+            stored.transfer_id
+        ));
+    }
+    check_parties(&stored).map_err(|e| format!("stored {}: {e}", keys::transfer(id)))?;
+    Ok(stored)
+}
+
+/// How a message differs from the stored record, if it does. Amounts are
+/// compared by value (`25.5` equals `"25.50"`); a message without a
+/// currency agrees with any.
+fn difference(message: &Transfer, stored: &Transfer, currency: Option<Currency>) -> Option<String> {
+    if message.sender_id != stored.sender_id {
+        return Some(format!(
+            "sender_id: stored {:?}, message {:?}",
+            stored.sender_id, message.sender_id
+        ));
+    }
+    if message.receiver_id != stored.receiver_id {
+        return Some(format!(
+            "receiver_id: stored {:?}, message {:?}",
+            stored.receiver_id, message.receiver_id
+        ));
+    }
+    if message.amount.normalized() != stored.amount.normalized() {
+        return Some(format!(
+            "amount: stored {}, message {}",
+            stored.amount, message.amount
+        ));
+    }
+    if let Some(code) = &message.currency {
+        let same = match (Currency::parse(code), currency) {
+            (Ok(theirs), Some(ours)) => theirs == ours,
+            (Ok(_), None) => true,
+            (Err(_), _) => false,
+        };
+        if !same {
+            let stored_code = currency.map(|c| c.code()).unwrap_or("unknown");
+            return Some(format!("currency: stored {stored_code}, message {code:?}"));
+        }
+    }
+    None
+}
+
+/// The ids a transfer names must be usable as key parts.
+fn check_parties(transfer: &Transfer) -> Result<(), String> {
+    for id in [&transfer.sender_id, &transfer.receiver_id] {
+        crate::accounts::validate_id(id).map_err(|e| e.to_string())?;
+    }
+    if transfer.sender_id == transfer.receiver_id {
+        return Err("sender and receiver are the same account".into());
+    }
+    Ok(())
 }
 
 /// Reads a message as a transfer; `Err` is the dead-letter reason.
 fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
     let transfer: Transfer =
         serde_json::from_slice(payload).map_err(|e| format!("not a transfer message: {e}"))?;
-    if transfer.transfer_id.trim().is_empty() {
-        return Err("transfer_id is empty".into());
+    let id = &transfer.transfer_id;
+    if id.trim().is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(
+            "transfer_id must be 1 to 128 characters, none of them control characters".into(),
+        );
     }
-    if transfer.sender_id == transfer.receiver_id {
-        return Err("sender and receiver are the same account".into());
+    check_parties(&transfer)?;
+    if transfer.version >= MAX_VERSION {
+        return Err(format!(
+            "version {} is out of range (at most {MAX_VERSION})",
+            transfer.version
+        ));
     }
     Ok(transfer)
 }
@@ -291,63 +531,35 @@ impl BatchHandler for TransferProcessor {
     }
 
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
-        let parsed: Vec<Result<Transfer, String>> =
-            batch.iter().map(|d| parse_message(&d.payload)).collect();
-        let senders: Vec<&str> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .filter(|t| t.currency.is_none())
-            .map(|t| t.sender_id.as_str())
-            .collect();
-        self.learn_currencies(senders).await?;
-        let plans: Vec<Result<Planned, String>> = parsed
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        let mut messages = Vec::with_capacity(batch.len());
+        for (index, delivery) in batch.iter().enumerate() {
+            match parse_message(&delivery.payload) {
+                Ok(message) => messages.push((index, message)),
+                Err(reason) => verdicts[index] = Some(Verdict::dead_letter(delivery, reason)),
+            }
+        }
+        // A record that changed between the read and the script (the same
+        // transfer twice in one batch, another worker) is read and planned again.
+        for _ in 0..MAX_REPLANS {
+            if messages.is_empty() {
+                break;
+            }
+            messages = self.apply_once(batch, &messages, &mut verdicts).await?;
+        }
+        for (index, message) in messages {
+            verdicts[index] = Some(Verdict::dead_letter(
+                &batch[index],
+                format!(
+                    "{} kept changing while it was applied",
+                    keys::transfer(&message.transfer_id)
+                ),
+            ));
+        }
+        Ok(verdicts
             .into_iter()
-            .map(|p| p.and_then(|t| self.plan(t)))
-            .collect();
-
-        let mut pipe = redis::pipe();
-        for planned in plans.iter().flatten() {
-            pipe.add_command(self.script_call(planned)?);
-        }
-        let replies: Vec<Vec<String>> = run_pipeline(&pipe, &mut self.redis)
-            .await
-            .context("applying transfers in Redis")?;
-
-        let mut replies = replies.into_iter();
-        let mut verdicts = Vec::with_capacity(batch.len());
-        for (delivery, plan) in batch.iter().zip(&plans) {
-            let planned = match plan {
-                Ok(planned) => planned,
-                Err(reason) => {
-                    verdicts.push(Verdict::dead_letter(delivery, reason.clone()));
-                    continue;
-                }
-            };
-            let reply = replies
-                .next()
-                .context("Redis returned fewer replies than commands")?;
-            let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
-            let id = &planned.transfer.transfer_id;
-            let verdict = match field(0) {
-                COMPLETED => Verdict::new(COMPLETED, self.announce(planned, COMPLETED, None)),
-                REJECTED => {
-                    tracing::info!(transfer = %id, reason = field(1), "transfer rejected");
-                    Verdict::new(REJECTED, self.announce(planned, REJECTED, Some(field(1))))
-                }
-                DUPLICATE => {
-                    tracing::info!(transfer = %id, "duplicate delivery; announcing the stored outcome again");
-                    let reason = Some(field(2)).filter(|r| !r.is_empty());
-                    Verdict::new(DUPLICATE, self.announce(planned, field(1), reason))
-                }
-                CONFLICT => {
-                    tracing::warn!(transfer = %id, detail = field(1), "version conflict; not applied");
-                    Verdict::new(CONFLICT, Vec::new())
-                }
-                other => Verdict::dead_letter(delivery, format!("{other}: {}", field(1))),
-            };
-            verdicts.push(verdict);
-        }
-        Ok(verdicts)
+            .map(|v| v.expect("every message has a verdict"))
+            .collect())
     }
 }
 
