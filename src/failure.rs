@@ -56,6 +56,15 @@ pub fn classify_redis(e: &RedisError) -> Class {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return Class::Passing;
     }
+    // Inside a script, Redis reports a refused command or a full memory as
+    // a plain `ERR` with the real cause in the text.
+    let text = e.to_string();
+    if text.contains("can't run this command") || text.contains("no permissions") {
+        return Class::Fatal;
+    }
+    if text.contains("OOM command not allowed") || text.contains("MISCONF") {
+        return Class::Passing;
+    }
     match e.kind() {
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
             Class::Fatal
@@ -165,6 +174,10 @@ mod tests {
             Class::Passing
         );
         assert_eq!(classify(&server("NOPERM", "no permissions")), Class::Fatal);
+        let in_script = "The user executing the script can't run this command or subcommand script: 1bd6, on @user_script:35.";
+        assert_eq!(classify(&server("ERR", in_script)), Class::Fatal);
+        let full = "OOM command not allowed when used memory > 'maxmemory'. script: 1bd6";
+        assert_eq!(classify(&server("ERR", full)), Class::Passing);
         let refused: RedisError =
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
         assert_eq!(classify(&anyhow::Error::new(refused)), Class::Passing);

@@ -519,7 +519,7 @@ pub async fn run<H: BatchHandler>(
     tracing::info!(processed = summary.processed, "worker stopped");
     if let Some(e) = fatal {
         return Err(e.context(format!(
-            "worker stopped after {} messages, all committed; the rest stays on the topic",
+            "worker stopped: {} messages done and committed, the rest stays on the topic",
             summary.processed
         )));
     }
@@ -873,4 +873,68 @@ fn check_topics_exist<C: ConsumerContext>(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(payload: Vec<u8>) -> Delivery {
+        Delivery {
+            topic: "money_transfers".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"alice".to_vec()),
+            payload,
+            timestamp_ms: Some(1),
+        }
+    }
+
+    fn letter(record: &Outgoing) -> serde_json::Value {
+        serde_json::from_slice(&record.payload).unwrap()
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_a_small_payload_whole() {
+        let record = dead_letter_record(&delivery(b"{not json".to_vec()), "not JSON", 1000);
+        assert_eq!(record.topic, "money_transfers.dlq");
+        assert_eq!(record.key.as_deref(), Some("alice"));
+        let letter = letter(&record);
+        assert_eq!(letter["payload"], "{not json");
+        assert_eq!(letter["payload_truncated"], false);
+        assert_eq!(letter["payload_bytes"], 9);
+        assert_eq!(letter["origin"]["offset"], 41);
+    }
+
+    #[test]
+    fn a_dead_letter_is_cut_to_fit_whatever_the_payload_escapes_to() {
+        for byte in [1u8, b'"', b'\\', b'\n', b'a', 0xff] {
+            let payload = vec![byte; 900 * 1024];
+            for limit in [MAX_DEAD_LETTER_BYTES, 4096, 0] {
+                let record = dead_letter_record(&delivery(payload.clone()), "too odd", limit);
+                let letter = letter(&record);
+                assert!(
+                    record.payload.len() <= limit.max(MINIMAL_DEAD_LETTER),
+                    "byte {byte}, limit {limit}: {} bytes",
+                    record.payload.len()
+                );
+                assert_eq!(letter["payload_truncated"], true);
+                assert_eq!(letter["payload_bytes"], 900 * 1024);
+                if limit == 0 {
+                    assert_eq!(letter["payload"], "");
+                } else {
+                    assert!(!letter["payload"].as_str().unwrap().is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes_end_on_character_boundaries() {
+        assert_eq!(prefix_fitting("héllo", 2), "h");
+        assert_eq!(prefix_fitting("héllo", 3), "hé");
+        assert_eq!(prefix_fitting("a\u{1}b", 6), "a");
+        assert_eq!(prefix_fitting("a\u{1}b", 7), "a\u{1}");
+        assert_eq!(escaped_len("a\"\n\u{1}é"), 1 + 2 + 2 + 6 + 2);
+    }
 }

@@ -300,3 +300,51 @@ fn edge_numbers_get_a_clear_error_not_a_panic() {
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn a_fatal_error_stops_the_worker_with_one_line_and_commits_nothing_unfinished() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "10.00");
+    let bob = open(&p, "bob", "0");
+    let id = unique("t");
+    let message = store_seed_transfer(&id, &alice, &bob, "1");
+    produce_raw(&p.transfers, &alice, &[&message]);
+    // A Redis user that may run scripts but not read accounts: NOPERM is
+    // not the message's fault, and retrying will not cure it.
+    let user = unique("payctl-test");
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", &user, "on", ">secret", "~*", "&*", "+@all", "-hmget",
+        ])
+        .query(&mut redis())
+        .unwrap();
+    let url = common::redis_url().replacen("redis://", &format!("redis://{user}:secret@"), 1);
+    let run = p
+        .payctl_env(
+            &["transfer", "process", "--until-idle", "5"],
+            &[("REDIS_URL", &url)],
+        )
+        .expect(2);
+    let _: () = redis::cmd("ACL")
+        .arg(&["DELUSER", &user])
+        .query(&mut redis())
+        .unwrap();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("can't run this command"),
+        "{}",
+        run.stderr
+    );
+    assert!(errors[0].contains("worker stopped"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(stored(&id)["status"], "initiated");
+    // Uncommitted: the worker with proper rights picks the transfer up.
+    let summary = p.process(&[]);
+    assert_eq!(summary["outcomes"]["completed"], 1, "{summary}");
+    assert!(dead_letters(&p.transfers).is_empty());
+}
