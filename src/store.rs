@@ -54,6 +54,27 @@ pub mod keys {
     }
 }
 
+/// Longest id payctl puts into a key.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks an id that arrived from outside (a topic, a file) before it goes
+/// into a key or a header: 1 to [`MAX_ID_BYTES`] bytes, no control characters
+/// and no whitespace. `Err` says why, naming the field.
+pub fn check_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "{field} must be 1 to {MAX_ID_BYTES} bytes, got {}",
+            id.len()
+        ));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{field} must not contain whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// A live Redis connection that reconnects by itself after Redis comes back.
 pub type Redis = ConnectionManager;
 

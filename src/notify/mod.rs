@@ -63,8 +63,5 @@ impl Report for NotificationList {
 
 /// Checks a user id used in a key.
 pub fn validate_user(user: &str) -> anyhow::Result<()> {
-    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_whitespace) {
-        anyhow::bail!("invalid user id {user:?}: 1 to 128 characters, no spaces");
-    }
-    Ok(())
+    crate::store::check_id("user_id", user).map_err(|e| anyhow::anyhow!("invalid user id: {e}"))
 }

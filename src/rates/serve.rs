@@ -79,6 +79,19 @@ impl BatchHandler for ConversionServer {
                     continue;
                 }
             };
+            let checked = crate::store::check_id("id", &request.id).and_then(|()| {
+                match &request.requested_at {
+                    Some(at) if at.len() > 64 => Err("requested_at is longer than 64 bytes".into()),
+                    _ => Ok(()),
+                }
+            });
+            if let Err(reason) = checked {
+                verdicts.push(Some(Verdict::dead_letter(
+                    delivery,
+                    format!("not a conversion request: {reason}"),
+                )));
+                continue;
+            }
             let pivot = request
                 .pivot
                 .as_deref()

@@ -508,12 +508,7 @@ fn check_parties(transfer: &Transfer) -> Result<(), String> {
 fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
     let transfer: Transfer =
         serde_json::from_slice(payload).map_err(|e| format!("not a transfer message: {e}"))?;
-    let id = &transfer.transfer_id;
-    if id.trim().is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        return Err(
-            "transfer_id must be 1 to 128 characters, none of them control characters".into(),
-        );
-    }
+    crate::store::check_id("transfer_id", &transfer.transfer_id)?;
     check_parties(&transfer)?;
     if transfer.version >= MAX_VERSION {
         return Err(format!(
