@@ -22,6 +22,20 @@ fn open(p: &Pipeline, prefix: &str, balance: &str) -> String {
     id
 }
 
+/// Accounts a test broke on purpose, removed when it ends (even by a panic)
+/// so other tests listing accounts never meet them.
+struct Broken(Vec<String>);
+
+impl Drop for Broken {
+    fn drop(&mut self) {
+        let mut con = redis();
+        for id in &self.0 {
+            let _: Result<(), _> = con.del(format!("account:{id}"));
+            let _: Result<(), _> = con.zrem("accounts", id);
+        }
+    }
+}
+
 /// The raw balance field, as stored.
 fn raw_balance(id: &str) -> String {
     redis().hget(format!("account:{id}"), "balance").unwrap()
@@ -112,9 +126,11 @@ fn a_forged_message_moves_nothing_and_events_tell_the_stored_outcome() {
 #[test]
 fn a_balance_that_is_not_a_canonical_integer_rejects_the_transfer_whole() {
     let p = Pipeline::new();
+    let mut broken = Broken(Vec::new());
     for odd in ["100.0", "+5", " 5", "1e3", "05", "", "-0", "12abc"] {
         let alice = open(&p, "alice", "50.00");
         let bob = open(&p, "bob", "0");
+        broken.0.push(bob.clone());
         let _: () = redis()
             .hset(format!("account:{bob}"), "balance", odd)
             .unwrap();
@@ -139,6 +155,7 @@ fn permanent_errors_are_dead_lettered_and_the_worker_moves_on() {
     let bob = open(&p, "bob", "0");
     // An account key of the wrong type: HMGET fails inside the script.
     let broken = unique("broken");
+    let _cleanup = Broken(vec![broken.clone()]);
     let _: () = redis()
         .set(format!("account:{broken}"), "not a hash")
         .unwrap();
