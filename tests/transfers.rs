@@ -558,3 +558,278 @@ fn replays_return_earlier_transfers_and_finish_an_interrupted_publish() {
     assert_eq!(count(&summary, "completed"), 21, "{summary}");
     assert_eq!(balance(&p, &alice), "78.00");
 }
+
+/// Runs `payctl transfer initiate` with an idempotency key, as JSON.
+fn initiate_keyed(p: &Pipeline, from: &str, to: &str, amount: &str, key: &str) -> common::Run {
+    p.payctl(&[
+        "transfer",
+        "initiate",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--amount",
+        amount,
+        "--idempotency-key",
+        key,
+        "--output",
+        "json",
+    ])
+}
+
+#[test]
+fn a_reused_idempotency_key_with_other_parameters_is_refused_and_changes_nothing() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "50.00");
+    let bob = open(&p, "bob", "0");
+    let carol = open(&p, "carol", "0");
+    let key = unique("order");
+    let first = initiate_keyed(&p, &alice, &bob, "12.5", &key)
+        .expect(0)
+        .json();
+    assert_eq!(first["created"], true);
+    let id = first["transfer_id"].as_str().unwrap().to_string();
+    let record = stored(&id);
+
+    // The same parameters, the amount written otherwise: the first transfer.
+    let same = initiate_keyed(&p, &alice, &bob, "12.50", &key)
+        .expect(0)
+        .json();
+    assert_eq!(
+        (same["created"].as_bool(), same["transfer_id"].as_str()),
+        (Some(false), Some(id.as_str()))
+    );
+
+    let refusal = format!("idempotency key {key} was used for a different transfer");
+    for (to, amount) in [(&bob, "12.51"), (&carol, "12.5"), (&bob, "125")] {
+        let run = initiate_keyed(&p, &alice, to, amount, &key).expect(1);
+        assert!(
+            run.stderr.contains(&refusal),
+            "{to} {amount}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    // Nothing written: one transfer, one message, the key and record as they were.
+    assert_eq!(transfers_from(&alice).len(), 1);
+    assert_eq!(stored(&id), record);
+    let mut con = redis();
+    let named: String = con.get(format!("idempotency:transfer:{key}")).unwrap();
+    assert_eq!(named, id);
+    assert_eq!(read_topic(&p.transfers).len(), 1);
+
+    // The currency counts too; an amount stored as a string compares by value.
+    let other_id = uuid::Uuid::new_v4().to_string();
+    let other_key = unique("euro");
+    let euro = format!(
+        r#"{{"transfer_id":"{other_id}","sender_id":"{alice}","receiver_id":"{bob}","amount":"3.10","status":"completed","version":2,"currency":"EUR","idempotency_key":"{other_key}"}}"#
+    );
+    let _: () = con.set(format!("transfer:{other_id}"), &euro).unwrap();
+    let _: () = con
+        .set(format!("idempotency:transfer:{other_key}"), &other_id)
+        .unwrap();
+    let run = initiate_keyed(&p, &alice, &bob, "3.1", &other_key).expect(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "idempotency key {other_key} was used for a different transfer"
+        )),
+        "{}",
+        run.stderr
+    );
+    let dollars = euro.replace("\"EUR\"", "\"USD\"");
+    let _: () = con.set(format!("transfer:{other_id}"), &dollars).unwrap();
+    let replay = initiate_keyed(&p, &alice, &bob, "3.1", &other_key)
+        .expect(0)
+        .json();
+    assert_eq!(replay["transfer_id"], other_id.as_str());
+    assert_eq!(replay["status"], "completed");
+
+    // Keys are checked before they go into a key name.
+    let long = "k".repeat(201);
+    for bad in ["", "tab\there", "new\nline", long.as_str()] {
+        let run = initiate_keyed(&p, &alice, &bob, "1", bad).expect(2);
+        assert!(
+            run.stderr.contains("invalid idempotency key"),
+            "{bad:?}: {}",
+            run.stderr
+        );
+    }
+    let longest = format!("{}{}", unique("k"), "k".repeat(186));
+    assert_eq!(longest.len(), 200);
+    initiate_keyed(&p, &alice, &bob, "1", &longest).expect(0);
+
+    // In a file, the refused row fails with the same message; the others go on.
+    let dir = std::env::temp_dir().join(unique("refused"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rows.csv");
+    std::fs::write(
+        &file,
+        format!("from,to,amount,idempotency_key\n{alice},{bob},2.00,{key}\n{alice},{bob},1.00,\n"),
+    )
+    .unwrap();
+    let run = p
+        .payctl(&[
+            "transfer",
+            "initiate",
+            "--file",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .expect(1);
+    let summary = run.json();
+    assert_eq!(
+        (summary["created"].as_u64(), summary["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(summary["stopped_at_row"], Value::Null, "{summary}");
+    assert_eq!(
+        summary["errors"][0],
+        format!("row 1: {refusal}"),
+        "{summary}"
+    );
+    assert_eq!(stored(&id), record);
+}
+
+#[test]
+fn a_rollback_keeps_a_transfer_that_a_replay_of_its_key_took_over() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "50.00");
+    let bob = open(&p, "bob", "0");
+    let key = unique("race");
+    // Run A stores the transfer, then waits for an ack that never comes.
+    let a = p.spawn(
+        &[
+            "transfer",
+            "initiate",
+            "--from",
+            &alice,
+            "--to",
+            &bob,
+            "--amount",
+            "7.00",
+            "--idempotency-key",
+            &key,
+            "--brokers",
+            "127.0.0.1:1",
+            "-X",
+            "message.timeout.ms=10000",
+        ],
+        &[],
+    );
+    let mut con = redis();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id: String = loop {
+        let named: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
+        if let Some(id) = named {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run A never stored its transfer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Run B replays the key meanwhile: it publishes the transfer and reports it.
+    let b = initiate_keyed(&p, &alice, &bob, "7", &key).expect(0).json();
+    assert_eq!(
+        (b["transfer_id"].as_str(), b["created"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
+    // A's rollback keeps it, and A says so.
+    let a = common::finish(a).expect(2);
+    assert!(
+        a.stderr.contains(&format!("transfer {id} was stored")),
+        "{}",
+        a.stderr
+    );
+    assert!(a.stderr.contains("took it over"), "{}", a.stderr);
+    assert_eq!(stored(&id)["status"], "initiated");
+    for set in ["transfers:unpublished", "transfers:adopted"] {
+        assert!(
+            !con.sismember::<_, _, bool>(set, &id).unwrap(),
+            "{id} still in {set}"
+        );
+    }
+    let summary = p.process(&[]);
+    assert_eq!(count(&summary, "completed"), 1, "{summary}");
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("43.00".into(), "7.00".into())
+    );
+}
+
+/// Transfer ids of the messages on a topic.
+fn message_ids(topic: &str) -> Vec<String> {
+    read_topic(topic)
+        .iter()
+        .map(|(_, v)| {
+            let message: Value = serde_json::from_str(v).unwrap();
+            message["transfer_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_can_always_be_run_again() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "1000.00");
+    let bob = open(&p, "bob", "0");
+    let dir = std::env::temp_dir().join(unique("rerun"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.jsonl");
+    let rows: Vec<String> = (0..30)
+        .map(|_| format!(r#"{{"from":"{alice}","to":"{bob}","amount":"1.00"}}"#))
+        .collect();
+    std::fs::write(&file, rows.join("\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let args = ["transfer", "initiate", "--file", path, "--output", "json"];
+
+    // The broker is gone: the run stops, says where, and leaves nothing.
+    let mut down = args.to_vec();
+    down.extend(["--brokers", "127.0.0.1:1", "-X", "message.timeout.ms=1500"]);
+    let run = p.payctl(&down).expect(2);
+    assert!(
+        run.stderr
+            .contains("stopped at row 1 of 30: 0 rows initiated"),
+        "{}",
+        run.stderr
+    );
+    let summary = run.json();
+    assert_eq!(summary["stopped_at_row"], 1, "{summary}");
+    assert_eq!(summary["initiated"], 0, "{summary}");
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not published"),
+        "{summary}"
+    );
+    assert!(transfers_from(&alice).is_empty());
+
+    // Identical rows without keys: each row is its own transfer, once.
+    let first = p.payctl(&args).expect(0).json();
+    assert_eq!(
+        (first["created"].as_u64(), first["initiated"].as_u64()),
+        (Some(30), Some(30))
+    );
+    assert_eq!(first["stopped_at_row"], Value::Null);
+    let again = p.payctl(&args).expect(0).json();
+    assert_eq!(
+        (again["created"].as_u64(), again["existing"].as_u64()),
+        (Some(0), Some(30)),
+        "{again}"
+    );
+    assert_eq!(transfers_from(&alice).len(), 30);
+    assert_eq!(message_ids(&p.transfers).len(), 30);
+
+    // --fresh: a file meant to repeat creates new transfers.
+    let mut fresh = args.to_vec();
+    fresh.push("--fresh");
+    assert_eq!(p.payctl(&fresh).expect(0).json()["created"], 30);
+    assert_eq!(transfers_from(&alice).len(), 60);
+    let processed = p.process(&[]);
+    assert_eq!(count(&processed, "completed"), 60, "{processed}");
+    assert_eq!(balance(&p, &alice), "940.00");
+}
