@@ -833,3 +833,301 @@ fn a_file_can_always_be_run_again() {
     assert_eq!(count(&processed, "completed"), 60, "{processed}");
     assert_eq!(balance(&p, &alice), "940.00");
 }
+
+/// `payctl` against a private Redis (the broker is the shared one).
+fn payctl_on(p: &Pipeline, private: &common::PrivateRedis, args: &[&str]) -> common::Run {
+    p.payctl_env(args, &[("REDIS_URL", &private.url())])
+}
+
+fn private_redis(private: &common::PrivateRedis) -> redis::Connection {
+    redis::Client::open(private.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+#[test]
+fn a_redis_failure_midway_stops_with_a_summary_and_a_rerun_finishes_the_file() {
+    let p = Pipeline::new();
+    let private = common::PrivateRedis::start();
+    let open_here = |prefix: &str, balance: &str| {
+        let id = unique(prefix);
+        payctl_on(
+            &p,
+            &private,
+            &[
+                "accounts",
+                "open",
+                &id,
+                "--currency",
+                "USD",
+                "--balance",
+                balance,
+            ],
+        )
+        .expect(0);
+        id
+    };
+    let alice = open_here("alice", "100000.00");
+    let bob = open_here("bob", "0");
+    let dir = std::env::temp_dir().join(unique("midway"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.csv");
+    let rows = 30_000;
+    let mut text = String::from("from,to,amount\n");
+    for _ in 0..rows {
+        text.push_str(&format!("{alice},{bob},1.00\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let args = [
+        "transfer",
+        "initiate",
+        "--file",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+
+    // Redis starts refusing writes once 8 MB more are used: a transfer costs
+    // about 1 KB, so the first 5,000-row chunk fits and a later one does not.
+    let mut con = private_redis(&private);
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 8 * 1024 * 1024)
+        .query(&mut con)
+        .unwrap();
+    let run = payctl_on(&p, &private, &args).expect(2);
+    let summary = run.json();
+    let stopped = summary["stopped_at_row"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        stopped > 1 && stopped < rows && (stopped - 1).is_multiple_of(5000),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["initiated"].as_u64(),
+        Some(stopped - 1),
+        "{summary}"
+    );
+    assert!(
+        summary["error"].as_str().unwrap().contains("maxmemory"),
+        "{summary}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("stopped at row {stopped} of {rows}")),
+        "{}",
+        run.stderr
+    );
+
+    // Redis has room again: the same command finishes, creating nothing twice.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let again = payctl_on(&p, &private, &args).expect(0).json();
+    assert_eq!(again["initiated"].as_u64(), Some(rows), "{again}");
+    assert!(
+        again["existing"].as_u64().unwrap() >= stopped - 1,
+        "{again}"
+    );
+    assert_eq!(con.zcard::<_, u64>("transfers").unwrap(), rows);
+    assert_eq!(con.scard::<_, u64>("transfers:unpublished").unwrap(), 0);
+    let mut ids = message_ids(&p.transfers);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, rows);
+}
+
+#[test]
+fn resend_publishes_lost_transfers_and_skips_decided_ones() {
+    let p = Pipeline::new();
+    let private = common::PrivateRedis::start();
+    let run = |args: &[&str]| payctl_on(&p, &private, args);
+    let open_here = |prefix: &str, balance: &str| {
+        let id = unique(prefix);
+        run(&[
+            "accounts",
+            "open",
+            &id,
+            "--currency",
+            "USD",
+            "--balance",
+            balance,
+        ])
+        .expect(0);
+        id
+    };
+    let alice = open_here("alice", "100.00");
+    let bob = open_here("bob", "0");
+    let transfer = [
+        "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount",
+    ];
+    let initiate_here = |amount: &str, extra: &[(&str, &str)]| {
+        let mut args = transfer.to_vec();
+        args.push(amount);
+        let mut env = vec![("REDIS_URL", private.url())];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        p.payctl_env(&args, &env)
+            .expect(0)
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let process_here = || {
+        run(&[
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json()
+    };
+
+    // Lost: its message went to a log the broker then lost (here: a topic
+    // nobody processes).
+    let lost_topic = unique("lost");
+    p.payctl(&["topics", "create", &lost_topic]).expect(0);
+    let lost = initiate_here("10.00", &[("PAYCTL_TOPIC_TRANSFERS", &lost_topic)]);
+    // Decided: published and processed.
+    let done = initiate_here("5.00", &[]);
+    assert_eq!(count(&process_here(), "completed"), 1);
+    // Crashed: stored, then its initiate was killed before the broker's ack.
+    let mut args = transfer.to_vec();
+    args.extend([
+        "20.00",
+        "--brokers",
+        "127.0.0.1:1",
+        "-X",
+        "message.timeout.ms=60000",
+    ]);
+    let mut crashing = p.spawn(&args, &[("REDIS_URL", &private.url())]);
+    let mut con = private_redis(&private);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let crashed: String = loop {
+        let unpublished: Vec<String> = con.smembers("transfers:unpublished").unwrap();
+        if let Some(id) = unpublished.into_iter().next() {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the initiate never stored its transfer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    crashing.kill().unwrap();
+    crashing.wait().unwrap();
+
+    let listed = |older_than: &str| -> Vec<(String, bool)> {
+        let list = run(&[
+            "transfer",
+            "resend",
+            "--dry-run",
+            "--older-than",
+            older_than,
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+        let mut ids: Vec<(String, bool)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                assert_eq!(t["status"], "initiated", "{t}");
+                (
+                    t["transfer_id"].as_str().unwrap().to_string(),
+                    t["unpublished"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Within the default minute only the unpublished one is due; with no
+    // age limit, both undecided ones. The processed one never.
+    assert_eq!(listed("60"), vec![(crashed.clone(), true)]);
+    let mut due = vec![(crashed.clone(), true), (lost.clone(), false)];
+    due.sort();
+    assert_eq!(listed("0"), due);
+    // A dry run changes nothing.
+    assert!(con
+        .sismember::<_, _, bool>("transfers:unpublished", &crashed)
+        .unwrap());
+    assert!(read_topic(&p.transfers).len() == 1);
+
+    let summary = run(&[
+        "transfer",
+        "resend",
+        "--older-than",
+        "0",
+        "--output",
+        "json",
+    ])
+    .expect(0)
+    .json();
+    assert_eq!(
+        (summary["sent"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["found"].as_u64().unwrap() - summary["skipped"].as_u64().unwrap(),
+        2,
+        "{summary}"
+    );
+    assert!(!con
+        .sismember::<_, _, bool>("transfers:unpublished", &crashed)
+        .unwrap());
+    let mut sent = message_ids(&p.transfers);
+    sent.sort();
+    let mut expected = vec![lost.clone(), done.clone(), crashed.clone()];
+    expected.sort();
+    assert_eq!(sent, expected);
+
+    let processed = process_here();
+    assert_eq!(count(&processed, "completed"), 2, "{processed}");
+    let balance_here = |id: &str| {
+        run(&["accounts", "show", id, "--output", "json"])
+            .expect(0)
+            .json()["balance"]
+            .to_string()
+    };
+    assert_eq!(
+        (balance_here(&alice), balance_here(&bob)),
+        ("65.00".into(), "35.00".into())
+    );
+
+    // Everything is decided now: nothing is sent again, and the index is empty.
+    let again = run(&[
+        "transfer",
+        "resend",
+        "--older-than",
+        "0",
+        "--output",
+        "json",
+    ])
+    .expect(0)
+    .json();
+    assert_eq!(again["sent"], 0, "{again}");
+    assert_eq!(again["found"], again["skipped"], "{again}");
+    assert_eq!(con.zcard::<_, u64>("transfers:pending").unwrap(), 0);
+    assert_eq!(message_ids(&p.transfers).len(), 3);
+}

@@ -804,6 +804,61 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_keys_are_bounded_and_printable() {
+        assert!(validate_idempotency_key("order-1842").is_ok());
+        assert!(validate_idempotency_key(&"k".repeat(200)).is_ok());
+        // 200 bytes, not characters: "é" is two.
+        assert!(validate_idempotency_key(&"é".repeat(101)).is_err());
+        for bad in ["", "a\tb", "a\nb", "\u{7f}", "\u{85}"] {
+            let problem = validate_idempotency_key(bad).unwrap_err();
+            assert!(
+                problem.contains("invalid idempotency key"),
+                "{bad:?}: {problem}"
+            );
+        }
+        let mut with_bad_key = request("alice", "bob", "1");
+        with_bad_key.idempotency_key = Some("x\u{0}y".into());
+        assert!(validate(&with_bad_key, &accounts())
+            .unwrap_err()
+            .contains("invalid idempotency key"));
+    }
+
+    #[test]
+    fn file_rows_get_keys_from_the_content_and_the_row() {
+        let digest = file_digest(b"from,to,amount\nalice,bob,1\n");
+        assert_eq!(digest.len(), 32);
+        assert_eq!(digest, file_digest(b"from,to,amount\nalice,bob,1\n"));
+        assert_ne!(digest, file_digest(b"from,to,amount\nalice,bob,2\n"));
+        // SHA-256("abc"), first 128 bits.
+        assert_eq!(file_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
+        let mut keyed = request("alice", "bob", "1");
+        keyed.idempotency_key = Some("mine".into());
+        let mut file = RequestFile {
+            requests: vec![
+                request("alice", "bob", "1"),
+                keyed,
+                request("alice", "bob", "1"),
+            ],
+            digest: digest.clone(),
+        };
+        file.derive_keys();
+        let keys: Vec<&str> = file
+            .requests
+            .iter()
+            .map(|r| r.idempotency_key.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                format!("file:{digest}:1").as_str(),
+                "mine",
+                &format!("file:{digest}:3")
+            ]
+        );
+        assert!(keys.iter().all(|k| validate_idempotency_key(k).is_ok()));
+    }
+
+    #[test]
     fn reads_csv_and_jsonl() {
         let csv =
             parse_csv("from,to,amount,currency\nalice,bob,12.50,USD\n\"bob\",alice,1,\n").unwrap();
