@@ -40,8 +40,8 @@ use crate::transfer::{Transfer, TransferStatus};
   payctl transfer initiate --from alice --to bob --amount 12.50 --idempotency-key order-1842
   payctl transfer initiate --file batch.jsonl      # {\"from\":\"alice\",\"to\":\"bob\",\"amount\":\"12.50\"} per line
   payctl transfer initiate --file batch.csv        # header: from,to,amount[,currency][,idempotency_key]
-  payctl transfer initiate --file batch.csv        # again, after a failure: finishes it, creates nothing twice
-  payctl transfer initiate --file payroll.csv --fresh   # a file meant to repeat: new transfers each run")]
+  payctl transfer initiate --file batch.csv        # again after a failure: nothing twice
+  payctl transfer initiate --file payroll.csv --fresh  # new transfers on every run")]
 pub struct Args {
     /// Paying account.
     #[arg(long, required_unless_present = "file")]

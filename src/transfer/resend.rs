@@ -28,10 +28,10 @@ use crate::transfer::Transfer;
 /// Publish again transfers still initiated whose message may be lost.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  payctl transfer resend --dry-run                 # list what would be sent; change nothing
-  payctl transfer resend                           # unpublished ones, and any initiated over 60 s ago
-  payctl transfer resend --older-than 0            # every undecided transfer (after a broker lost its log)
-  payctl transfer resend --older-than 600 --output json | jq .sent")]
+  payctl transfer resend --dry-run        # list what would be sent; change nothing
+  payctl transfer resend                  # unpublished ones, and undecided ones over 60 s old
+  payctl transfer resend --older-than 0   # every undecided one: the broker lost its log
+  payctl transfer resend --output json | jq .sent")]
 pub struct Args {
     /// Resend undecided transfers initiated at least this many seconds ago.
     /// Transfers left in `transfers:unpublished` are resent whatever their age.
