@@ -215,6 +215,7 @@ pub enum AccountsCommand {
 pub enum TransferCommand {
     Initiate(transfer::initiate::Args),
     Process(transfer::process::Args),
+    Resend(transfer::resend::Args),
     Show(transfer::show::Args),
     List(transfer::list::Args),
 }
@@ -344,6 +345,11 @@ impl Command {
                     app.shutdown.clone(),
                 )
                 .await
+            }
+            Command::Transfer(TransferCommand::Resend(args)) => {
+                let mut redis = app.redis.connect().await?;
+                let (producer, topic) = (app.ordered_producer()?, &app.topics.transfers);
+                transfer::resend::run(args, &mut redis, producer, topic, out, app.progress).await
             }
             Command::Transfer(TransferCommand::Show(args)) => {
                 transfer::show::run(args, &mut app.redis.connect().await?, out).await

@@ -18,9 +18,14 @@ pub mod keys {
     pub const TRANSFERS: &str = "transfers";
     /// Ids of transfers stored but not yet acknowledged by the broker.
     pub const UNPUBLISHED_TRANSFERS: &str = "transfers:unpublished";
-    /// Sorted set of transfers not yet decided (score: creation time, ms):
-    /// what `transfer resend` looks through.
+    /// Sorted set of undecided transfer ids by creation time (ms): added
+    /// when a transfer is initiated, removed once it is completed or
+    /// rejected. `transfer resend` looks here, not at all history.
     pub const PENDING_TRANSFERS: &str = "transfers:pending";
+    /// Ids of unpublished transfers that a replay of their idempotency key
+    /// (or `transfer resend`) took over: the initiate that stored one must
+    /// not roll it back when its own publish fails.
+    pub const ADOPTED_TRANSFERS: &str = "transfers:adopted";
     /// The transfer id a client's idempotency key already created.
     pub fn transfer_idempotency(key: &str) -> String {
         format!("idempotency:transfer:{key}")

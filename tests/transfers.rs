@@ -558,3 +558,576 @@ fn replays_return_earlier_transfers_and_finish_an_interrupted_publish() {
     assert_eq!(count(&summary, "completed"), 21, "{summary}");
     assert_eq!(balance(&p, &alice), "78.00");
 }
+
+/// Runs `payctl transfer initiate` with an idempotency key, as JSON.
+fn initiate_keyed(p: &Pipeline, from: &str, to: &str, amount: &str, key: &str) -> common::Run {
+    p.payctl(&[
+        "transfer",
+        "initiate",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--amount",
+        amount,
+        "--idempotency-key",
+        key,
+        "--output",
+        "json",
+    ])
+}
+
+#[test]
+fn a_reused_idempotency_key_with_other_parameters_is_refused_and_changes_nothing() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "50.00");
+    let bob = open(&p, "bob", "0");
+    let carol = open(&p, "carol", "0");
+    let key = unique("order");
+    let first = initiate_keyed(&p, &alice, &bob, "12.5", &key)
+        .expect(0)
+        .json();
+    assert_eq!(first["created"], true);
+    let id = first["transfer_id"].as_str().unwrap().to_string();
+    let record = stored(&id);
+
+    // The same parameters, the amount written otherwise: the first transfer.
+    let same = initiate_keyed(&p, &alice, &bob, "12.50", &key)
+        .expect(0)
+        .json();
+    assert_eq!(
+        (same["created"].as_bool(), same["transfer_id"].as_str()),
+        (Some(false), Some(id.as_str()))
+    );
+
+    let refusal = format!("idempotency key {key} was used for a different transfer");
+    for (to, amount) in [(&bob, "12.51"), (&carol, "12.5"), (&bob, "125")] {
+        let run = initiate_keyed(&p, &alice, to, amount, &key).expect(1);
+        assert!(
+            run.stderr.contains(&refusal),
+            "{to} {amount}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    // Nothing written: one transfer, one message, the key and record as they were.
+    assert_eq!(transfers_from(&alice).len(), 1);
+    assert_eq!(stored(&id), record);
+    let mut con = redis();
+    let named: String = con.get(format!("idempotency:transfer:{key}")).unwrap();
+    assert_eq!(named, id);
+    assert_eq!(read_topic(&p.transfers).len(), 1);
+
+    // The currency counts too; an amount stored as a string compares by value.
+    let other_id = uuid::Uuid::new_v4().to_string();
+    let other_key = unique("euro");
+    let euro = format!(
+        r#"{{"transfer_id":"{other_id}","sender_id":"{alice}","receiver_id":"{bob}","amount":"3.10","status":"completed","version":2,"currency":"EUR","idempotency_key":"{other_key}"}}"#
+    );
+    let _: () = con.set(format!("transfer:{other_id}"), &euro).unwrap();
+    let _: () = con
+        .set(format!("idempotency:transfer:{other_key}"), &other_id)
+        .unwrap();
+    let run = initiate_keyed(&p, &alice, &bob, "3.1", &other_key).expect(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "idempotency key {other_key} was used for a different transfer"
+        )),
+        "{}",
+        run.stderr
+    );
+    let dollars = euro.replace("\"EUR\"", "\"USD\"");
+    let _: () = con.set(format!("transfer:{other_id}"), &dollars).unwrap();
+    let replay = initiate_keyed(&p, &alice, &bob, "3.1", &other_key)
+        .expect(0)
+        .json();
+    assert_eq!(replay["transfer_id"], other_id.as_str());
+    assert_eq!(replay["status"], "completed");
+
+    // Keys are checked before they go into a key name.
+    let long = "k".repeat(201);
+    for bad in ["", "tab\there", "new\nline", long.as_str()] {
+        let run = initiate_keyed(&p, &alice, &bob, "1", bad).expect(2);
+        assert!(
+            run.stderr.contains("invalid idempotency key"),
+            "{bad:?}: {}",
+            run.stderr
+        );
+    }
+    let longest = format!("{}{}", unique("k"), "k".repeat(186));
+    assert_eq!(longest.len(), 200);
+    initiate_keyed(&p, &alice, &bob, "1", &longest).expect(0);
+
+    // In a file, the refused row fails with the same message; the others go on.
+    let dir = std::env::temp_dir().join(unique("refused"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rows.csv");
+    std::fs::write(
+        &file,
+        format!("from,to,amount,idempotency_key\n{alice},{bob},2.00,{key}\n{alice},{bob},1.00,\n"),
+    )
+    .unwrap();
+    let run = p
+        .payctl(&[
+            "transfer",
+            "initiate",
+            "--file",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .expect(1);
+    let summary = run.json();
+    assert_eq!(
+        (summary["created"].as_u64(), summary["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(summary["stopped_at_row"], Value::Null, "{summary}");
+    assert_eq!(
+        summary["errors"][0],
+        format!("row 1: {refusal}"),
+        "{summary}"
+    );
+    assert_eq!(stored(&id), record);
+}
+
+#[test]
+fn a_rollback_keeps_a_transfer_that_a_replay_of_its_key_took_over() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "50.00");
+    let bob = open(&p, "bob", "0");
+    let key = unique("race");
+    // Run A stores the transfer, then waits for an ack that never comes.
+    let a = p.spawn(
+        &[
+            "transfer",
+            "initiate",
+            "--from",
+            &alice,
+            "--to",
+            &bob,
+            "--amount",
+            "7.00",
+            "--idempotency-key",
+            &key,
+            "--brokers",
+            "127.0.0.1:1",
+            "-X",
+            "message.timeout.ms=10000",
+        ],
+        &[],
+    );
+    let mut con = redis();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id: String = loop {
+        let named: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
+        if let Some(id) = named {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run A never stored its transfer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Run B replays the key meanwhile: it publishes the transfer and reports it.
+    let b = initiate_keyed(&p, &alice, &bob, "7", &key).expect(0).json();
+    assert_eq!(
+        (b["transfer_id"].as_str(), b["created"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
+    // A's rollback keeps it, and A says so.
+    let a = common::finish(a).expect(2);
+    assert!(
+        a.stderr.contains(&format!("transfer {id} was stored")),
+        "{}",
+        a.stderr
+    );
+    assert!(a.stderr.contains("took it over"), "{}", a.stderr);
+    assert_eq!(stored(&id)["status"], "initiated");
+    for set in ["transfers:unpublished", "transfers:adopted"] {
+        assert!(
+            !con.sismember::<_, _, bool>(set, &id).unwrap(),
+            "{id} still in {set}"
+        );
+    }
+    let summary = p.process(&[]);
+    assert_eq!(count(&summary, "completed"), 1, "{summary}");
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("43.00".into(), "7.00".into())
+    );
+}
+
+/// Transfer ids of the messages on a topic.
+fn message_ids(topic: &str) -> Vec<String> {
+    read_topic(topic)
+        .iter()
+        .map(|(_, v)| {
+            let message: Value = serde_json::from_str(v).unwrap();
+            message["transfer_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_can_always_be_run_again() {
+    let p = Pipeline::new();
+    let alice = open(&p, "alice", "1000.00");
+    let bob = open(&p, "bob", "0");
+    let dir = std::env::temp_dir().join(unique("rerun"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.jsonl");
+    let rows: Vec<String> = (0..30)
+        .map(|_| format!(r#"{{"from":"{alice}","to":"{bob}","amount":"1.00"}}"#))
+        .collect();
+    std::fs::write(&file, rows.join("\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let args = ["transfer", "initiate", "--file", path, "--output", "json"];
+
+    // The broker is gone: the run stops, says where, and leaves nothing.
+    let mut down = args.to_vec();
+    down.extend(["--brokers", "127.0.0.1:1", "-X", "message.timeout.ms=1500"]);
+    let run = p.payctl(&down).expect(2);
+    assert!(
+        run.stderr
+            .contains("stopped at row 1 of 30: 0 rows initiated"),
+        "{}",
+        run.stderr
+    );
+    let summary = run.json();
+    assert_eq!(summary["stopped_at_row"], 1, "{summary}");
+    assert_eq!(summary["initiated"], 0, "{summary}");
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not published"),
+        "{summary}"
+    );
+    assert!(transfers_from(&alice).is_empty());
+
+    // Identical rows without keys: each row is its own transfer, once.
+    let first = p.payctl(&args).expect(0).json();
+    assert_eq!(
+        (first["created"].as_u64(), first["initiated"].as_u64()),
+        (Some(30), Some(30))
+    );
+    assert_eq!(first["stopped_at_row"], Value::Null);
+    let again = p.payctl(&args).expect(0).json();
+    assert_eq!(
+        (again["created"].as_u64(), again["existing"].as_u64()),
+        (Some(0), Some(30)),
+        "{again}"
+    );
+    assert_eq!(transfers_from(&alice).len(), 30);
+    assert_eq!(message_ids(&p.transfers).len(), 30);
+
+    // --fresh: a file meant to repeat creates new transfers.
+    let mut fresh = args.to_vec();
+    fresh.push("--fresh");
+    assert_eq!(p.payctl(&fresh).expect(0).json()["created"], 30);
+    assert_eq!(transfers_from(&alice).len(), 60);
+    let processed = p.process(&[]);
+    assert_eq!(count(&processed, "completed"), 60, "{processed}");
+    assert_eq!(balance(&p, &alice), "940.00");
+}
+
+/// `payctl` against a private Redis (the broker is the shared one).
+fn payctl_on(p: &Pipeline, private: &common::PrivateRedis, args: &[&str]) -> common::Run {
+    p.payctl_env(args, &[("REDIS_URL", &private.url())])
+}
+
+fn private_redis(private: &common::PrivateRedis) -> redis::Connection {
+    redis::Client::open(private.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+#[test]
+fn a_redis_failure_midway_stops_with_a_summary_and_a_rerun_finishes_the_file() {
+    let p = Pipeline::new();
+    let private = common::PrivateRedis::start();
+    let open_here = |prefix: &str, balance: &str| {
+        let id = unique(prefix);
+        payctl_on(
+            &p,
+            &private,
+            &[
+                "accounts",
+                "open",
+                &id,
+                "--currency",
+                "USD",
+                "--balance",
+                balance,
+            ],
+        )
+        .expect(0);
+        id
+    };
+    let alice = open_here("alice", "100000.00");
+    let bob = open_here("bob", "0");
+    let dir = std::env::temp_dir().join(unique("midway"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.csv");
+    let rows = 30_000;
+    let mut text = String::from("from,to,amount\n");
+    for _ in 0..rows {
+        text.push_str(&format!("{alice},{bob},1.00\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let args = [
+        "transfer",
+        "initiate",
+        "--file",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+
+    // Redis starts refusing writes once 8 MB more are used: a transfer costs
+    // about 1 KB, so the first 5,000-row chunk fits and a later one does not.
+    let mut con = private_redis(&private);
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 8 * 1024 * 1024)
+        .query(&mut con)
+        .unwrap();
+    let run = payctl_on(&p, &private, &args).expect(2);
+    let summary = run.json();
+    let stopped = summary["stopped_at_row"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        stopped > 1 && stopped < rows && (stopped - 1).is_multiple_of(5000),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["initiated"].as_u64(),
+        Some(stopped - 1),
+        "{summary}"
+    );
+    assert!(
+        summary["error"].as_str().unwrap().contains("maxmemory"),
+        "{summary}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("stopped at row {stopped} of {rows}")),
+        "{}",
+        run.stderr
+    );
+
+    // Redis has room again: the same command finishes, creating nothing twice.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    let again = payctl_on(&p, &private, &args).expect(0).json();
+    assert_eq!(again["initiated"].as_u64(), Some(rows), "{again}");
+    assert!(
+        again["existing"].as_u64().unwrap() >= stopped - 1,
+        "{again}"
+    );
+    assert_eq!(con.zcard::<_, u64>("transfers").unwrap(), rows);
+    assert_eq!(con.scard::<_, u64>("transfers:unpublished").unwrap(), 0);
+    let mut ids = message_ids(&p.transfers);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, rows);
+}
+
+#[test]
+fn resend_publishes_lost_transfers_and_skips_decided_ones() {
+    let p = Pipeline::new();
+    let private = common::PrivateRedis::start();
+    let run = |args: &[&str]| payctl_on(&p, &private, args);
+    let open_here = |prefix: &str, balance: &str| {
+        let id = unique(prefix);
+        run(&[
+            "accounts",
+            "open",
+            &id,
+            "--currency",
+            "USD",
+            "--balance",
+            balance,
+        ])
+        .expect(0);
+        id
+    };
+    let alice = open_here("alice", "100.00");
+    let bob = open_here("bob", "0");
+    let transfer = [
+        "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount",
+    ];
+    let initiate_here = |amount: &str, extra: &[(&str, &str)]| {
+        let mut args = transfer.to_vec();
+        args.push(amount);
+        let mut env = vec![("REDIS_URL", private.url())];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        p.payctl_env(&args, &env)
+            .expect(0)
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let process_here = || {
+        run(&[
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json()
+    };
+
+    // Lost: its message went to a log the broker then lost (here: a topic
+    // nobody processes).
+    let lost_topic = unique("lost");
+    p.payctl(&["topics", "create", &lost_topic]).expect(0);
+    let lost = initiate_here("10.00", &[("PAYCTL_TOPIC_TRANSFERS", &lost_topic)]);
+    // Decided: published and processed.
+    let done = initiate_here("5.00", &[]);
+    assert_eq!(count(&process_here(), "completed"), 1);
+    // Crashed: stored, then its initiate was killed before the broker's ack.
+    let mut args = transfer.to_vec();
+    args.extend([
+        "20.00",
+        "--brokers",
+        "127.0.0.1:1",
+        "-X",
+        "message.timeout.ms=60000",
+    ]);
+    let mut crashing = p.spawn(&args, &[("REDIS_URL", &private.url())]);
+    let mut con = private_redis(&private);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let crashed: String = loop {
+        let unpublished: Vec<String> = con.smembers("transfers:unpublished").unwrap();
+        if let Some(id) = unpublished.into_iter().next() {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the initiate never stored its transfer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    crashing.kill().unwrap();
+    crashing.wait().unwrap();
+
+    let listed = |older_than: &str| -> Vec<(String, bool)> {
+        let list = run(&[
+            "transfer",
+            "resend",
+            "--dry-run",
+            "--older-than",
+            older_than,
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+        let mut ids: Vec<(String, bool)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                assert_eq!(t["status"], "initiated", "{t}");
+                (
+                    t["transfer_id"].as_str().unwrap().to_string(),
+                    t["unpublished"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Within the default minute only the unpublished one is due; with no
+    // age limit, both undecided ones. The processed one never.
+    assert_eq!(listed("60"), vec![(crashed.clone(), true)]);
+    let mut due = vec![(crashed.clone(), true), (lost.clone(), false)];
+    due.sort();
+    assert_eq!(listed("0"), due);
+    // A dry run changes nothing.
+    assert!(con
+        .sismember::<_, _, bool>("transfers:unpublished", &crashed)
+        .unwrap());
+    assert!(read_topic(&p.transfers).len() == 1);
+
+    let summary = run(&[
+        "transfer",
+        "resend",
+        "--older-than",
+        "0",
+        "--output",
+        "json",
+    ])
+    .expect(0)
+    .json();
+    assert_eq!(
+        (summary["sent"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["found"].as_u64().unwrap() - summary["skipped"].as_u64().unwrap(),
+        2,
+        "{summary}"
+    );
+    assert!(!con
+        .sismember::<_, _, bool>("transfers:unpublished", &crashed)
+        .unwrap());
+    let mut sent = message_ids(&p.transfers);
+    sent.sort();
+    let mut expected = vec![lost.clone(), done.clone(), crashed.clone()];
+    expected.sort();
+    assert_eq!(sent, expected);
+
+    let processed = process_here();
+    assert_eq!(count(&processed, "completed"), 2, "{processed}");
+    let balance_here = |id: &str| {
+        run(&["accounts", "show", id, "--output", "json"])
+            .expect(0)
+            .json()["balance"]
+            .to_string()
+    };
+    assert_eq!(
+        (balance_here(&alice), balance_here(&bob)),
+        ("65.00".into(), "35.00".into())
+    );
+
+    // Everything is decided now: nothing is sent again, and the index is empty.
+    let again = run(&[
+        "transfer",
+        "resend",
+        "--older-than",
+        "0",
+        "--output",
+        "json",
+    ])
+    .expect(0)
+    .json();
+    assert_eq!(again["sent"], 0, "{again}");
+    assert_eq!(again["found"], again["skipped"], "{again}");
+    assert_eq!(con.zcard::<_, u64>("transfers:pending").unwrap(), 0);
+    assert_eq!(message_ids(&p.transfers).len(), 3);
+}

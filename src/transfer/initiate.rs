@@ -4,7 +4,15 @@
 //! Order of effects: Redis first, then Kafka. If the broker does not ack,
 //! the record is removed again, so a failed initiate leaves nothing behind;
 //! a late delivery of such a message finds no record and is dead-lettered by
-//! `transfer process` rather than applied.
+//! `transfer process` rather than applied. The one exception: a transfer that
+//! a replay of its idempotency key (or `transfer resend`) has taken over in
+//! the meantime stays, since that run reports and publishes it.
+//!
+//! Idempotency keys behave as payment APIs' do: the same key with the same
+//! sender, receiver, amount (by value) and currency returns the first
+//! transfer; with other parameters it is refused and changes nothing. Rows
+//! of a `--file` without a key get one derived from the file's SHA-256 and
+//! the row's number, so a file can always be run again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,12 +20,13 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::accounts::{self, Account};
+use crate::exit::refuse;
 use crate::kafka::{produce_each, Outgoing};
 use crate::money::{Currency, Decimal, Money};
 use crate::output::{self, Output, Rendered, Report};
@@ -30,7 +39,9 @@ use crate::transfer::{Transfer, TransferStatus};
   payctl transfer initiate --from alice --to bob --amount 12.50
   payctl transfer initiate --from alice --to bob --amount 12.50 --idempotency-key order-1842
   payctl transfer initiate --file batch.jsonl      # {\"from\":\"alice\",\"to\":\"bob\",\"amount\":\"12.50\"} per line
-  payctl transfer initiate --file batch.csv        # header: from,to,amount[,currency][,idempotency_key]")]
+  payctl transfer initiate --file batch.csv        # header: from,to,amount[,currency][,idempotency_key]
+  payctl transfer initiate --file batch.csv        # again after a failure: nothing twice
+  payctl transfer initiate --file payroll.csv --fresh  # new transfers on every run")]
 pub struct Args {
     /// Paying account.
     #[arg(long, required_unless_present = "file")]
@@ -44,13 +55,22 @@ pub struct Args {
     /// Currency; defaults to the sender's. Both accounts must hold it.
     #[arg(long)]
     pub currency: Option<String>,
-    /// A repeated key returns the first transfer and creates nothing.
+    /// A repeated key with the same parameters returns the first transfer and
+    /// creates nothing; with other parameters it is refused (exit 1).
+    /// 1 to 200 bytes, no control characters.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Initiate every row of a JSON-lines or CSV file. All rows are checked
-    /// before any is written.
+    /// before any is written. Rows without an idempotency key get one made
+    /// of the file's SHA-256 and the row number, so running the same file
+    /// again creates nothing twice.
     #[arg(long, conflicts_with_all = ["from", "to", "amount", "currency", "idempotency_key"])]
     pub file: Option<PathBuf>,
+    /// With --file: rows without an idempotency key create new transfers
+    /// on every run (for a file meant to repeat). Such a run cannot be
+    /// resumed by running it again.
+    #[arg(long, requires = "file")]
+    pub fresh: bool,
 }
 
 /// One transfer to initiate, from flags or one row of a file.
@@ -116,9 +136,7 @@ fn validate(
     let amount =
         Money::amount(request.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
     if let Some(key) = &request.idempotency_key {
-        if key.is_empty() || key.len() > 200 {
-            return Err("idempotency key must be 1 to 200 characters".into());
-        }
+        validate_idempotency_key(key)?;
     }
     let now = crate::clock::now_rfc3339();
     Ok(Transfer {
@@ -175,52 +193,17 @@ pub async fn prepare(
     })
 }
 
-static INITIATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
--- KEYS: transfer record, transfers index, unpublished set, [idempotency key]
--- ARGV: record JSON, id, score. Returns {1, id} when created, {0, earlier id}.
-if #KEYS >= 4 then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then return {0, existing} end
-  redis.call('SET', KEYS[4], ARGV[2])
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[2])
-return {1, ARGV[2]}
-"#,
-    )
-});
+static INITIATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("initiate.lua")));
+static DISCARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("discard.lua")));
 
-static DISCARD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
--- Undo an initiate whose message the broker did not acknowledge, unless it
--- was processed after all (then it stays: it was published, its money moved).
--- KEYS: transfer record, transfers index, unpublished set, [idempotency key]. ARGV: id
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  local ok, t = pcall(cjson.decode, stored)
-  if ok and type(t) == 'table' and t.status ~= 'initiated' then
-    redis.call('SREM', KEYS[3], ARGV[1])
-    return 0
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-if #KEYS >= 4 and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-return 1
-"#,
-    )
-});
-
+/// KEYS of both scripts, in their order.
 fn record_keys(transfer: &Transfer) -> Vec<String> {
     let mut keys = vec![
         keys::transfer(&transfer.transfer_id),
         keys::TRANSFERS.to_string(),
         keys::UNPUBLISHED_TRANSFERS.to_string(),
+        keys::PENDING_TRANSFERS.to_string(),
+        keys::ADOPTED_TRANSFERS.to_string(),
     ];
     if let Some(key) = &transfer.idempotency_key {
         keys.push(keys::transfer_idempotency(key));
@@ -234,6 +217,25 @@ fn script_call(script: &Script, transfer: &Transfer) -> redis::Cmd {
     script.call(&key_refs)
 }
 
+/// Checks an idempotency key before it goes into a Redis key name.
+pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid idempotency key {key:?}: use 1 to {MAX_IDEMPOTENCY_KEY} bytes, no control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The broker did not acknowledge a transfer's message. A `--file` run
+/// stops at the first one: the next rows would most likely fail the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAcknowledged(String);
+
 /// Where initiated transfers go.
 pub struct Publisher<'a> {
     pub redis: &'a mut Redis,
@@ -241,22 +243,74 @@ pub struct Publisher<'a> {
     pub topic: &'a str,
 }
 
-/// What one transfer of a chunk needs after its record is stored.
+/// What one transfer of a chunk needs after the INITIATE script ran.
 enum Step {
-    /// Created now: publish; undo on failure.
-    New(Transfer),
+    /// Created now, with the JSON stored: publish; undo on failure.
+    New(Transfer, Vec<u8>),
     /// An idempotency key's earlier transfer, already published.
     Earlier(Transfer),
-    /// An earlier transfer whose publishing never finished: publish again
-    /// (processing is idempotent by version, so a second copy is harmless).
-    Republish(Transfer),
+    /// An earlier transfer whose publishing never finished, now adopted by
+    /// this run: publish its stored bytes again (processing is idempotent by
+    /// version, so a second copy is harmless).
+    Republish(Transfer, Vec<u8>),
+    /// Nothing to publish: the key was refused or names a broken transfer.
+    Failed(anyhow::Error),
+}
+
+impl Step {
+    /// Reads the script's answer for `transfer` (see initiate.lua).
+    fn from_reply(transfer: Transfer, json: Vec<u8>, reply: Vec<Vec<u8>>) -> Step {
+        let field = |i: usize| {
+            reply
+                .get(i)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let key = transfer.idempotency_key.clone().unwrap_or_default();
+        let (answer, id) = (field(0), field(1));
+        match answer.as_str() {
+            "created" => Step::New(transfer, json),
+            "earlier" | "adopted" => {
+                let record = reply.get(2).cloned().unwrap_or_default();
+                let earlier = std::str::from_utf8(&record)
+                    .context("it is not UTF-8")
+                    .and_then(|json| super::parse_stored(&id, json));
+                match earlier {
+                    Ok(earlier) if answer == "adopted" => Step::Republish(earlier, record),
+                    Ok(earlier) => Step::Earlier(earlier),
+                    Err(e) => Step::Failed(e.context(format!(
+                        "idempotency key {key} names transfer {id}, which payctl cannot read"
+                    ))),
+                }
+            }
+            "different" => Step::Failed(refuse(format!(
+                "idempotency key {key} was used for a different transfer"
+            ))),
+            "gone" => Step::Failed(anyhow!(
+                "idempotency key {key} names transfer {id}, but {}",
+                field(2)
+            )),
+            "invalid" => Step::Failed(anyhow!(
+                "idempotency key {key} cannot be read: {}",
+                field(1)
+            )),
+            other => Step::Failed(anyhow!(
+                "unexpected answer {other:?} from the INITIATE script"
+            )),
+        }
+    }
 }
 
 impl Publisher<'_> {
     /// Stores and publishes prepared transfers: one pipelined Redis round
     /// trip, all messages in flight at once, then every ack awaited. A
     /// transfer stays in `transfers:unpublished` until its ack; one whose
-    /// message is not acknowledged is removed again and comes back as an error.
+    /// message is not acknowledged is removed again (unless a replay of its
+    /// key took it over) and comes back as an error.
+    ///
+    /// `Err` means Redis failed for the whole chunk: some of its transfers
+    /// may be stored and not yet published (a replay of their keys, or
+    /// `transfer resend`, publishes them).
     pub async fn initiate(
         &mut self,
         transfers: Vec<Transfer>,
@@ -268,82 +322,68 @@ impl Publisher<'_> {
             script.load(self.redis).await?;
         }
         let score = crate::clock::now_millis();
+        let record_prefix = keys::transfer("");
         let mut pipe = redis::pipe();
+        let mut records = Vec::with_capacity(transfers.len());
         for transfer in &transfers {
+            let json = serde_json::to_vec(transfer)?;
             let mut call = script_call(&INITIATE, transfer);
-            call.arg(serde_json::to_string(transfer)?)
+            call.arg(&json[..])
                 .arg(&transfer.transfer_id)
-                .arg(score);
+                .arg(score)
+                .arg(&transfer.sender_id)
+                .arg(&transfer.receiver_id)
+                .arg(transfer.amount.to_string())
+                .arg(transfer.currency.as_deref().unwrap_or(""))
+                .arg(&record_prefix);
             pipe.add_command(call);
+            records.push(json);
         }
-        let stored: Vec<(i64, String)> = pipe
+        let replies: Vec<Vec<Vec<u8>>> = pipe
             .query_async(self.redis)
             .await
             .context("storing transfers in Redis")?;
-
-        // What the idempotency keys returned, in one round trip: re-running a
-        // whole batch file is mostly replays.
-        let mut lookup = redis::pipe();
-        for (_, id) in stored.iter().filter(|(created, _)| *created != 1) {
-            lookup
-                .get(keys::transfer(id))
-                .sismember(keys::UNPUBLISHED_TRANSFERS, id);
-        }
-        let earlier: Vec<(Option<String>, bool)> = run_pipeline(&lookup, self.redis)
-            .await
-            .context("reading the transfers idempotency keys point at")?;
-        let mut earlier = earlier.into_iter();
-
-        let mut steps = Vec::with_capacity(transfers.len());
-        for (transfer, (created, id)) in transfers.into_iter().zip(stored) {
-            if created == 1 {
-                steps.push(Step::New(transfer));
-                continue;
-            }
-            let (json, unpublished) = earlier.next().expect("one lookup per replay");
-            let json = json.with_context(|| {
-                format!("idempotency key points at transfer {id}, which is gone")
-            })?;
-            let earlier = super::parse_stored(&id, &json)?;
-            steps.push(
-                if unpublished && earlier.status == TransferStatus::Initiated {
-                    Step::Republish(earlier)
-                } else {
-                    Step::Earlier(earlier)
-                },
-            );
-        }
+        let steps: Vec<Step> = transfers
+            .into_iter()
+            .zip(records)
+            .zip(replies)
+            .map(|((transfer, json), reply)| Step::from_reply(transfer, json, reply))
+            .collect();
 
         let outgoing: Vec<Outgoing> = steps
             .iter()
             .filter_map(|step| match step {
-                Step::New(t) | Step::Republish(t) => Some(t),
-                Step::Earlier(_) => None,
-            })
-            .map(|t| {
-                Ok(Outgoing {
+                Step::New(t, json) | Step::Republish(t, json) => Some(Outgoing {
                     topic: self.topic.to_string(),
                     key: Some(t.sender_id.clone()),
-                    payload: serde_json::to_vec(t)?,
+                    payload: json.clone(),
                     headers: Vec::new(),
-                })
+                }),
+                Step::Earlier(_) | Step::Failed(_) => None,
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         let mut acks = produce_each(self.producer, &outgoing).await.into_iter();
 
-        // Acknowledged: published. Not acknowledged and new: undone.
+        // Acknowledged: published. Not acknowledged and new: undone, unless
+        // processed after all or adopted by a replay.
         let mut settle = redis::pipe();
         let mut outcomes = Vec::with_capacity(steps.len());
         for step in steps {
             let ack = match &step {
-                Step::Earlier(_) => Ok(()),
-                _ => acks.next().expect("one ack per published transfer"),
+                Step::New(..) | Step::Republish(..) => {
+                    acks.next().expect("one ack per published transfer")
+                }
+                Step::Earlier(_) | Step::Failed(_) => Ok(()),
             };
             match (&step, &ack) {
-                (Step::New(t) | Step::Republish(t), Ok(())) => {
-                    settle.srem(keys::UNPUBLISHED_TRANSFERS, &t.transfer_id);
+                (Step::New(t, _) | Step::Republish(t, _), Ok(())) => {
+                    settle
+                        .srem(keys::UNPUBLISHED_TRANSFERS, &t.transfer_id)
+                        .ignore()
+                        .srem(keys::ADOPTED_TRANSFERS, &t.transfer_id)
+                        .ignore();
                 }
-                (Step::New(t), Err(_)) => {
+                (Step::New(t, _), Err(_)) => {
                     let mut call = script_call(&DISCARD, t);
                     call.arg(&t.transfer_id);
                     settle.add_command(call);
@@ -352,46 +392,46 @@ impl Publisher<'_> {
             }
             outcomes.push((step, ack));
         }
-        let settled: Vec<i64> = run_pipeline(&settle, self.redis)
+        let discarded: Vec<i64> = run_pipeline(&settle, self.redis)
             .await
             .context("recording which transfers were published")?;
 
-        let mut settled = settled.into_iter();
+        let mut discarded = discarded.into_iter();
         let mut results = Vec::with_capacity(outcomes.len());
         for (step, ack) in outcomes {
             results.push(match (step, ack) {
-                (Step::Earlier(transfer), _) => Ok(Initiated {
-                    transfer,
-                    created: false,
-                }),
-                (Step::Republish(transfer), Ok(())) => {
-                    settled.next();
+                (Step::Failed(e), _) => Err(e),
+                (Step::Earlier(transfer), _) | (Step::Republish(transfer, _), Ok(())) => {
                     Ok(Initiated {
                         transfer,
                         created: false,
                     })
                 }
-                (Step::Republish(transfer), Err(e)) => Err(e.context(format!(
-                    "transfer {} is stored but still not published; run the same command again",
+                (Step::Republish(transfer, _), Err(e)) => Err(e.context(NotAcknowledged(format!(
+                    "transfer {} is stored but still not published; run the same command again \
+                     (or payctl transfer resend)",
                     transfer.transfer_id
-                ))),
-                (Step::New(transfer), Ok(())) => {
-                    settled.next();
-                    Ok(Initiated {
-                        transfer,
-                        created: true,
-                    })
-                }
-                (Step::New(transfer), Err(e)) => match settled.next() {
+                )))),
+                (Step::New(transfer, _), Ok(())) => Ok(Initiated {
+                    transfer,
+                    created: true,
+                }),
+                (Step::New(transfer, _), Err(e)) => match discarded.next() {
                     // Processed after all: the broker had it.
                     Some(0) => Ok(Initiated {
                         transfer,
                         created: true,
                     }),
-                    _ => Err(e.context(format!(
+                    Some(2) => Err(e.context(NotAcknowledged(format!(
+                        "transfer {} was stored, but its message was not acknowledged; a replay \
+                         of its idempotency key (or payctl transfer resend) took it over and \
+                         publishes it, so it stays initiated",
+                        transfer.transfer_id
+                    )))),
+                    _ => Err(e.context(NotAcknowledged(format!(
                         "transfer from {} to {} was not published; nothing was initiated",
                         transfer.sender_id, transfer.receiver_id
-                    ))),
+                    )))),
                 },
             });
         }
@@ -403,41 +443,100 @@ impl Publisher<'_> {
 #[derive(Debug, Serialize)]
 pub struct BulkSummary {
     pub rows: usize,
+    /// Rows whose transfer exists now: `created` + `existing`.
+    pub initiated: usize,
     pub created: usize,
     /// Rows whose idempotency key had already created a transfer.
     pub existing: usize,
     pub failed: usize,
+    /// The first row not initiated when the run stopped early (a broker or
+    /// Redis failure); rows before it are settled. `None` when it ran through.
+    pub stopped_at_row: Option<usize>,
+    /// Why it stopped.
+    pub error: Option<String>,
+    /// The first [`MAX_ERRORS_SHOWN`] row errors, each with its row number.
     pub errors: Vec<String>,
     pub elapsed_ms: u64,
     pub per_second: u64,
 }
 
+/// Row errors a summary keeps; `failed` counts them all.
+pub const MAX_ERRORS_SHOWN: usize = 100;
+
 impl Report for BulkSummary {
     fn render(&self) -> Rendered {
         let mut rows = vec![
             ("rows", self.rows.to_string()),
+            ("initiated", self.initiated.to_string()),
             ("created", self.created.to_string()),
             ("existing", self.existing.to_string()),
             ("failed", self.failed.to_string()),
+        ];
+        if let Some(row) = self.stopped_at_row {
+            rows.push(("stopped at row", row.to_string()));
+        }
+        if let Some(error) = &self.error {
+            rows.push(("stopped by", error.clone()));
+        }
+        rows.extend([
             ("seconds", format!("{:.2}", self.elapsed_ms as f64 / 1000.0)),
             ("per second", self.per_second.to_string()),
-        ];
+        ]);
         rows.extend(self.errors.iter().take(20).map(|e| ("error", e.clone())));
         Rendered::Table(output::record_table(rows))
     }
 }
 
+/// The requests of a `--file`, and what identifies its content.
+pub struct RequestFile {
+    pub requests: Vec<TransferRequest>,
+    /// Hex of the first 128 bits of the file's SHA-256.
+    pub digest: String,
+}
+
+impl RequestFile {
+    /// Gives every request without an idempotency key one made of the file's
+    /// digest and its row number (1-based, as in error messages): the same
+    /// file run again names the same transfers.
+    pub fn derive_keys(&mut self) {
+        for (i, request) in self.requests.iter_mut().enumerate() {
+            if request.idempotency_key.is_none() {
+                request.idempotency_key = Some(derived_key(&self.digest, i + 1));
+            }
+        }
+    }
+}
+
+/// The idempotency key of row `row` of the file whose digest is `digest`.
+pub fn derived_key(digest: &str, row: usize) -> String {
+    format!("file:{digest}:{row}")
+}
+
+/// Hex of the first 128 bits of the SHA-256 of `bytes`: collisions are out
+/// of reach, and a derived key stays short (it is kept per row in Redis).
+pub fn file_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(bytes)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Reads a JSON-lines or CSV file of transfer requests.
-pub fn read_requests(path: &PathBuf) -> anyhow::Result<Vec<TransferRequest>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_requests(path: &PathBuf) -> anyhow::Result<RequestFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let digest = file_digest(&bytes);
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("reading {}: not UTF-8", path.display()))?;
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let rows = if first.trim_start().starts_with('{') {
         parse_jsonl(&text)
     } else {
         parse_csv(&text)
     };
-    rows.with_context(|| format!("reading transfer requests from {}", path.display()))
+    let requests =
+        rows.with_context(|| format!("reading transfer requests from {}", path.display()))?;
+    Ok(RequestFile { requests, digest })
 }
 
 fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
@@ -538,7 +637,11 @@ pub async fn run(
     };
 
     let started = Instant::now();
-    let requests = read_requests(path)?;
+    let mut file = read_requests(path)?;
+    if !args.fresh {
+        file.derive_keys();
+    }
+    let requests = file.requests;
     let transfers =
         match prepare(publisher.redis, &requests, |i| format!("row {}: ", i + 1)).await? {
             Ok(transfers) => transfers,
@@ -556,42 +659,90 @@ pub async fn run(
                 );
             }
         };
+    drop(requests);
     let progress = output::progress_bar(transfers.len() as u64, show_progress);
     let mut summary = BulkSummary {
         rows: transfers.len(),
+        initiated: 0,
         created: 0,
         existing: 0,
         failed: 0,
+        stopped_at_row: None,
+        error: None,
         errors: Vec::new(),
         elapsed_ms: 0,
         per_second: 0,
     };
+    let mut refused = 0;
+    let mut done = 0;
     let mut transfers = transfers.into_iter().peekable();
     while transfers.peek().is_some() {
         let chunk: Vec<Transfer> = transfers.by_ref().take(BULK_CHUNK).collect();
-        let size = chunk.len() as u64;
-        for result in publisher.initiate(chunk).await? {
+        let size = chunk.len();
+        let results = match publisher.initiate(chunk).await {
+            Ok(results) => results,
+            Err(e) => {
+                // Redis failed for the whole chunk: some of its rows may be
+                // stored and unpublished; a re-run (or resend) finishes them.
+                summary.stopped_at_row = Some(done + 1);
+                summary.error = Some(format!("{e:#}"));
+                break;
+            }
+        };
+        for (i, result) in results.into_iter().enumerate() {
+            let row = done + i + 1;
             match result {
                 Ok(Initiated { created: true, .. }) => summary.created += 1,
                 Ok(Initiated { created: false, .. }) => summary.existing += 1,
                 Err(e) => {
                     summary.failed += 1;
-                    summary.errors.push(format!("{e:#}"));
+                    if crate::exit::exit_for(&e) == crate::exit::Exit::No {
+                        refused += 1;
+                    }
+                    let message = format!("row {row}: {e:#}");
+                    let unacknowledged = e.downcast_ref::<NotAcknowledged>().is_some();
+                    if unacknowledged && summary.stopped_at_row.is_none() {
+                        summary.stopped_at_row = Some(row);
+                        summary.error = Some(message.clone());
+                    }
+                    if summary.errors.len() < MAX_ERRORS_SHOWN {
+                        summary.errors.push(message);
+                    }
                 }
             }
         }
-        progress.inc(size);
+        done += size;
+        progress.inc(size as u64);
+        if summary.stopped_at_row.is_some() {
+            break;
+        }
     }
     progress.finish_and_clear();
+    summary.initiated = summary.created + summary.existing;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
-    summary.per_second = (summary.rows as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64;
+    summary.per_second = (done as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64;
     output.emit(&summary)?;
-    if summary.failed > 0 {
+    if let (Some(row), Some(error)) = (summary.stopped_at_row, &summary.error) {
+        let again = if args.fresh {
+            "--fresh rows have no key: running the file again creates the initiated ones again"
+        } else {
+            "run the same command again to finish: rows already initiated are not created twice"
+        };
         bail!(
-            "{} of {} transfers were not initiated",
-            summary.failed,
-            summary.rows
+            "stopped at row {row} of {}: {} rows initiated; {again}. {error}",
+            summary.rows,
+            summary.initiated
         );
+    }
+    if summary.failed > 0 {
+        let message = format!(
+            "{} of {} transfers were not initiated",
+            summary.failed, summary.rows
+        );
+        if refused == summary.failed {
+            return Err(refuse(message));
+        }
+        bail!(message);
     }
     Ok(())
 }
@@ -650,6 +801,61 @@ mod tests {
         let mut odd = request("alice", "bob", "1");
         odd.currency = Some("XYZ".into());
         assert!(refuse(odd).contains("unknown currency"));
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_and_printable() {
+        assert!(validate_idempotency_key("order-1842").is_ok());
+        assert!(validate_idempotency_key(&"k".repeat(200)).is_ok());
+        // 200 bytes, not characters: "é" is two.
+        assert!(validate_idempotency_key(&"é".repeat(101)).is_err());
+        for bad in ["", "a\tb", "a\nb", "\u{7f}", "\u{85}"] {
+            let problem = validate_idempotency_key(bad).unwrap_err();
+            assert!(
+                problem.contains("invalid idempotency key"),
+                "{bad:?}: {problem}"
+            );
+        }
+        let mut with_bad_key = request("alice", "bob", "1");
+        with_bad_key.idempotency_key = Some("x\u{0}y".into());
+        assert!(validate(&with_bad_key, &accounts())
+            .unwrap_err()
+            .contains("invalid idempotency key"));
+    }
+
+    #[test]
+    fn file_rows_get_keys_from_the_content_and_the_row() {
+        let digest = file_digest(b"from,to,amount\nalice,bob,1\n");
+        assert_eq!(digest.len(), 32);
+        assert_eq!(digest, file_digest(b"from,to,amount\nalice,bob,1\n"));
+        assert_ne!(digest, file_digest(b"from,to,amount\nalice,bob,2\n"));
+        // SHA-256("abc"), first 128 bits.
+        assert_eq!(file_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
+        let mut keyed = request("alice", "bob", "1");
+        keyed.idempotency_key = Some("mine".into());
+        let mut file = RequestFile {
+            requests: vec![
+                request("alice", "bob", "1"),
+                keyed,
+                request("alice", "bob", "1"),
+            ],
+            digest: digest.clone(),
+        };
+        file.derive_keys();
+        let keys: Vec<&str> = file
+            .requests
+            .iter()
+            .map(|r| r.idempotency_key.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                format!("file:{digest}:1").as_str(),
+                "mine",
+                &format!("file:{digest}:3")
+            ]
+        );
+        assert!(keys.iter().all(|k| validate_idempotency_key(k).is_ok()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod initiate;
 pub mod list;
 pub mod process;
+pub mod resend;
 pub mod show;
 
 use anyhow::Context as _;
