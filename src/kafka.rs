@@ -200,17 +200,26 @@ pub async fn enqueue(producer: &FutureProducer, records: &[Outgoing]) -> Acks {
     Acks { pending }
 }
 
-/// Creates `names` with `partitions` each. A topic that already exists is
-/// fine; any other failure is an error naming the topic.
+/// Creates `names` with `partitions` each, every partition kept on
+/// `replication_factor` brokers (the caller caps it at the cluster's size:
+/// see `topics::create`). A topic that already exists is fine; any other
+/// failure is an error naming the topic.
 pub async fn create_topics(
     kafka: &KafkaConfig,
     names: &[String],
     partitions: i32,
+    replication_factor: i32,
 ) -> anyhow::Result<Vec<(String, bool)>> {
     let admin = kafka.admin()?;
     let new_topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin

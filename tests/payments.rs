@@ -56,6 +56,27 @@ impl Payments {
         self.json(&["payments", "save", "--until-idle", "2"])
     }
 
+    /// Saves the next request only: the ones after it wait for a later save.
+    fn save_one(&self) -> Value {
+        let saved = self.json(&["payments", "save", "--max-messages", "1"]);
+        assert_eq!(saved["outcomes"]["saved"], 1, "{saved}");
+        saved
+    }
+
+    fn refund(&self, user: &str) -> String {
+        let run = self.run(&["payments", "refund", "--user", user]);
+        run.expect(0).stdout.trim().to_string()
+    }
+
+    /// (processing status, payment status) of a payment.
+    fn statuses(&self, id: &str) -> (String, String) {
+        let p = self.payment(id);
+        (
+            p["processing_status"].as_str().unwrap().to_string(),
+            p["payment_status"].as_str().unwrap().to_string(),
+        )
+    }
+
     fn process(&self, extra: &[&str]) -> Value {
         let mut args = vec!["payments", "process"];
         args.extend_from_slice(extra);
@@ -258,6 +279,24 @@ fn accept_decline_and_error_outcomes() {
 /// A processor on loopback that answers each request with the next of `replies`
 /// (`None`: accept the connection and say nothing).
 fn processor(replies: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>) {
+    processor_with(replies, None, Duration::ZERO)
+}
+
+/// A processor that accepts every payment; it counts the requests it gets.
+fn accepting_processor() -> (String, Arc<AtomicUsize>) {
+    processor_with(Vec::new(), Some(ACCEPTED), Duration::ZERO)
+}
+
+const ACCEPTED: &str = r#"{"status": "accepted"}"#;
+
+/// A processor on loopback, one request at a time: the n-th request gets
+/// `replies[n]`, later ones `rest` (`None`: accept the connection and say
+/// nothing), each after `delay`. The counter counts requests read.
+fn processor_with(
+    replies: Vec<Option<&'static str>>,
+    rest: Option<&'static str>,
+    delay: Duration,
+) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/execute_transaction",
@@ -268,7 +307,7 @@ fn processor(replies: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         for (stream, reply) in listener
             .incoming()
-            .zip(replies.into_iter().chain(std::iter::repeat(None)))
+            .zip(replies.into_iter().chain(std::iter::repeat(rest)))
         {
             let mut stream = stream.unwrap();
             stream
@@ -284,6 +323,7 @@ fn processor(replies: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>) {
                 }
             }
             counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
             match reply {
                 Some(body) => {
                     let code = if body.starts_with('{') {
@@ -354,4 +394,570 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
     let (url, _) = processor(vec![Some("400 Bad Request")]);
     t.process(&["--processor-url", &url, "--retries", "0"]);
     assert_eq!(t.payment(&refused)["payment_status"], "error");
+}
+
+fn pair(processing: &str, payment: &str) -> (String, String) {
+    (processing.to_string(), payment.to_string())
+}
+
+#[test]
+fn one_charge_and_one_refund_per_subscription_whichever_pass_saved_the_request() {
+    let t = Payments::new(6);
+    let (url, calls) = accepting_processor();
+    let process = || t.process(&["--processor-url", &url, "--retries", "0"]);
+    let frank = unique("frank");
+    // Both requests are accepted by submit: no subscription is active yet.
+    let p1 = t.submit(&frank, "9.99");
+    let p2 = t.submit(&frank, "9.99");
+
+    t.save_one();
+    let first = process();
+    assert_eq!(
+        (first["claimed"].as_u64(), first["calls"].as_u64()),
+        (Some(1), Some(1)),
+        "{first}"
+    );
+    t.save_one();
+    let second = process();
+    assert_eq!(
+        (
+            second["claimed"].as_u64(),
+            second["duplicated"].as_u64(),
+            second["calls"].as_u64()
+        ),
+        (Some(0), Some(1), Some(0)),
+        "{second}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the processor must be called once"
+    );
+    assert_eq!(t.statuses(&p1), pair("processed", "accepted"));
+    assert_eq!(t.statuses(&p2), pair("duplicated", "unknown"));
+    let detail = t.payment(&p2)["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains(&p1), "{detail}");
+
+    // Two refunds of the subscription: one is sent, the other duplicated.
+    let r1 = t.refund(&frank);
+    let r2 = t.refund(&frank);
+    t.save_one();
+    let third = process();
+    assert_eq!(third["answered"]["accepted"], 1, "{third}");
+    t.save_one();
+    let fourth = process();
+    assert_eq!(
+        (fourth["duplicated"].as_u64(), fourth["calls"].as_u64()),
+        (Some(1), Some(0)),
+        "{fourth}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one charge and one refund");
+    assert_eq!(t.statuses(&r1), pair("processed", "accepted"));
+    assert_eq!(t.statuses(&r2), pair("duplicated", "unknown"));
+    assert_eq!(t.payment(&r2)["detail"], "no active subscription to refund");
+
+    // Exactly one accepted charge and one accepted refund were announced.
+    let events: Vec<Value> = read_topic(&t.p.transactions)
+        .iter()
+        .map(|(_, v)| serde_json::from_str(v).unwrap())
+        .collect();
+    let announced: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["transaction_id"].as_str().unwrap(),
+                e["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        announced,
+        [(p1.as_str(), "accepted"), (r1.as_str(), "accepted")]
+    );
+}
+
+#[test]
+fn a_declined_payment_frees_the_user_for_the_next_request() {
+    let t = Payments::new(7);
+    let gina = unique("gina");
+    let p1 = t.submit(&gina, "5.00");
+    let p2 = t.submit(&gina, "5.00");
+    t.save_one();
+    let declined = t.process(&["--accept-rate", "0", "--decline-rate", "1"]);
+    assert_eq!(
+        (
+            declined["answered"]["decline"].as_u64(),
+            declined["calls"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{declined}"
+    );
+    t.save_one();
+    let accepted = t.process(&["--accept-rate", "1"]);
+    assert_eq!(
+        (
+            accepted["answered"]["accepted"].as_u64(),
+            accepted["duplicated"].as_u64(),
+            accepted["calls"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
+        "{accepted}"
+    );
+    assert_eq!(t.statuses(&p1), pair("processed", "decline"));
+    assert_eq!(t.statuses(&p2), pair("processed", "accepted"));
+    // Now paid: a third request is refused at submit.
+    t.run(&[
+        "payments", "submit", "--user", &gina, "--plan", "premium", "--amount", "5.00",
+    ])
+    .expect(1);
+}
+
+/// The scripts on their own against a real Redis, edge cases included.
+mod scripts {
+    use super::*;
+
+    const CLAIM: &str = include_str!("../src/payments/claim.lua");
+    const ANSWER: &str = include_str!("../src/payments/answer.lua");
+    const RENEW: &str = include_str!("../src/payments/lock_renew.lua");
+    const RELEASE: &str = include_str!("../src/payments/lock_release.lua");
+
+    fn record(id: &str, user: &str, kind: &str, status: &str) -> String {
+        serde_json::json!({
+            "payment_id": id, "user_id": user, "plan": "premium", "amount": 9.99,
+            "currency": "USD", "kind": kind, "processing_status": status,
+            "payment_status": "unknown", "created_at": "2025-01-01T00:00:00Z",
+            "updated_at": "2025-01-01T00:00:00Z", "requested_ms": 1
+        })
+        .to_string()
+    }
+
+    struct Db(redis::Connection);
+
+    impl Db {
+        fn new(db: u8) -> Db {
+            let t = Payments::new(db);
+            Db(redis::Client::open(t.url)
+                .unwrap()
+                .get_connection()
+                .unwrap())
+        }
+
+        /// Stores a `new` request.
+        fn save(&mut self, id: &str, user: &str, kind: &str) {
+            let _: () = redis::pipe()
+                .set(format!("payment:{id}"), record(id, user, kind, "new"))
+                .sadd("payments:status:new", id)
+                .query(&mut self.0)
+                .unwrap();
+        }
+
+        fn claim(&mut self, id: &str, user: &str, kind: &str, from: &str) -> (i64, String) {
+            redis::Script::new(CLAIM)
+                .key(format!("payment:{id}"))
+                .key(format!("payments:claim:{kind}:{user}"))
+                .key(format!("subscription:{user}"))
+                .key(format!("payments:status:{from}"))
+                .key("payments:status:in_processing")
+                .key("payments:status:duplicated")
+                .arg(id)
+                .arg(from)
+                .arg(kind)
+                .arg(user)
+                .arg(record(id, user, kind, "in_processing"))
+                .arg(record(id, user, kind, "duplicated"))
+                .invoke(&mut self.0)
+                .unwrap()
+        }
+
+        fn answer(&mut self, id: &str, user: &str, kind: &str, action: &str) -> i64 {
+            redis::Script::new(ANSWER)
+                .key(format!("payment:{id}"))
+                .key("payments:status:in_processing")
+                .key("payments:status:processed")
+                .key("payments:unannounced")
+                .key(format!("subscription:{user}"))
+                .key(format!("payments:claim:{kind}:{user}"))
+                .arg(id)
+                .arg(record(id, user, kind, "processed"))
+                .arg(action)
+                .arg("premium")
+                .arg("9.99")
+                .arg("USD")
+                .arg("2025-01-01T00:00:01Z")
+                .invoke(&mut self.0)
+                .unwrap()
+        }
+
+        fn get(&mut self, key: &str) -> Option<String> {
+            redis::cmd("GET").arg(key).query(&mut self.0).unwrap()
+        }
+
+        fn status(&mut self, id: &str) -> Value {
+            let json = self.get(&format!("payment:{id}")).unwrap();
+            let record: Value = serde_json::from_str(&json).unwrap();
+            let mut member = |set: &str| -> bool {
+                redis::cmd("SISMEMBER")
+                    .arg(format!("payments:status:{set}"))
+                    .arg(id)
+                    .query(&mut self.0)
+                    .unwrap()
+            };
+            let status = record["processing_status"].as_str().unwrap().to_string();
+            assert!(member(&status), "{id} is not in the set of {status}");
+            assert_eq!(
+                ["new", "in_processing", "processed", "duplicated"]
+                    .iter()
+                    .filter(|s| member(s))
+                    .count(),
+                1,
+                "{id} is in more than one status set"
+            );
+            record
+        }
+    }
+
+    fn ok() -> (i64, String) {
+        (1, String::new())
+    }
+
+    fn dup(reason: &str) -> (i64, String) {
+        (2, reason.to_string())
+    }
+
+    #[test]
+    fn claim_and_answer_keep_one_payment_per_user_with_the_processor() {
+        let mut db = Db::new(8);
+        db.save("p1", "u", "payment");
+        db.save("p2", "u", "payment");
+        assert_eq!(db.claim("p1", "u", "payment", "new"), ok());
+        assert_eq!(db.get("payments:claim:payment:u").as_deref(), Some("p1"));
+        assert_eq!(db.status("p1")["processing_status"], "in_processing");
+        // A second payment while the first is with the processor.
+        assert_eq!(
+            db.claim("p2", "u", "payment", "new"),
+            dup("payment p1 of this user is with the processor")
+        );
+        let p2 = db.status("p2");
+        assert_eq!(
+            (p2["processing_status"].as_str(), p2["detail"].as_str()),
+            (
+                Some("duplicated"),
+                Some("payment p1 of this user is with the processor")
+            )
+        );
+        // Claiming again changes nothing: p1 still holds it, p2 is no longer new.
+        assert_eq!(db.claim("p1", "u", "payment", "in_processing"), ok());
+        assert_eq!(db.claim("p2", "u", "payment", "new"), (0, String::new()));
+        assert_eq!(db.claim("p1", "u", "payment", "new"), (0, String::new()));
+        // A record that is not what the caller read (another user, another kind) is left alone.
+        db.save("p9", "u", "payment");
+        assert_eq!(
+            db.claim("p9", "someone-else", "payment", "new"),
+            (0, String::new())
+        );
+        assert_eq!(db.claim("p9", "u", "refund", "new"), (0, String::new()));
+        assert_eq!(db.status("p9")["processing_status"], "new");
+
+        // The answer releases the claim; accepted activates the subscription.
+        assert_eq!(db.answer("p1", "u", "payment", "activate"), 1);
+        assert_eq!(
+            db.answer("p1", "u", "payment", "activate"),
+            0,
+            "stored twice"
+        );
+        assert_eq!(db.get("payments:claim:payment:u"), None);
+        assert_eq!(db.status("p1")["processing_status"], "processed");
+        let paid = "the subscription is already paid (payment p1)";
+        assert_eq!(db.claim("p9", "u", "payment", "new"), dup(paid));
+
+        // Refunds: one at a time, and none once the subscription has ended.
+        db.save("r1", "u", "refund");
+        db.save("r2", "u", "refund");
+        assert_eq!(db.claim("r1", "u", "refund", "new"), ok());
+        assert_eq!(
+            db.claim("r2", "u", "refund", "new"),
+            dup("refund r1 of this user is with the processor")
+        );
+        assert_eq!(db.answer("r1", "u", "refund", "end"), 1);
+        db.save("r3", "u", "refund");
+        assert_eq!(
+            db.claim("r3", "u", "refund", "new"),
+            dup("no active subscription to refund")
+        );
+        // Ended: paying again is allowed.
+        db.save("p3", "u", "payment");
+        assert_eq!(db.claim("p3", "u", "payment", "new"), ok());
+        // A declined payment frees the user; the subscription stays ended.
+        assert_eq!(db.answer("p3", "u", "payment", ""), 1);
+        assert_eq!(db.get("payments:claim:payment:u"), None);
+        db.save("p4", "u", "payment");
+        assert_eq!(db.claim("p4", "u", "payment", "new"), ok());
+    }
+
+    #[test]
+    fn a_stale_claim_is_taken_over_and_a_legacy_unanswered_payment_keeps_priority() {
+        let mut db = Db::new(9);
+        // A claim whose holder is not in_processing (edited by hand) holds nothing.
+        let _: () = redis::cmd("SET")
+            .arg("payments:claim:payment:v")
+            .arg("ghost")
+            .query(&mut db.0)
+            .unwrap();
+        db.save("q1", "v", "payment");
+        assert_eq!(db.claim("q1", "v", "payment", "new"), ok());
+        assert_eq!(db.get("payments:claim:payment:v").as_deref(), Some("q1"));
+
+        // Payments left in_processing without a claim (written before claims
+        // existed): the first to confirm takes the claim, the next is duplicated.
+        for id in ["w1", "w2"] {
+            let _: () = redis::pipe()
+                .set(
+                    format!("payment:{id}"),
+                    record(id, "w", "payment", "in_processing"),
+                )
+                .sadd("payments:status:in_processing", id)
+                .query(&mut db.0)
+                .unwrap();
+        }
+        assert_eq!(db.claim("w1", "w", "payment", "in_processing"), ok());
+        assert_eq!(
+            db.claim("w2", "w", "payment", "in_processing"),
+            dup("payment w1 of this user is with the processor")
+        );
+        assert_eq!(db.status("w2")["processing_status"], "duplicated");
+
+        // A detail with quotes and non-ASCII stays valid JSON.
+        let _: () = redis::cmd("HSET")
+            .arg("subscription:x")
+            .arg("status")
+            .arg("active")
+            .arg("payment_id")
+            .arg("an \"odd\" id é")
+            .query(&mut db.0)
+            .unwrap();
+        db.save("x1", "x", "payment");
+        assert_eq!(
+            db.claim("x1", "x", "payment", "new"),
+            dup("the subscription is already paid (payment an \"odd\" id é)")
+        );
+        assert_eq!(
+            db.status("x1")["detail"],
+            "the subscription is already paid (payment an \"odd\" id é)"
+        );
+    }
+
+    #[test]
+    fn the_process_lock_is_renewed_and_released_only_by_its_holder() {
+        let mut db = Db::new(10);
+        let key = "payments:process-lock";
+        let run = |db: &mut Db, script: &str, token: &str| -> i64 {
+            redis::Script::new(script)
+                .key(key)
+                .arg(token)
+                .arg(60_000)
+                .invoke(&mut db.0)
+                .unwrap()
+        };
+        assert_eq!(run(&mut db, RENEW, "mine"), 0, "no lock: nothing to renew");
+        assert_eq!(db.get(key), None, "renewing must not take a free lock");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("mine")
+            .arg("PX")
+            .arg(1000)
+            .query(&mut db.0)
+            .unwrap();
+        assert_eq!(run(&mut db, RENEW, "theirs"), 0);
+        assert_eq!(run(&mut db, RENEW, "mine"), 1);
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut db.0).unwrap();
+        assert!(ttl > 1000, "renewed to 60 s, got {ttl} ms");
+        assert_eq!(run(&mut db, RELEASE, "theirs"), 0);
+        assert_eq!(db.get(key).as_deref(), Some("mine"));
+        assert_eq!(run(&mut db, RELEASE, "mine"), 1);
+        assert_eq!(db.get(key), None);
+    }
+}
+
+#[test]
+fn a_run_that_loses_its_lock_stops_before_the_next_processor_call() {
+    let t = Payments::new(11);
+    let users: Vec<String> = (0..8).map(|i| unique(&format!("h{i}"))).collect();
+    let ids: Vec<String> = users.iter().map(|u| t.submit(u, "1.00")).collect();
+    assert_eq!(t.save()["outcomes"]["saved"], 8);
+
+    // A processor that takes a second per answer, one call at a time.
+    let (url, calls) = processor_with(Vec::new(), Some(ACCEPTED), Duration::from_secs(1));
+    let run = t.p.spawn(
+        &[
+            "payments",
+            "process",
+            "--processor-url",
+            &url,
+            "--timeout",
+            "5",
+            "--concurrency",
+            "1",
+            "--lock-ttl",
+            "2",
+            "--output",
+            "json",
+        ],
+        &[("REDIS_URL", &t.url)],
+    );
+    let mut con = redis::Client::open(t.url.clone())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    while calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another run takes the lock (as after an expiry).
+    let _: () = redis::cmd("SET")
+        .arg("payments:process-lock")
+        .arg("another-run")
+        .query(&mut con)
+        .unwrap();
+    let stopped = common::finish(run).expect(2);
+    let sent = calls.load(Ordering::SeqCst);
+    assert!(sent < 8, "{sent} processor calls after the lock was lost");
+    let lines: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stopped.stderr);
+    assert!(
+        lines[0].contains("lost the process lock"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(!stopped.stderr.contains("panicked"), "{}", stopped.stderr);
+    let answered = ids
+        .iter()
+        .filter(|id| t.statuses(id).0 == "processed")
+        .count();
+    let waiting = ids
+        .iter()
+        .filter(|id| t.statuses(id).0 == "in_processing")
+        .count();
+    assert_eq!(answered + waiting, 8);
+    assert!(
+        answered >= 1 && answered <= sent,
+        "{answered} answered, {sent} sent"
+    );
+    assert_eq!(
+        redis::cmd("GET")
+            .arg("payments:process-lock")
+            .query::<Option<String>>(&mut con)
+            .unwrap()
+            .as_deref(),
+        Some("another-run"),
+        "a run must not release a lock it lost"
+    );
+
+    // Once the other run is done, the next run sends the rest; nothing is duplicated.
+    let _: () = redis::cmd("DEL")
+        .arg("payments:process-lock")
+        .query(&mut con)
+        .unwrap();
+    let (url, _) = accepting_processor();
+    let rest = t.process(&["--processor-url", &url]);
+    assert_eq!(
+        (
+            rest["answered"]["accepted"].as_u64(),
+            rest["duplicated"].as_u64()
+        ),
+        (Some(waiting as u64), Some(0)),
+        "{rest}"
+    );
+    for id in &ids {
+        assert_eq!(t.statuses(id), pair("processed", "accepted"));
+    }
+}
+
+#[test]
+fn bad_ids_are_dead_lettered_and_their_neighbours_saved() {
+    let t = Payments::new(12);
+    let good = |id: &str, user: &str| {
+        serde_json::json!({"payment_id": id, "user_id": user, "plan": "premium",
+            "amount": 9.99, "currency": "USD", "kind": "payment"})
+        .to_string()
+    };
+    let bad = |payment_id: &str, user_id: &str, plan: &str| {
+        serde_json::json!({"payment_id": payment_id, "user_id": user_id, "plan": plan,
+            "amount": 9.99, "currency": "USD", "kind": "payment"})
+        .to_string()
+    };
+    let (g1, g2) = (unique("good"), unique("good"));
+    let long = "u".repeat(129);
+    let messages = [
+        good(&g1, "ivan"),
+        bad("p\r\nX-Injected: 1", "ivan", "premium"),
+        bad("p-nul", "iv\0an", "premium"),
+        bad("p-long", &long, "premium"),
+        bad("p-space", "ivan", "   "),
+        bad("", "ivan", "premium"),
+        bad("p-ws", "iv an", "premium"),
+        good(&g2, "judy"),
+    ];
+    let values: Vec<&str> = messages.iter().map(String::as_str).collect();
+    common::produce_raw(&t.p.payments, "k", &values);
+    let saved = t.save();
+    assert_eq!(
+        (
+            saved["outcomes"]["saved"].as_u64(),
+            saved["outcomes"]["dead-lettered"].as_u64()
+        ),
+        (Some(2), Some(6)),
+        "{saved}"
+    );
+    for id in [&g1, &g2] {
+        assert_eq!(t.statuses(id), pair("new", "unknown"));
+    }
+    let reasons: Vec<String> = read_topic(&format!("{}.dlq", t.p.payments))
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_str::<Value>(v).unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "payment_id contains a control character (U+000D)",
+            "user_id contains a control character (U+0000)",
+            "user_id is 129 bytes long, at most 128",
+            "plan is only whitespace",
+            "payment_id is empty",
+            "user_id contains whitespace",
+        ]
+    );
+
+    // Flags: a clear error (exit 2), never a panic.
+    for args in [
+        &["payments", "process", "--until-idle", "1e20"][..],
+        &["payments", "process", "--until-idle", "NaN"],
+        &["payments", "process", "--until-idle=-1"],
+        &["payments", "process", "--timeout", "1e20"],
+        &["payments", "process", "--timeout", "0"],
+        &["payments", "process", "--concurrency", "0"],
+        &[
+            "payments", "submit", "--user", "a\nb", "--plan", "p", "--amount", "1",
+        ],
+        &[
+            "payments", "submit", "--user", "ok", "--plan", " ", "--amount", "1",
+        ],
+        &[
+            "payments", "submit", "--user", &long, "--plan", "p", "--amount", "1",
+        ],
+    ] {
+        let run = t.run(args).expect(2);
+        assert!(
+            run.stderr.starts_with("error: ") && run.stderr.lines().count() == 1,
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
 }

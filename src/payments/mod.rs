@@ -13,6 +13,13 @@
 //! `payments:unannounced` the processed payments whose event is not yet
 //! acknowledged. `subscription:{user}` is a hash (`status`, `plan`,
 //! `amount`, `currency`, `payment_id`, `since`, `ended_at`).
+//! `payments:claim:{kind}:{user}` holds the id of the user's payment (or
+//! refund) that is with the processor: one charge per subscription (see
+//! `claim.lua`).
+//!
+//! Ids and plans arrive from the topic and from flags; they go into Redis
+//! keys, HTTP headers and bodies, so [`check_id`] and [`check_plan`] run
+//! before any of them is used.
 
 pub mod list;
 pub mod process;
@@ -98,6 +105,60 @@ impl PaymentStatus {
 pub enum PaymentKind {
     Payment,
     Refund,
+}
+
+impl PaymentKind {
+    /// The snake_case name stored in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentKind::Payment => "payment",
+            PaymentKind::Refund => "refund",
+        }
+    }
+}
+
+/// The longest id or plan payctl accepts, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks an id (`payment_id`, `user_id`) before it goes into a Redis key or
+/// an HTTP header: 1 to [`MAX_ID_BYTES`] bytes, no whitespace, no control
+/// characters. `Err` says what is wrong, naming `field`, not echoing the value.
+pub fn check_id(field: &str, value: &str) -> Result<(), String> {
+    check_text(field, value)?;
+    if value.chars().any(char::is_whitespace) {
+        return Err(format!("{field} contains whitespace"));
+    }
+    Ok(())
+}
+
+/// Checks a plan name (it goes into the subscription and the processor's
+/// request): 1 to [`MAX_ID_BYTES`] bytes, not only whitespace, no control
+/// characters.
+pub fn check_plan(field: &str, value: &str) -> Result<(), String> {
+    check_text(field, value)?;
+    if value.trim().is_empty() {
+        return Err(format!("{field} is only whitespace"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "{field} is {} bytes long, at most {MAX_ID_BYTES}",
+            value.len()
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{field} contains a control character (U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    Ok(())
 }
 
 /// A request on the `payments` topic.
@@ -210,6 +271,10 @@ pub mod keys {
     pub fn subscription(user: &str) -> String {
         format!("subscription:{user}")
     }
+    /// The id of the user's payment (or refund) that is with the processor.
+    pub fn claim(kind: super::PaymentKind, user: &str) -> String {
+        format!("payments:claim:{}:{user}", kind.as_str())
+    }
 }
 
 /// Reads payments by id, skipping ids with no record.
@@ -274,4 +339,69 @@ pub fn complete_command(payment_id: &str) -> redis::Cmd {
     let mut cmd = COMPLETE.call(&[&payment, &processed, &completed]);
     cmd.arg(payment_id);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_bounded_and_printable() {
+        for good in [
+            "alice",
+            "a",
+            "7d1c2a9e-0b7f-4a53-8f58-7c1f1c3e9a10",
+            "пользователь",
+            &"x".repeat(128),
+        ] {
+            assert_eq!(check_id("user_id", good), Ok(()), "{good:?}");
+        }
+        let cases = [
+            ("", "user_id is empty"),
+            (&*"x".repeat(129), "user_id is 129 bytes long, at most 128"),
+            // 43 three-byte characters: 129 bytes, though only 43 characters.
+            (&*"€".repeat(43), "user_id is 129 bytes long, at most 128"),
+            ("a\0b", "user_id contains a control character (U+0000)"),
+            (
+                "a\r\nX-Evil: 1",
+                "user_id contains a control character (U+000D)",
+            ),
+            (
+                "\u{1b}[31m",
+                "user_id contains a control character (U+001B)",
+            ),
+            ("a\u{7f}", "user_id contains a control character (U+007F)"),
+            ("a\u{85}", "user_id contains a control character (U+0085)"),
+            ("al ice", "user_id contains whitespace"),
+            (" ", "user_id contains whitespace"),
+            ("a\u{2028}", "user_id contains whitespace"),
+        ];
+        for (bad, reason) in cases {
+            assert_eq!(check_id("user_id", bad), Err(reason.to_string()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn plans_may_have_inner_spaces_but_not_only_spaces() {
+        assert_eq!(check_plan("plan", "premium"), Ok(()));
+        assert_eq!(check_plan("plan", "premium plus"), Ok(()));
+        assert_eq!(check_plan("plan", ""), Err("plan is empty".to_string()));
+        assert_eq!(
+            check_plan("plan", " \t "),
+            Err("plan contains a control character (U+0009)".to_string())
+        );
+        assert_eq!(
+            check_plan("plan", "   "),
+            Err("plan is only whitespace".to_string())
+        );
+        assert_eq!(
+            check_plan("plan", "\u{3000}"),
+            Err("plan is only whitespace".to_string())
+        );
+        assert_eq!(
+            check_plan("plan", "gold\nX-Injected: 1"),
+            Err("plan contains a control character (U+000A)".to_string())
+        );
+        assert!(check_plan("plan", &"p".repeat(129)).is_err());
+    }
 }

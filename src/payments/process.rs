@@ -2,23 +2,35 @@
 //!
 //! Each pass:
 //! 1. announces processed payments whose event was not yet acknowledged;
-//! 2. claims `new` payments: per user the latest goes `in_processing`, the
-//!    older ones become `duplicated`;
-//! 3. sends every `in_processing` payment to the processor (retrying
-//!    passing failures; one that still has no answer stays `in_processing`
-//!    with payment status `unknown`, and is sent again on the next pass);
-//! 4. stores each answer, atomically with its subscription change and its
-//!    place in the announce queue, then produces its outcome event to
+//! 2. claims payments for the processor, one charge per subscription
+//!    (`claim.lua`): a payment goes on only if its user has no other
+//!    payment with the processor and no active (paid) subscription; a
+//!    refund only if the subscription is active and no other refund of it
+//!    is with the processor. The rest become `duplicated`, whichever pass
+//!    saved them. Within a pass a user's latest request is tried first;
+//!    across passes the one claimed first wins;
+//! 3. sends every claimed payment to the processor (retrying passing
+//!    failures; one that still has no answer stays `in_processing` with
+//!    payment status `unknown`, keeps its claim, and is sent again on the
+//!    next pass);
+//! 4. stores each answer, atomically with its subscription change, its
+//!    place in the announce queue and the release of its claim
+//!    (`answer.lua`), then produces its outcome event to
 //!    `payment_transactions` and takes it off the queue once acknowledged.
+//!
+//! One run at a time: a run holds `payments:process-lock`, renewed in the
+//! background. A run that loses it (it expired, or could not be renewed)
+//! makes no further processor call, stores the answers it has, and exits
+//! non-zero.
 //!
 //! The payment becomes `completed` when `notify consume` has written the
 //! user's notification for that event.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use futures::StreamExt;
 use rdkafka::producer::FutureProducer;
 use redis::AsyncCommands;
@@ -27,26 +39,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::TransactionEvent;
 use crate::kafka::produce_each;
+use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
 use crate::payments::processor::{Answer, HttpProcessor, Processor, Simulator};
-use crate::payments::{get_many, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus};
+use crate::payments::{
+    check_id, check_plan, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus,
+};
 use crate::store::{run_pipeline, Redis, Script};
 
-/// Send saved payments to the processor: the latest per user, the rest duplicated.
+/// Send saved payments to the processor, one charge per subscription.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   payctl payments process                                   # one pass, built-in simulator
   payctl payments process --seed 42 --accept-rate 0.7 --decline-rate 0.2 --latency-ms 20
   payctl payments process --processor-url http://127.0.0.1:5001/execute_transaction --timeout 2 --retries 3
-  payctl payments process --until-idle 10                   # keep going until nothing new for 10 s")]
+  payctl payments process --until-idle 10                   # keep going until nothing new for 10 s
+
+A payment goes to the processor only when its user has no other payment
+with the processor and no paid, active subscription; a refund only when the
+subscription is active and no other refund of it is with the processor.
+Later requests become `duplicated`, with the reason in their detail.")]
 pub struct Args {
     /// POST payments to this http:// URL instead of using the simulator.
     #[arg(long, env = "PAYCTL_PROCESSOR_URL")]
     pub processor_url: Option<String>,
-    /// Seconds to wait for one processor answer.
+    /// Seconds to wait for one processor answer (0.001 to one year).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
-    /// Further attempts after a timeout or 5xx, with backoff.
+    /// Further attempts after a timeout or 5xx, with backoff (at most 100).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Simulator: the seed its answers follow.
@@ -59,15 +79,21 @@ pub struct Args {
     /// what is left after --accept-rate if less].
     #[arg(long)]
     pub decline_rate: Option<f64>,
-    /// Simulator: milliseconds each answer takes.
+    /// Simulator: milliseconds each answer takes (at most one hour).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
-    /// Processor calls in flight at once.
+    /// Processor calls in flight at once (1 to 1024).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Keep taking new payments until none has come for this many seconds.
+    /// Keep taking new payments until none has come for this many seconds
+    /// (at most one year).
     #[arg(long, value_name = "SECS")]
     pub until_idle: Option<f64>,
+    /// Seconds the process lock lives unless renewed; it is renewed every
+    /// quarter of that, and a run that cannot renew it for half of it stops
+    /// (1 to 86400). A crashed run's lock blocks the next run this long.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub lock_ttl: u64,
 }
 
 /// What a run did.
@@ -75,8 +101,11 @@ pub struct Args {
 pub struct ProcessSummary {
     /// `new` payments sent on to the processor.
     pub claimed: u64,
-    /// Older requests of users who asked again.
+    /// Requests not sent: their user already has a payment with the
+    /// processor or a paid subscription (a refund: none to refund).
     pub duplicated: u64,
+    /// Processor calls made, retries included.
+    pub calls: u64,
     /// Answers by payment status.
     pub answered: BTreeMap<&'static str, u64>,
     /// Payments with no answer yet: still `in_processing`, status `unknown`;
@@ -84,6 +113,9 @@ pub struct ProcessSummary {
     pub unanswered: u64,
     /// Outcome events acknowledged by the broker.
     pub announced: u64,
+    /// Stored records left alone because they cannot be used safely
+    /// (unreadable JSON, an id that fails the checks); see the log.
+    pub invalid: u64,
     pub elapsed_ms: u64,
 }
 
@@ -92,88 +124,375 @@ impl Report for ProcessSummary {
         let mut rows = vec![
             ("claimed", self.claimed.to_string()),
             ("duplicated", self.duplicated.to_string()),
+            ("calls", self.calls.to_string()),
         ];
         rows.extend(self.answered.iter().map(|(k, v)| (*k, v.to_string())));
         rows.push(("unanswered", self.unanswered.to_string()));
         rows.push(("announced", self.announced.to_string()));
+        if self.invalid > 0 {
+            rows.push(("invalid", self.invalid.to_string()));
+        }
         rows.push(("seconds", format!("{:.2}", self.elapsed_ms as f64 / 1000.0)));
         Rendered::Table(output::record_table(rows))
     }
 }
 
-static TRANSITION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
--- KEYS: payment, from set, to set, unannounced set, subscription hash
--- ARGV: id, expected processing status, new JSON, announce (1/0),
---       subscription action (activate | end | ''), plan, amount, currency, now
-local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
-local ok, payment = pcall(cjson.decode, current)
-if not ok or type(payment) ~= 'table' or payment.processing_status ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[1], ARGV[3])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
-if ARGV[5] == 'activate' then
-  redis.call('HSET', KEYS[5], 'status', 'active', 'plan', ARGV[6], 'amount', ARGV[7],
-             'currency', ARGV[8], 'payment_id', ARGV[1], 'since', ARGV[9])
-  redis.call('HDEL', KEYS[5], 'ended_at')
-elseif ARGV[5] == 'end' then
-  redis.call('HSET', KEYS[5], 'status', 'ended', 'ended_at', ARGV[9])
-end
-return 1
-"#,
-    )
-});
-
-static TAKE_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local holder = redis.call('GET', KEYS[1]) \
-         if holder and holder ~= ARGV[1] then return 0 end \
-         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1",
-    )
-});
-
-static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-});
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static ANSWER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("answer.lua")));
+static RENEW_LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lock_renew.lua")));
+static RELEASE_LOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lock_release.lua")));
 
 const LOCK_KEY: &str = "payments:process-lock";
-const LOCK_SECS: u64 = 600;
 
-/// Moves a payment from `from` to its new processing status, if it is
-/// still in `from`; an answer also queues its event and changes the
-/// subscription. Returns the command for a pipeline.
-fn transition(
+/// The longest duration a flag may ask for: one year.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// The most `--retries`.
+const MAX_RETRIES: u32 = 100;
+/// The most `--concurrency`.
+const MAX_CONCURRENCY: usize = 1024;
+/// The longest simulated latency: one hour.
+const MAX_LATENCY_MS: u64 = 3_600_000;
+/// The longest `--lock-ttl`: one day.
+const MAX_LOCK_TTL_SECS: u64 = 86_400;
+
+/// A flag's seconds as a duration: finite, from `min` to one year. Anything
+/// else (NaN, negative, 1e20) is a clear error, never a panic.
+fn seconds(flag: &str, secs: f64, min: f64) -> anyhow::Result<Duration> {
+    if !(secs.is_finite() && (min..=MAX_SECONDS).contains(&secs)) {
+        bail!(
+            "{flag} must be a number of seconds from {min} to {MAX_SECONDS} (one year), got {secs}"
+        );
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The run's validated settings: flags are checked once, here.
+struct Settings {
+    processor: Processor,
+    retries: u32,
+    concurrency: usize,
+    until_idle: Option<Duration>,
+    lock_ttl: Duration,
+}
+
+impl Settings {
+    fn from_args(args: &Args) -> anyhow::Result<Settings> {
+        let timeout = seconds("--timeout", args.timeout, 0.001)?;
+        let until_idle = args
+            .until_idle
+            .map(|secs| seconds("--until-idle", secs, 0.0))
+            .transpose()?;
+        if args.retries > MAX_RETRIES {
+            bail!(
+                "--retries must be at most {MAX_RETRIES}, got {}",
+                args.retries
+            );
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
+            bail!(
+                "--concurrency must be from 1 to {MAX_CONCURRENCY}, got {}",
+                args.concurrency
+            );
+        }
+        if args.latency_ms > MAX_LATENCY_MS {
+            bail!(
+                "--latency-ms must be at most {MAX_LATENCY_MS} (one hour), got {}",
+                args.latency_ms
+            );
+        }
+        if !(1..=MAX_LOCK_TTL_SECS).contains(&args.lock_ttl) {
+            bail!(
+                "--lock-ttl must be from 1 to {MAX_LOCK_TTL_SECS} seconds, got {}",
+                args.lock_ttl
+            );
+        }
+        let processor = match &args.processor_url {
+            Some(url) => Processor::Http(HttpProcessor::new(url, timeout)?),
+            None => Processor::Simulator(Simulator::new(
+                args.seed,
+                args.accept_rate,
+                args.decline_rate
+                    .unwrap_or((1.0 - args.accept_rate).clamp(0.0, 0.1)),
+                Duration::from_millis(args.latency_ms),
+            )?),
+        };
+        Ok(Settings {
+            processor,
+            retries: args.retries,
+            concurrency: args.concurrency,
+            until_idle,
+            lock_ttl: Duration::from_secs(args.lock_ttl),
+        })
+    }
+}
+
+/// Why a stored record cannot be used, or the record.
+///
+/// Ids from Redis are checked like ids from the topic: another service may
+/// have written the record, and the ids go into keys and HTTP headers.
+fn usable(id: &str, json: &str) -> Result<Payment, String> {
+    let payment: Payment =
+        serde_json::from_str(json).map_err(|e| format!("not a payment record: {e}"))?;
+    if payment.payment_id != id {
+        return Err("its payment_id differs from its key".into());
+    }
+    check_id("payment_id", &payment.payment_id)?;
+    check_id("user_id", &payment.user_id)?;
+    check_plan("plan", &payment.plan)?;
+    Currency::parse(&payment.currency).map_err(|e| e.to_string())?;
+    Ok(payment)
+}
+
+/// One run's state across passes.
+struct Pass<'a> {
+    redis: &'a mut Redis,
+    summary: ProcessSummary,
+    /// Records skipped as unusable (warned about once each).
+    invalid: HashSet<String>,
+}
+
+impl Pass<'_> {
+    /// The usable payments in a set; unusable ones are logged once and counted.
+    async fn read_set(&mut self, set: &str) -> anyhow::Result<Vec<Payment>> {
+        let ids: Vec<String> = self
+            .redis
+            .smembers(set)
+            .await
+            .with_context(|| format!("reading {set}"))?;
+        let mut payments = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let record_keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
+            let stored: Vec<Option<String>> = self
+                .redis
+                .mget(&record_keys)
+                .await
+                .context("reading payments")?;
+            for (id, json) in chunk.iter().zip(stored) {
+                let Some(json) = json else { continue };
+                match usable(id, &json) {
+                    Ok(payment) => payments.push(payment),
+                    Err(reason) => {
+                        if self.invalid.insert(id.clone()) {
+                            tracing::warn!(
+                                payment = %id.escape_debug(),
+                                "payment record in {set} left alone: {reason}"
+                            );
+                            self.summary.invalid += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(payments)
+    }
+
+    /// Step 2: which payments go to the processor (see `claim.lua`).
+    ///
+    /// Payments still `in_processing` from an earlier pass confirm their
+    /// claim first; then `new` ones, each user's latest first, so within a
+    /// pass the latest request wins and across passes the earlier claim.
+    async fn claim(&mut self) -> anyhow::Result<Vec<Payment>> {
+        let waiting = self
+            .read_set(&keys::by_status(ProcessingStatus::InProcessing))
+            .await?;
+        let mut fresh = self
+            .read_set(&keys::by_status(ProcessingStatus::New))
+            .await?;
+        fresh.sort_by(|a, b| (b.requested_ms, &b.payment_id).cmp(&(a.requested_ms, &a.payment_id)));
+        let now = crate::clock::now_rfc3339();
+        let candidates: Vec<(ProcessingStatus, Payment)> = waiting
+            .into_iter()
+            .map(|p| (ProcessingStatus::InProcessing, p))
+            .chain(fresh.into_iter().map(|p| (ProcessingStatus::New, p)))
+            .collect();
+        let mut pipe = redis::pipe();
+        for (from, payment) in &candidates {
+            pipe.add_command(claim_command(payment, *from, &now)?);
+        }
+        let verdicts: Vec<(i64, String)> = run_pipeline(&pipe, self.redis)
+            .await
+            .context("claiming payments")?;
+        let mut claimed = Vec::new();
+        for ((from, payment), (verdict, reason)) in candidates.into_iter().zip(verdicts) {
+            match verdict {
+                1 if from == ProcessingStatus::New => {
+                    self.summary.claimed += 1;
+                    claimed.push(Payment {
+                        processing_status: ProcessingStatus::InProcessing,
+                        updated_at: now.clone(),
+                        ..payment
+                    });
+                }
+                1 => claimed.push(payment),
+                2 => {
+                    tracing::info!(payment = %payment.payment_id, "duplicated: {reason}");
+                    self.summary.duplicated += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Steps 1 and 4: produces the events of answered payments still queued
+    /// and takes each off the queue once the broker has it.
+    async fn announce(&mut self, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+        let queued = self.read_set(keys::UNANNOUNCED).await?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let occurred_at = crate::clock::now_rfc3339();
+        let events: Vec<_> = queued
+            .iter()
+            .map(|p| {
+                TransactionEvent {
+                    transaction_id: p.payment_id.clone(),
+                    user_id: p.user_id.clone(),
+                    status: p.payment_status.as_str().into(),
+                    event_id: Some(format!("payment:{}", p.payment_id)),
+                    amount: Some(p.amount),
+                    currency: Some(p.currency.clone()),
+                    reason: p.detail.clone(),
+                    occurred_at: Some(occurred_at.clone()),
+                    payment_id: Some(p.payment_id.clone()),
+                    kind: Some(p.kind.as_str().into()),
+                    ..TransactionEvent::default()
+                }
+                .to_outgoing(topic)
+            })
+            .collect();
+        let acks = produce_each(producer, &events).await;
+        let mut pipe = redis::pipe();
+        for (payment, ack) in queued.iter().zip(&acks) {
+            match ack {
+                Ok(()) => {
+                    pipe.srem(keys::UNANNOUNCED, &payment.payment_id);
+                    self.summary.announced += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(payment = %payment.payment_id, "outcome event not sent, will retry: {e:#}")
+                }
+            }
+        }
+        let _: Vec<i64> = run_pipeline(&pipe, self.redis)
+            .await
+            .context("updating the announce queue")?;
+        Ok(())
+    }
+
+    /// Step 3 and the storing half of 4. Every answer had is stored, even
+    /// when the run is halted midway.
+    async fn send(
+        &mut self,
+        claimed: Vec<Payment>,
+        settings: &Settings,
+        progress: bool,
+        halt: &CancellationToken,
+    ) -> anyhow::Result<u64> {
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let bar = output::progress_bar(claimed.len() as u64, progress);
+        let answers: Vec<(Payment, Option<Answer>, u64)> = futures::stream::iter(claimed)
+            .map(|payment| {
+                let bar = bar.clone();
+                async move {
+                    let (answer, calls) =
+                        call(&settings.processor, &payment, settings.retries, halt).await;
+                    bar.inc(1);
+                    (payment, answer, calls)
+                }
+            })
+            .buffer_unordered(settings.concurrency)
+            .collect()
+            .await;
+        bar.finish_and_clear();
+
+        let now = crate::clock::now_rfc3339();
+        let mut pipe = redis::pipe();
+        let mut stored = Vec::new();
+        for (payment, answer, calls) in answers {
+            self.summary.calls += calls;
+            let Some(answer) = answer else {
+                self.summary.unanswered += 1;
+                continue;
+            };
+            let next = Payment {
+                processing_status: ProcessingStatus::Processed,
+                payment_status: answer.status,
+                detail: answer.detail,
+                updated_at: now.clone(),
+                ..payment
+            };
+            pipe.add_command(answer_command(&next)?);
+            stored.push(answer.status);
+        }
+        let moved: Vec<i64> = run_pipeline(&pipe, self.redis)
+            .await
+            .context("storing processor answers")?;
+        let mut answered = 0;
+        for (status, moved) in stored.into_iter().zip(moved) {
+            if moved == 1 {
+                *self.summary.answered.entry(status.as_str()).or_default() += 1;
+                answered += 1;
+            }
+        }
+        Ok(answered)
+    }
+}
+
+/// The `claim.lua` call for one payment now in `from`.
+fn claim_command(
     payment: &Payment,
     from: ProcessingStatus,
-    announce: bool,
+    now: &str,
 ) -> anyhow::Result<redis::Cmd> {
     let id = &payment.payment_id;
-    let (payment_key, from_set, to_set) = (
-        keys::payment(id),
-        keys::by_status(from),
-        keys::by_status(payment.processing_status),
-    );
-    let subscription = keys::subscription(&payment.user_id);
+    let as_status = |status| Payment {
+        processing_status: status,
+        updated_at: now.to_string(),
+        detail: None,
+        ..payment.clone()
+    };
+    let claimed = serde_json::to_string(&as_status(ProcessingStatus::InProcessing))?;
+    let duplicated = serde_json::to_string(&as_status(ProcessingStatus::Duplicated))?;
+    let mut cmd = CLAIM.call(&[
+        &keys::payment(id),
+        &keys::claim(payment.kind, &payment.user_id),
+        &keys::subscription(&payment.user_id),
+        &keys::by_status(from),
+        &keys::by_status(ProcessingStatus::InProcessing),
+        &keys::by_status(ProcessingStatus::Duplicated),
+    ]);
+    cmd.arg(id)
+        .arg(from.as_str())
+        .arg(payment.kind.as_str())
+        .arg(&payment.user_id)
+        .arg(claimed)
+        .arg(duplicated);
+    Ok(cmd)
+}
+
+/// The `answer.lua` call storing `payment` (processed, with its answer).
+fn answer_command(payment: &Payment) -> anyhow::Result<redis::Cmd> {
+    let id = &payment.payment_id;
     let action = match (payment.kind, payment.payment_status) {
         (PaymentKind::Payment, PaymentStatus::Accepted) => "activate",
         (PaymentKind::Refund, PaymentStatus::Accepted) => "end",
         _ => "",
     };
-    let mut cmd = TRANSITION.call(&[
-        &payment_key,
-        &from_set,
-        &to_set,
+    let mut cmd = ANSWER.call(&[
+        &keys::payment(id),
+        &keys::by_status(ProcessingStatus::InProcessing),
+        &keys::by_status(ProcessingStatus::Processed),
         keys::UNANNOUNCED,
-        &subscription,
+        &keys::subscription(&payment.user_id),
+        &keys::claim(payment.kind, &payment.user_id),
     ]);
     cmd.arg(id)
-        .arg(from.as_str())
         .arg(serde_json::to_string(payment)?)
-        .arg(if announce { "1" } else { "0" })
-        .arg(if announce { action } else { "" })
+        .arg(action)
         .arg(&payment.plan)
         .arg(payment.amount.to_string())
         .arg(&payment.currency)
@@ -181,209 +500,150 @@ fn transition(
     Ok(cmd)
 }
 
-async fn members(redis: &mut Redis, set: &str) -> anyhow::Result<Vec<Payment>> {
-    let ids: Vec<String> = redis
-        .smembers(set)
-        .await
-        .with_context(|| format!("reading {set}"))?;
-    get_many(redis, &ids).await
-}
-
-/// Step 2: per user, the latest `new` request goes on; older ones are duplicated.
-async fn claim(redis: &mut Redis, summary: &mut ProcessSummary) -> anyhow::Result<u64> {
-    let fresh = members(redis, &keys::by_status(ProcessingStatus::New)).await?;
-    if fresh.is_empty() {
-        return Ok(0);
-    }
-    let mut by_user: HashMap<&str, Vec<&Payment>> = HashMap::new();
-    for payment in &fresh {
-        by_user.entry(&payment.user_id).or_default().push(payment);
-    }
-    let now = crate::clock::now_rfc3339();
-    let mut pipe = redis::pipe();
-    let mut planned = Vec::new();
-    for requests in by_user.values_mut() {
-        requests
-            .sort_by(|a, b| (a.requested_ms, &a.payment_id).cmp(&(b.requested_ms, &b.payment_id)));
-        let latest = requests.len() - 1;
-        for (i, payment) in requests.iter().enumerate() {
-            let status = if i == latest {
-                ProcessingStatus::InProcessing
-            } else {
-                ProcessingStatus::Duplicated
-            };
-            let next = Payment {
-                processing_status: status,
-                updated_at: now.clone(),
-                ..(*payment).clone()
-            };
-            pipe.add_command(transition(&next, ProcessingStatus::New, false)?);
-            planned.push(status);
-        }
-    }
-    let moved: Vec<i64> = pipe
-        .query_async(redis)
-        .await
-        .context("claiming new payments")?;
-    for (status, moved) in planned.into_iter().zip(moved) {
-        match (status, moved) {
-            (_, 0) => {}
-            (ProcessingStatus::Duplicated, _) => summary.duplicated += 1,
-            _ => summary.claimed += 1,
-        }
-    }
-    Ok(summary.claimed)
-}
-
-/// Steps 1 and 4: produces the events of answered payments still queued
-/// and takes each off the queue once the broker has it.
-async fn announce(
-    redis: &mut Redis,
-    producer: &FutureProducer,
-    topic: &str,
-    summary: &mut ProcessSummary,
-) -> anyhow::Result<()> {
-    let queued = members(redis, keys::UNANNOUNCED).await?;
-    if queued.is_empty() {
-        return Ok(());
-    }
-    let occurred_at = crate::clock::now_rfc3339();
-    let events: Vec<_> = queued
-        .iter()
-        .map(|p| {
-            TransactionEvent {
-                transaction_id: p.payment_id.clone(),
-                user_id: p.user_id.clone(),
-                status: p.payment_status.as_str().into(),
-                event_id: Some(format!("payment:{}", p.payment_id)),
-                amount: Some(p.amount),
-                currency: Some(p.currency.clone()),
-                reason: p.detail.clone(),
-                occurred_at: Some(occurred_at.clone()),
-                payment_id: Some(p.payment_id.clone()),
-                kind: Some(format!("{:?}", p.kind).to_lowercase()),
-                ..TransactionEvent::default()
-            }
-            .to_outgoing(topic)
-        })
-        .collect();
-    let acks = produce_each(producer, &events).await;
-    let mut pipe = redis::pipe();
-    for (payment, ack) in queued.iter().zip(&acks) {
-        match ack {
-            Ok(()) => {
-                pipe.srem(keys::UNANNOUNCED, &payment.payment_id);
-                summary.announced += 1;
-            }
-            Err(e) => {
-                tracing::warn!(payment = %payment.payment_id, "outcome event not sent, will retry: {e:#}")
-            }
-        }
-    }
-    let _: Vec<i64> = run_pipeline(&pipe, redis)
-        .await
-        .context("updating the announce queue")?;
-    Ok(())
-}
-
-/// One payment through the processor, retrying passing failures with backoff.
+/// One payment through the processor, retrying passing failures with
+/// backoff; no call starts once `halt` is set (shutdown, or the lock lost).
+/// Returns the answer, if any, and how many calls were made.
 async fn call(
     processor: &Processor,
     payment: &Payment,
     retries: u32,
-    shutdown: &CancellationToken,
-) -> Option<Answer> {
+    halt: &CancellationToken,
+) -> (Option<Answer>, u64) {
     let mut backoff = Duration::from_millis(200);
+    let mut calls = 0;
     for attempt in 0..=retries {
-        if shutdown.is_cancelled() {
-            return None;
+        if halt.is_cancelled() {
+            break;
         }
+        calls += 1;
         match processor.execute(payment).await {
-            Ok(answer) => return Some(answer),
+            Ok(answer) => return (Some(answer), calls),
             Err(e) => tracing::warn!(payment = %payment.payment_id, attempt, "no answer: {e:#}"),
         }
         if attempt < retries {
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = halt.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-    None
+    (None, calls)
 }
 
-/// Step 3 and the storing half of 4.
-async fn send_to_processor(
-    redis: &mut Redis,
-    processor: &Processor,
-    args: &Args,
-    summary: &mut ProcessSummary,
-    progress: bool,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<u64> {
-    let waiting = members(redis, &keys::by_status(ProcessingStatus::InProcessing)).await?;
-    if waiting.is_empty() {
-        return Ok(0);
-    }
-    let bar = output::progress_bar(waiting.len() as u64, progress);
-    let answers: Vec<(Payment, Option<Answer>)> = futures::stream::iter(waiting)
-        .map(|payment| {
-            let bar = bar.clone();
-            async move {
-                let answer = call(processor, &payment, args.retries, shutdown).await;
-                bar.inc(1);
-                (payment, answer)
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
+/// The lock that keeps `payments process` runs one at a time, renewed in
+/// the background for as long as the run lasts.
+struct ProcessLock {
+    token: String,
+    /// Why the lock was lost, once it is.
+    lost: Arc<Mutex<Option<String>>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
 
-    let now = crate::clock::now_rfc3339();
-    let mut pipe = redis::pipe();
-    let mut stored = Vec::new();
-    for (payment, answer) in answers {
-        let Some(answer) = answer else {
-            summary.unanswered += 1;
-            continue;
-        };
-        let next = Payment {
-            processing_status: ProcessingStatus::Processed,
-            payment_status: answer.status,
-            detail: answer.detail,
-            updated_at: now.clone(),
-            ..payment
-        };
-        pipe.add_command(transition(&next, ProcessingStatus::InProcessing, true)?);
-        stored.push(answer.status);
+impl ProcessLock {
+    /// Takes the lock if it is free; `halt` is set if it is later lost.
+    async fn take(
+        redis: &mut Redis,
+        ttl: Duration,
+        halt: CancellationToken,
+    ) -> anyhow::Result<ProcessLock> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(LOCK_KEY)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(redis)
+            .await
+            .context("taking the process lock")?;
+        if taken.is_none() {
+            bail!(
+                "another `payments process` is running (Redis key {LOCK_KEY}, expires within {}s)",
+                ttl.as_secs()
+            );
+        }
+        let lost = Arc::new(Mutex::new(None));
+        let renewer = tokio::spawn(keep_lock(
+            redis.clone(),
+            token.clone(),
+            ttl,
+            lost.clone(),
+            halt,
+        ));
+        Ok(ProcessLock {
+            token,
+            lost,
+            renewer,
+        })
     }
-    let moved: Vec<i64> = run_pipeline(&pipe, redis)
-        .await
-        .context("storing processor answers")?;
-    let mut answered = 0;
-    for (status, moved) in stored.into_iter().zip(moved) {
-        if moved == 1 {
-            *summary.answered.entry(status.as_str()).or_default() += 1;
-            answered += 1;
+
+    /// `Err` once the lock is lost: the run must make no further processor call.
+    fn check(&self) -> anyhow::Result<()> {
+        match &*self.lost.lock().expect("lock state") {
+            Some(why) => Err(anyhow!(
+                "lost the process lock {LOCK_KEY} ({why}): stopped before the next processor call; \
+                 payments still in_processing are sent by the next run"
+            )),
+            None => Ok(()),
         }
     }
-    Ok(answered)
+
+    /// Stops renewing and deletes the lock if it is still this run's, so
+    /// the next run does not wait for it to expire.
+    async fn release(self, redis: &mut Redis) {
+        self.renewer.abort();
+        let released: redis::RedisResult<i64> = RELEASE_LOCK
+            .invocation()
+            .key(LOCK_KEY)
+            .arg(&self.token)
+            .invoke_async(redis)
+            .await;
+        if let Err(e) = released {
+            tracing::warn!("releasing the process lock (it expires by itself): {e}");
+        }
+    }
 }
 
-fn processor(args: &Args) -> anyhow::Result<Processor> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
+/// Renews the lock every quarter of its time to live. It is lost when it is
+/// no longer this run's (expired, taken by another run), or when renewing
+/// has failed for half its time to live: then `halt` is set.
+async fn keep_lock(
+    mut redis: Redis,
+    token: String,
+    ttl: Duration,
+    lost: Arc<Mutex<Option<String>>>,
+    halt: CancellationToken,
+) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 4).await;
+        let result: redis::RedisResult<i64> = RENEW_LOCK
+            .invocation()
+            .key(LOCK_KEY)
+            .arg(&token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut redis)
+            .await;
+        let why = match result {
+            Ok(1) => {
+                renewed = Instant::now();
+                continue;
+            }
+            Ok(_) => "it expired or another run holds it".to_string(),
+            Err(e) if renewed.elapsed() >= ttl / 2 => {
+                format!("not renewed for {}s: {e}", renewed.elapsed().as_secs())
+            }
+            Err(e) => {
+                tracing::warn!("renewing the process lock, will try again: {e}");
+                continue;
+            }
+        };
+        tracing::info!("lost the process lock: {why}");
+        *lost.lock().expect("lock state") = Some(why);
+        halt.cancel();
+        return;
     }
-    let timeout = Duration::from_secs_f64(args.timeout);
-    Ok(match &args.processor_url {
-        Some(url) => Processor::Http(HttpProcessor::new(url, timeout)?),
-        None => Processor::Simulator(Simulator::new(
-            args.seed,
-            args.accept_rate,
-            args.decline_rate
-                .unwrap_or((1.0 - args.accept_rate).clamp(0.0, 0.1)),
-            Duration::from_millis(args.latency_ms),
-        )?),
-    })
 }
 
 pub async fn run(
@@ -395,91 +655,126 @@ pub async fn run(
     progress: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let processor = processor(&args)?;
-    let until_idle = match args.until_idle {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
-        Some(secs) => bail!("--until-idle must be a number of seconds, got {secs}"),
-        None => None,
-    };
-    for script in [&*TRANSITION, &*TAKE_LOCK, &*RELEASE_LOCK] {
+    let settings = Settings::from_args(&args)?;
+    for script in [&*CLAIM, &*ANSWER, &*RENEW_LOCK, &*RELEASE_LOCK] {
         script.load(redis).await?;
     }
-    let lock = uuid::Uuid::new_v4().to_string();
-    take_lock(redis, &lock).await?;
-    // Keep the lock for as long as the run takes, however long a pass is.
-    let renewer = {
-        let (mut redis, lock) = (redis.clone(), lock.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(LOCK_SECS / 4)).await;
-                if let Err(e) = take_lock(&mut redis, &lock).await {
-                    tracing::error!("renewing the process lock: {e:#}");
-                }
-            }
-        })
-    };
+    // Set on shutdown, and by the lock's keeper when the lock is lost.
+    let halt = shutdown.child_token();
+    let lock = ProcessLock::take(redis, settings.lock_ttl, halt.clone()).await?;
     let started = Instant::now();
-    let mut summary = ProcessSummary {
-        answered: PaymentStatus::ALL[..3]
-            .iter()
-            .map(|s| (s.as_str(), 0))
-            .collect(),
-        ..ProcessSummary::default()
+    let mut pass = Pass {
+        redis,
+        summary: ProcessSummary {
+            answered: PaymentStatus::ALL[..3]
+                .iter()
+                .map(|s| (s.as_str(), 0))
+                .collect(),
+            ..ProcessSummary::default()
+        },
+        invalid: HashSet::new(),
     };
     let passes = async {
         let mut last_work = Instant::now();
         loop {
-            announce(redis, producer, topic, &mut summary).await?;
-            let before = summary.claimed;
-            claim(redis, &mut summary).await?;
-            summary.unanswered = 0;
-            let answered =
-                send_to_processor(redis, &processor, &args, &mut summary, progress, &shutdown)
-                    .await?;
-            announce(redis, producer, topic, &mut summary).await?;
-            if summary.claimed > before || answered > 0 {
+            lock.check()?;
+            pass.announce(producer, topic).await?;
+            let before = pass.summary.claimed;
+            let claimed = pass.claim().await?;
+            lock.check()?;
+            pass.summary.unanswered = 0;
+            let answered = pass.send(claimed, &settings, progress, &halt).await?;
+            lock.check()?;
+            pass.announce(producer, topic).await?;
+            if pass.summary.claimed > before || answered > 0 {
                 last_work = Instant::now();
             }
-            let Some(idle) = until_idle else { break };
+            let Some(idle) = settings.until_idle else {
+                break;
+            };
             if last_work.elapsed() >= idle || shutdown.is_cancelled() {
                 break;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = halt.cancelled() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
         }
         anyhow::Ok(())
     };
     let result = passes.await;
-    renewer.abort();
+    let mut summary = std::mem::take(&mut pass.summary);
     // Released whatever happened, so the next run does not wait for expiry.
-    let released: redis::RedisResult<i64> = RELEASE_LOCK
-        .invocation()
-        .key(LOCK_KEY)
-        .arg(&lock)
-        .invoke_async(redis)
-        .await;
-    if let Err(e) = released {
-        tracing::warn!("releasing the process lock (it expires within {LOCK_SECS}s): {e}");
-    }
+    lock.release(redis).await;
     result?;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     output.emit(&summary)
 }
 
-/// One `payments process` at a time: the lock is taken if free, renewed if ours.
-async fn take_lock(redis: &mut Redis, lock: &str) -> anyhow::Result<()> {
-    let taken: i64 = TAKE_LOCK
-        .invocation()
-        .key(LOCK_KEY)
-        .arg(lock)
-        .arg(LOCK_SECS)
-        .invoke_async(redis)
-        .await
-        .context("taking the process lock")?;
-    if taken == 0 {
-        bail!("another `payments process` is running (Redis key {LOCK_KEY}, expires within {LOCK_SECS}s)");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded_with_a_clear_error() {
+        assert_eq!(
+            seconds("--until-idle", 10.0, 0.0).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(seconds("--until-idle", 0.0, 0.0).unwrap(), Duration::ZERO);
+        assert_eq!(
+            seconds("--timeout", MAX_SECONDS, 0.001).unwrap(),
+            Duration::from_secs(31_536_000)
+        );
+        for bad in [
+            1e20,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -1.0,
+            -0.0001,
+            MAX_SECONDS + 1.0,
+        ] {
+            let e = seconds("--until-idle", bad, 0.0).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--until-idle must be a number of seconds"),
+                "{e}"
+            );
+        }
+        // A timeout of zero would time every call out at once.
+        assert!(seconds("--timeout", 0.0, 0.001).is_err());
+        assert!(seconds("--timeout", 1e-300, 0.001).is_err());
     }
-    Ok(())
+
+    #[test]
+    fn stored_records_are_checked_before_use() {
+        let record = |id: &str, user: &str| {
+            serde_json::json!({
+                "payment_id": id, "user_id": user, "plan": "premium",
+                "amount": 9.99, "currency": "USD", "kind": "payment",
+                "processing_status": "new", "payment_status": "unknown",
+                "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
+                "requested_ms": 1
+            })
+            .to_string()
+        };
+        assert!(usable("p1", &record("p1", "alice")).is_ok());
+        assert_eq!(
+            usable("p1", &record("p2", "alice")).unwrap_err(),
+            "its payment_id differs from its key"
+        );
+        assert_eq!(
+            usable("p\r\n", &record("p\r\n", "alice")).unwrap_err(),
+            "payment_id contains a control character (U+000D)"
+        );
+        assert_eq!(
+            usable("p1", &record("p1", "al ice")).unwrap_err(),
+            "user_id contains whitespace"
+        );
+        assert!(usable("p1", "{not json").is_err());
+    }
 }

@@ -157,6 +157,9 @@ impl HttpProcessor {
     }
 
     async fn execute(&self, payment: &Payment) -> anyhow::Result<Answer> {
+        // The id goes into a header: never let CR/LF or the like through,
+        // whoever wrote the record (`payments process` checks it first).
+        crate::payments::check_id("payment_id", &payment.payment_id).map_err(anyhow::Error::msg)?;
         let body = serde_json::to_vec(&ProcessorRequest {
             payment_id: &payment.payment_id,
             user_id: &payment.user_id,

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::money::{Currency, Money};
-use crate::notify::validate_user;
 use crate::output::Output;
-use crate::payments::{keys, Payment, PaymentRequest, PaymentStatus, ProcessingStatus};
+use crate::payments::{
+    check_id, check_plan, keys, Payment, PaymentRequest, PaymentStatus, ProcessingStatus,
+};
 use crate::store::{run_pipeline, Redis, Script};
 use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpec, DEAD_LETTERED};
 
@@ -47,14 +48,30 @@ return 1
     )
 });
 
+/// The latest `requested_ms` accepted: the last millisecond of year 9999.
+const MAX_REQUESTED_MS: u64 = 253_402_300_799_999;
+/// The longest `requested_at` accepted, in bytes (RFC 3339 needs 35).
+const MAX_REQUESTED_AT_BYTES: usize = 64;
+
 /// Checks a request and makes its record; `Err` is the dead-letter reason.
+///
+/// Every id is checked before it is used in a key: a message from the
+/// topic may be forged or broken (see [`check_id`]).
 fn record(request: PaymentRequest, fallback_ms: u64) -> Result<Payment, String> {
-    if request.payment_id.trim().is_empty() {
-        return Err("payment_id is empty".into());
+    check_id("payment_id", &request.payment_id)?;
+    check_id("user_id", &request.user_id)?;
+    check_plan("plan", &request.plan)?;
+    if let Some(at) = &request.requested_at {
+        if at.len() > MAX_REQUESTED_AT_BYTES || at.chars().any(char::is_control) {
+            return Err(format!(
+                "requested_at must be a timestamp of at most {MAX_REQUESTED_AT_BYTES} bytes without control characters"
+            ));
+        }
     }
-    validate_user(&request.user_id).map_err(|e| e.to_string())?;
-    if request.plan.trim().is_empty() {
-        return Err("plan is empty".into());
+    if request.requested_ms.is_some_and(|ms| ms > MAX_REQUESTED_MS) {
+        return Err(format!(
+            "requested_ms is after year 9999 (at most {MAX_REQUESTED_MS})"
+        ));
     }
     let currency = Currency::parse(&request.currency).map_err(|e| e.to_string())?;
     let amount =
@@ -142,4 +159,49 @@ pub async fn run(
     let mut saver = Saver { redis };
     let summary = worker::run(kafka, &spec, &mut saver, shutdown).await?;
     output.emit(&summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut serde_json::Value)) -> PaymentRequest {
+        let mut value = serde_json::json!({
+            "payment_id": "p1", "user_id": "alice", "plan": "premium",
+            "amount": 9.99, "currency": "USD", "kind": "payment"
+        });
+        edit(&mut value);
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_request_is_checked_field_by_field_before_any_key_is_made() {
+        let saved = record(request(|_| {}), 7).unwrap();
+        assert_eq!(
+            (saved.requested_ms, saved.processing_status),
+            (7, ProcessingStatus::New)
+        );
+        let reason = |edit: fn(&mut serde_json::Value)| record(request(edit), 7).unwrap_err();
+        assert_eq!(
+            reason(|v| v["payment_id"] = "p\u{0}1".into()),
+            "payment_id contains a control character (U+0000)"
+        );
+        assert_eq!(
+            reason(|v| v["user_id"] = "a b".into()),
+            "user_id contains whitespace"
+        );
+        assert_eq!(
+            reason(|v| v["plan"] = "\u{a0}".into()),
+            "plan is only whitespace"
+        );
+        assert_eq!(
+            reason(|v| v["requested_ms"] = u64::MAX.into()),
+            "requested_ms is after year 9999 (at most 253402300799999)"
+        );
+        assert!(reason(|v| v["requested_at"] = "x".repeat(65).into()).starts_with("requested_at"));
+        assert!(reason(|v| v["requested_at"] = "2025\n".into()).starts_with("requested_at"));
+        // A currency is stored as its canonical code, whatever surrounds it.
+        let currency = record(request(|v| v["currency"] = " usd\r\n".into()), 7).unwrap();
+        assert_eq!(currency.currency, "USD");
+    }
 }

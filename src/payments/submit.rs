@@ -6,9 +6,8 @@ use serde::Serialize;
 use crate::exit::refuse;
 use crate::kafka::{produce_all, Outgoing};
 use crate::money::{Currency, Money};
-use crate::notify::validate_user;
 use crate::output::{Output, Rendered, Report};
-use crate::payments::{self, PaymentKind, PaymentRequest};
+use crate::payments::{self, check_id, check_plan, PaymentKind, PaymentRequest};
 use crate::store::Redis;
 
 /// Ask to pay for a subscription. Refused (exit 1) while the user has an active one.
@@ -84,8 +83,8 @@ pub async fn submit(
     topic: &str,
     output: Output,
 ) -> anyhow::Result<()> {
-    validate_user(&args.user)?;
-    anyhow::ensure!(!args.plan.trim().is_empty(), "--plan must not be empty");
+    check_id("--user", &args.user).map_err(anyhow::Error::msg)?;
+    check_plan("--plan", &args.plan).map_err(anyhow::Error::msg)?;
     let amount = Money::parse_amount(&args.amount, Currency::parse(&args.currency)?)?;
     if let Some(active) = payments::active_subscription(redis, &args.user).await? {
         let plan = active.get("plan").cloned().unwrap_or_default();
@@ -110,7 +109,7 @@ pub async fn refund(
     topic: &str,
     output: Output,
 ) -> anyhow::Result<()> {
-    validate_user(&args.user)?;
+    check_id("--user", &args.user).map_err(anyhow::Error::msg)?;
     let Some(subscription) = payments::active_subscription(redis, &args.user).await? else {
         return Err(refuse(format!(
             "{} has no active subscription to refund",
@@ -123,10 +122,14 @@ pub async fn refund(
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("subscription of {} has no {name}", args.user))
     };
+    // The hash may have been written by another service: check what it says.
+    let plan = field("plan")?;
+    check_plan("its plan", &plan)
+        .map_err(|e| anyhow::anyhow!("the subscription of {} is unusable: {e}", args.user))?;
     let currency = Currency::parse(&field("currency")?)?;
     let amount = Money::parse_amount(&field("amount")?, currency)?;
     publish(
-        new_request(&args.user, &field("plan")?, amount, PaymentKind::Refund),
+        new_request(&args.user, &plan, amount, PaymentKind::Refund),
         producer,
         topic,
         output,
