@@ -99,9 +99,16 @@ pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// A flag's number of seconds as a duration: finite, not negative, at most
 /// [`MAX_SECONDS`]; anything else is a clear error naming the flag.
 pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
-    if !(secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs)) {
+    seconds_from(flag, secs, 0.0)
+}
+
+/// Like [`seconds`], with a smallest value other than 0 (a timeout of zero
+/// would time every call out at once). NaN, negatives or `1e20` are a clear
+/// error, never a panic.
+pub fn seconds_from(flag: &str, secs: f64, min: f64) -> anyhow::Result<Duration> {
+    if !(secs.is_finite() && (min..=MAX_SECONDS).contains(&secs)) {
         anyhow::bail!(
-            "{flag} must be a number of seconds from 0 to {MAX_SECONDS} (a year), got {secs}"
+            "{flag} must be a number of seconds from {min} to {MAX_SECONDS} (one year), got {secs}"
         );
     }
     Ok(Duration::from_secs_f64(secs))

@@ -37,6 +37,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::seconds_from;
 use crate::events::TransactionEvent;
 use crate::kafka::produce_each;
 use crate::money::Currency;
@@ -145,8 +146,6 @@ static RELEASE_LOCK: LazyLock<Script> =
 
 const LOCK_KEY: &str = "payments:process-lock";
 
-/// The longest duration a flag may ask for: one year.
-const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// The most `--retries`.
 const MAX_RETRIES: u32 = 100;
 /// The most `--concurrency`.
@@ -155,17 +154,6 @@ const MAX_CONCURRENCY: usize = 1024;
 const MAX_LATENCY_MS: u64 = 3_600_000;
 /// The longest `--lock-ttl`: one day.
 const MAX_LOCK_TTL_SECS: u64 = 86_400;
-
-/// A flag's seconds as a duration: finite, from `min` to one year. Anything
-/// else (NaN, negative, 1e20) is a clear error, never a panic.
-fn seconds(flag: &str, secs: f64, min: f64) -> anyhow::Result<Duration> {
-    if !(secs.is_finite() && (min..=MAX_SECONDS).contains(&secs)) {
-        bail!(
-            "{flag} must be a number of seconds from {min} to {MAX_SECONDS} (one year), got {secs}"
-        );
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
 
 /// The run's validated settings: flags are checked once, here.
 struct Settings {
@@ -178,10 +166,10 @@ struct Settings {
 
 impl Settings {
     fn from_args(args: &Args) -> anyhow::Result<Settings> {
-        let timeout = seconds("--timeout", args.timeout, 0.001)?;
+        let timeout = seconds_from("--timeout", args.timeout, 0.001)?;
         let until_idle = args
             .until_idle
-            .map(|secs| seconds("--until-idle", secs, 0.0))
+            .map(|secs| seconds_from("--until-idle", secs, 0.0))
             .transpose()?;
         if args.retries > MAX_RETRIES {
             bail!(
@@ -337,7 +325,16 @@ impl Pass<'_> {
 
     /// Steps 1 and 4: produces the events of answered payments still queued
     /// and takes each off the queue once the broker has it.
-    async fn announce(&mut self, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    ///
+    /// `leftovers`: the queue is read before this pass answered anything, so
+    /// an event may already be on the topic (its ack was lost): it goes out
+    /// flagged `reannounced`, and `notify consume` looks for an earlier copy.
+    async fn announce(
+        &mut self,
+        producer: &FutureProducer,
+        topic: &str,
+        leftovers: bool,
+    ) -> anyhow::Result<()> {
         let queued = self.read_set(keys::UNANNOUNCED).await?;
         if queued.is_empty() {
             return Ok(());
@@ -357,6 +354,7 @@ impl Pass<'_> {
                     occurred_at: Some(occurred_at.clone()),
                     payment_id: Some(p.payment_id.clone()),
                     kind: Some(p.kind.as_str().into()),
+                    reannounced: leftovers,
                     ..TransactionEvent::default()
                 }
                 .to_outgoing(topic)
@@ -678,14 +676,14 @@ pub async fn run(
         let mut last_work = Instant::now();
         loop {
             lock.check()?;
-            pass.announce(producer, topic).await?;
+            pass.announce(producer, topic, true).await?;
             let before = pass.summary.claimed;
             let claimed = pass.claim().await?;
             lock.check()?;
             pass.summary.unanswered = 0;
             let answered = pass.send(claimed, &settings, progress, &halt).await?;
             lock.check()?;
-            pass.announce(producer, topic).await?;
+            pass.announce(producer, topic, false).await?;
             if pass.summary.claimed > before || answered > 0 {
                 last_work = Instant::now();
             }
@@ -717,16 +715,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_SECONDS;
 
     #[test]
     fn durations_are_bounded_with_a_clear_error() {
         assert_eq!(
-            seconds("--until-idle", 10.0, 0.0).unwrap(),
+            seconds_from("--until-idle", 10.0, 0.0).unwrap(),
             Duration::from_secs(10)
         );
-        assert_eq!(seconds("--until-idle", 0.0, 0.0).unwrap(), Duration::ZERO);
         assert_eq!(
-            seconds("--timeout", MAX_SECONDS, 0.001).unwrap(),
+            seconds_from("--until-idle", 0.0, 0.0).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            seconds_from("--timeout", MAX_SECONDS, 0.001).unwrap(),
             Duration::from_secs(31_536_000)
         );
         for bad in [
@@ -739,15 +741,17 @@ mod tests {
             -0.0001,
             MAX_SECONDS + 1.0,
         ] {
-            let e = seconds("--until-idle", bad, 0.0).unwrap_err().to_string();
+            let e = seconds_from("--until-idle", bad, 0.0)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with("--until-idle must be a number of seconds"),
                 "{e}"
             );
         }
         // A timeout of zero would time every call out at once.
-        assert!(seconds("--timeout", 0.0, 0.001).is_err());
-        assert!(seconds("--timeout", 1e-300, 0.001).is_err());
+        assert!(seconds_from("--timeout", 0.0, 0.001).is_err());
+        assert!(seconds_from("--timeout", 1e-300, 0.001).is_err());
     }
 
     #[test]
