@@ -8,18 +8,7 @@ use redis::Commands;
 use serde_json::Value;
 
 fn open(p: &Pipeline, prefix: &str, balance: &str) -> String {
-    let id = unique(prefix);
-    p.payctl(&[
-        "accounts",
-        "open",
-        &id,
-        "--currency",
-        "USD",
-        "--balance",
-        balance,
-    ])
-    .expect(0);
-    id
+    common::open_account(p, prefix, balance)
 }
 
 /// Accounts a test broke on purpose, removed when it ends (even by a panic)

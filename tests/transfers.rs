@@ -7,18 +7,7 @@ use redis::Commands;
 use serde_json::{json, Value};
 
 fn open(p: &Pipeline, prefix: &str, balance: &str) -> String {
-    let id = unique(prefix);
-    p.payctl(&[
-        "accounts",
-        "open",
-        &id,
-        "--currency",
-        "USD",
-        "--balance",
-        balance,
-    ])
-    .expect(0);
-    id
+    common::open_account(p, prefix, balance)
 }
 
 fn balance(p: &Pipeline, id: &str) -> String {
@@ -851,22 +840,7 @@ fn a_redis_failure_midway_stops_with_a_summary_and_a_rerun_finishes_the_file() {
     let p = Pipeline::new();
     let private = common::PrivateRedis::start();
     let open_here = |prefix: &str, balance: &str| {
-        let id = unique(prefix);
-        payctl_on(
-            &p,
-            &private,
-            &[
-                "accounts",
-                "open",
-                &id,
-                "--currency",
-                "USD",
-                "--balance",
-                balance,
-            ],
-        )
-        .expect(0);
-        id
+        common::open_account_with(|args| payctl_on(&p, &private, args), prefix, balance)
     };
     let alice = open_here("alice", "100000.00");
     let bob = open_here("bob", "0");
@@ -956,20 +930,7 @@ fn resend_publishes_lost_transfers_and_skips_decided_ones() {
     let p = Pipeline::new();
     let private = common::PrivateRedis::start();
     let run = |args: &[&str]| payctl_on(&p, &private, args);
-    let open_here = |prefix: &str, balance: &str| {
-        let id = unique(prefix);
-        run(&[
-            "accounts",
-            "open",
-            &id,
-            "--currency",
-            "USD",
-            "--balance",
-            balance,
-        ])
-        .expect(0);
-        id
-    };
+    let open_here = |prefix: &str, balance: &str| common::open_account_with(run, prefix, balance);
     let alice = open_here("alice", "100.00");
     let bob = open_here("bob", "0");
     let transfer = [

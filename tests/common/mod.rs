@@ -207,6 +207,28 @@ impl Pipeline {
     }
 }
 
+/// Opens a USD account named `prefix-<unique>` with `balance` through
+/// `payctl` (as `run` runs it), and returns its id.
+pub fn open_account_with(run: impl Fn(&[&str]) -> Run, prefix: &str, balance: &str) -> String {
+    let id = unique(prefix);
+    run(&[
+        "accounts",
+        "open",
+        &id,
+        "--currency",
+        "USD",
+        "--balance",
+        balance,
+    ])
+    .expect(0);
+    id
+}
+
+/// Opens a USD account on the shared stack; see [`open_account_with`].
+pub fn open_account(p: &Pipeline, prefix: &str, balance: &str) -> String {
+    open_account_with(|args| p.payctl(args), prefix, balance)
+}
+
 /// Waits for a spawned payctl and collects what it printed.
 pub fn finish(child: std::process::Child) -> Run {
     let Output {
