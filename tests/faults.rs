@@ -588,7 +588,7 @@ fn dbsize(stack: &Stack) -> u64 {
 /// Scenario 3: the broker frozen (SIGSTOP) for 10 s and continued, then
 /// Redis killed with kill -9 and restarted from its data, while both
 /// workers run and transfers keep arriving; two `transfer initiate` runs
-/// during the freeze.
+/// during the freeze (one with the default 10 s ack timeout, one with 2 s).
 #[test]
 fn outage() {
     let _one = serial();
@@ -613,11 +613,17 @@ fn outage() {
         "transfer", "initiate", "--from", &payer, "--to", &payee, "--amount", "1.00", "--output",
         "json",
     ];
+    // The second one gives up on the broker after 2 s, well within the stall.
+    let impatient: Vec<&str> = initiate
+        .iter()
+        .copied()
+        .chain(["-X", "message.timeout.ms=2000"])
+        .collect();
     stack.stop_broker();
     std::thread::sleep(Duration::from_secs(1));
     let first = stack.spawn("initiate", &initiate, &[]);
     std::thread::sleep(Duration::from_secs(4));
-    let second = stack.spawn("initiate", &initiate, &[]);
+    let second = stack.spawn("initiate", &impatient, &[]);
     std::thread::sleep(Duration::from_secs(5));
     stack.continue_broker();
 
@@ -662,7 +668,8 @@ fn outage() {
                 lines.len() == 1,
                 || format!("exit {:?}, stderr: {:?}", run.code, run.stderr),
             );
-            refused.push(format!("exit {:?}: {}", run.code, run.last_error_line()));
+            let code = run.code.map_or("by a signal".into(), |c| c.to_string());
+            refused.push(format!("exit {code}: {}", run.last_error_line()));
         }
     }
     let known: HashSet<String> = ids(&truth).into_iter().collect();
@@ -1120,7 +1127,7 @@ fn hostile_input() {
     report(
         "hostile",
         format!(
-            "{hostile_total} hostile messages over 5 topics, {lettered} dead-lettered with a reason; good neighbours: {} of {} transfers decided, {} of {GOOD} events and {} of {} rate notifications, {saved} of {GOOD} payments saved, {answered} of {GOOD} conversions answered; money on wrong accounts {}, {}; lag {}, seed {seed}",
+            "{hostile_total} hostile messages over 5 topics, {lettered} dead-lettered with a reason; good neighbours: {} of {} transfers decided as initiated, {} of {GOOD} events and {} of {} rate notifications, {saved} of {GOOD} payments saved, {answered} of {GOOD} conversions answered; money on wrong accounts {}, {}; lag {}, seed {seed}",
             figures.completed + figures.rejected,
             truth.transfers.len(),
             notified.0,

@@ -434,6 +434,7 @@ pub fn observe(stack: &Stack, truth: &Truth, events_topic: &str) -> Observed {
 /// The figures the invariants produce, for the scenario's line.
 #[derive(Debug, Default)]
 pub struct Figures {
+    /// Transfers decided as initiated (a rewritten record counts in neither).
     pub completed: usize,
     pub rejected: usize,
     /// Distinct outcome events of the scenario's transfers.
@@ -503,6 +504,7 @@ fn check_decided(truth: &Truth, seen: &Observed, checks: &mut Checks, figures: &
                 "{}: record says {}→{} {:?} cents, initiated as {}→{} {}",
                 t.id, r.sender, r.receiver, r.amount, t.sender, t.receiver, t.amount
             ));
+            continue;
         }
         match r.status.as_str() {
             "completed" => figures.completed += 1,

@@ -72,8 +72,7 @@ impl Stack {
     }
 
     fn script(&self, verb: &str) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh");
-        let output = Command::new(&script)
+        let output = Command::new(stack_script())
             .arg(verb)
             .env("REDIS_PORT", self.redis_port.to_string())
             .env("KAFKA_PORT", self.kafka_port.to_string())
@@ -250,8 +249,7 @@ impl Drop for Stack {
                 .stderr(Stdio::null())
                 .status();
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh");
-        let _ = Command::new(&script)
+        let _ = Command::new(stack_script())
             .arg("down")
             .env("REDIS_PORT", self.redis_port.to_string())
             .env("KAFKA_PORT", self.kafka_port.to_string())
@@ -387,6 +385,14 @@ impl Drop for Worker {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `scripts/stack.sh`, or the script `PAYCTL_STACK_SCRIPT` names (to try
+/// the suite against another version of it).
+fn stack_script() -> PathBuf {
+    std::env::var_os("PAYCTL_STACK_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh"))
 }
 
 fn send_signal(pid: u32, name: &str) {
