@@ -1,0 +1,412 @@
+//! A private local stack for one scenario, and the payctl processes that run
+//! against it.
+//!
+//! Every scenario starts its own redis-server and Tansu on free loopback
+//! ports with `scripts/stack.sh up` (state, logs and the pids in a fresh
+//! directory), so it can stop the broker, kill Redis and read whole topics
+//! without touching the shared stack other tests use. Dropping the
+//! [`Stack`] stops both; when the scenario failed, the directory (worker
+//! logs included) is kept and its path printed.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Options that make Tansu's group joins fast (it answers a JoinGroup after
+/// about half the session timeout).
+const KAFKA_OPTIONS: &str = "session.timeout.ms=1000 heartbeat.interval.ms=250";
+
+/// The pipeline topics `scripts/stack.sh up` creates, with their env names.
+const TOPIC_ENV: [(&str, &str); 5] = [
+    ("PAYCTL_TOPIC_TRANSFERS", "money_transfers"),
+    ("PAYCTL_TOPIC_TRANSACTIONS", "payment_transactions"),
+    ("PAYCTL_TOPIC_RATE_CHANGES", "rate_changes"),
+    ("PAYCTL_TOPIC_PAYMENTS", "payments"),
+    ("PAYCTL_TOPIC_CONVERSIONS", "conversion_requests"),
+];
+
+/// Env that would point payctl elsewhere if it leaked from the caller.
+const CLEARED_ENV: [&str; 7] = [
+    "PAYCTL_OUTPUT",
+    "PAYCTL_TRANSFER_GROUP",
+    "PAYCTL_NOTIFY_GROUP",
+    "PAYCTL_RATES_GROUP",
+    "PAYCTL_PAYMENTS_GROUP",
+    "PAYCTL_PROCESSOR_URL",
+    "RUST_LOG",
+];
+
+/// One scenario's redis-server and Tansu.
+pub struct Stack {
+    pub name: String,
+    pub dir: PathBuf,
+    pub redis_port: u16,
+    pub kafka_port: u16,
+    /// Every payctl run's stderr that mentions a panic: `label: line`.
+    panics: Mutex<Vec<String>>,
+    /// Numbers the log files of spawned workers.
+    spawned: Mutex<usize>,
+}
+
+impl Stack {
+    /// Starts a fresh stack (`scripts/stack.sh up`) on free ports.
+    pub fn up(name: &str) -> Stack {
+        let dir = std::env::temp_dir().join("payctl-faults").join(format!(
+            "{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the stack directory");
+        let stack = Stack {
+            name: name.to_string(),
+            dir,
+            redis_port: free_port(),
+            kafka_port: free_port(),
+            panics: Mutex::new(Vec::new()),
+            spawned: Mutex::new(0),
+        };
+        stack.script("up");
+        stack
+    }
+
+    fn script(&self, verb: &str) {
+        let output = Command::new(stack_script())
+            .arg(verb)
+            .env("REDIS_PORT", self.redis_port.to_string())
+            .env("KAFKA_PORT", self.kafka_port.to_string())
+            .env("PAYCTL_STACK_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running scripts/stack.sh");
+        assert!(
+            output.status.success(),
+            "scripts/stack.sh {verb} failed for {} ({}):\n{}",
+            self.name,
+            self.dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.redis_port)
+    }
+
+    /// A fresh connection, waiting up to 30 s for Redis to answer (it may
+    /// be loading its data after a restart).
+    pub fn redis(&self) -> redis::Connection {
+        let client = redis::Client::open(self.redis_url()).expect("redis url");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let attempt = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con).map(|_| con));
+            match attempt {
+                Ok(con) => return con,
+                Err(e) if Instant::now() > deadline => {
+                    panic!(
+                        "{}: Redis on port {} does not answer: {e}",
+                        self.name, self.redis_port
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn pid(&self, service: &str) -> u32 {
+        let file = self.dir.join(format!("{service}.pid"));
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{} holds no pid: {e}", file.display()))
+    }
+
+    /// Freezes the broker (`kill -STOP`): connections stay open, nothing answers.
+    pub fn stop_broker(&self) {
+        send_signal(self.pid("tansu"), "STOP");
+    }
+
+    /// Lets a frozen broker go on (`kill -CONT`).
+    pub fn continue_broker(&self) {
+        send_signal(self.pid("tansu"), "CONT");
+    }
+
+    /// `kill -9` redis-server, and waits until its port is closed.
+    pub fn kill_redis(&self) {
+        send_signal(self.pid("redis"), "KILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.redis_port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis-server outlived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `scripts/stack.sh up` again: starts what is down (Redis from its data).
+    pub fn restart(&self) {
+        self.script("up");
+    }
+
+    /// Creates topics (each with its `.dlq`) with `partitions` partitions.
+    pub fn create_topics(&self, partitions: u32, topics: &[&str]) {
+        let mut args = vec![
+            "topics".to_string(),
+            "create".into(),
+            "--partitions".into(),
+            partitions.to_string(),
+        ];
+        for topic in topics {
+            args.push(topic.to_string());
+            args.push(format!("{topic}.dlq"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.payctl(&args, &[]).expect_success();
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_payctl"));
+        command
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", self.brokers())
+            .env("REDIS_URL", self.redis_url())
+            .env("PAYCTL_KAFKA_OPTIONS", KAFKA_OPTIONS)
+            .stdin(Stdio::null());
+        for name in CLEARED_ENV {
+            command.env_remove(name);
+        }
+        for (name, topic) in TOPIC_ENV {
+            command.env(name, topic);
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    /// Runs payctl to its end.
+    pub fn payctl(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let output = self.command(args, env).output().expect("running payctl");
+        let run = Run {
+            label: format!("payctl {}", args.join(" ")),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.note_panics(&run.label, &run.stderr);
+        run
+    }
+
+    /// Starts payctl in the background; its stdout and stderr go to files
+    /// in the stack directory (`<label>-<n>.out`, `.err`).
+    pub fn spawn(&self, label: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let n = {
+            let mut spawned = self.spawned.lock().unwrap();
+            *spawned += 1;
+            *spawned
+        };
+        let stdout = self.dir.join(format!("{label}-{n}.out"));
+        let stderr = self.dir.join(format!("{label}-{n}.err"));
+        let child = self
+            .command(args, env)
+            .stdout(File::create(&stdout).expect("worker stdout file"))
+            .stderr(File::create(&stderr).expect("worker stderr file"))
+            .spawn()
+            .expect("starting payctl");
+        Worker {
+            label: format!("{label}#{n}"),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Records a panic a worker printed, so the scenario can fail on it.
+    pub fn note_panics(&self, label: &str, stderr: &str) {
+        let mut panics = self.panics.lock().unwrap();
+        for line in stderr.lines().filter(|l| l.contains("panicked")) {
+            panics.push(format!("{label}: {line}"));
+        }
+    }
+
+    /// Every panic any payctl run of this stack printed.
+    pub fn panics(&self) -> Vec<String> {
+        self.panics.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // A scenario that failed mid-stall must not leave a frozen broker.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("tansu.pid")) {
+            let _ = Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new(stack_script())
+            .arg("down")
+            .env("REDIS_PORT", self.redis_port.to_string())
+            .env("KAFKA_PORT", self.kafka_port.to_string())
+            .env("PAYCTL_STACK_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::thread::panicking() {
+            eprintln!(
+                "{}: stack state and worker logs kept in {}",
+                self.name,
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// What a finished payctl run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub label: String,
+    /// `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics, showing everything the run printed, unless it exited 0.
+    pub fn expect_success(self) -> Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.label,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The JSON a worker prints when it stops (its summary), if any.
+    pub fn summary(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(self.stdout.trim()).ok()
+    }
+
+    /// The stderr's last line, for failure output.
+    pub fn last_error_line(&self) -> String {
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// A payctl process running in the background.
+pub struct Worker {
+    pub label: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Worker {
+    /// Its stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// `kill -9`, then reaps it.
+    pub fn kill_9(mut self, stack: &Stack) -> Run {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("reaping a killed worker");
+        self.collect(stack, status)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        send_signal(self.child.id(), name);
+    }
+
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("polling a worker")
+    }
+
+    /// Waits up to `limit` for it to exit; `Err(self)` if it is still running.
+    pub fn wait_for(mut self, stack: &Stack, limit: Duration) -> Result<Run, Worker> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok(self.collect(stack, status));
+            }
+            if Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit`; after that, `kill -9`.
+    /// Returns the run and whether it stopped by itself within the limit.
+    pub fn terminate(self, stack: &Stack, limit: Duration) -> (Run, bool) {
+        self.signal("TERM");
+        match self.wait_for(stack, limit) {
+            Ok(run) => (run, true),
+            Err(stuck) => (stuck.kill_9(stack), false),
+        }
+    }
+
+    fn collect(self, stack: &Stack, status: ExitStatus) -> Run {
+        let run = Run {
+            label: self.label.clone(),
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        };
+        stack.note_panics(&run.label, &run.stderr);
+        run
+    }
+}
+
+impl Drop for Worker {
+    /// A scenario that fails midway must not leave workers running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `scripts/stack.sh`, or the script `PAYCTL_STACK_SCRIPT` names (to try
+/// the suite against another version of it).
+fn stack_script() -> PathBuf {
+    std::env::var_os("PAYCTL_STACK_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh"))
+}
+
+fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
