@@ -170,12 +170,29 @@ fn rate_message(change: &RateChangeEvent) -> String {
 }
 
 fn plan_rate_change(payload: &[u8]) -> Result<RateChangeEvent, String> {
+    let bad = |e: String| format!("not a rate change: {e}");
     let mut change: RateChangeEvent =
-        serde_json::from_slice(payload).map_err(|e| format!("not a rate change: {e}"))?;
-    let pair: crate::rates::Pair = change
-        .pair
-        .parse()
-        .map_err(|e| format!("not a rate change: {e:#}"))?;
+        serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+    crate::store::check_id("event_id", &change.event_id).map_err(bad)?;
+    let pair: crate::rates::Pair = change.pair.parse().map_err(|e| bad(format!("{e:#}")))?;
+    let named = |code: &str| crate::money::Currency::parse(code).ok();
+    if named(&change.base) != Some(pair.base) || named(&change.quote) != Some(pair.quote) {
+        return Err(bad(format!(
+            "base {:?} and quote {:?} do not make the pair {pair}",
+            change.base, change.quote
+        )));
+    }
+    for rate in std::iter::once(&change.rate).chain(&change.previous_rate) {
+        crate::rates::validate_rate(&rate.to_string()).map_err(|e| bad(format!("{e:#}")))?;
+    }
+    if change.changed_at.is_empty()
+        || change.changed_at.len() > 64
+        || change.changed_at.chars().any(char::is_control)
+    {
+        return Err(bad(
+            "changed_at must be 1 to 64 bytes without control characters".into(),
+        ));
+    }
     change.pair = pair.to_string();
     Ok(change)
 }
