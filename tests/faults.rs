@@ -230,7 +230,7 @@ fn run_until_idle(
     let mut last = offsets();
     let mut moved = Instant::now();
     let ended = loop {
-        if let Some(_status) = worker.exited() {
+        if worker.exited().is_some() {
             let run = worker
                 .wait_for(stack, Duration::from_secs(1))
                 .unwrap_or_else(|_| unreachable!("it has exited"));
