@@ -51,9 +51,13 @@ const NOTIFY_GROUP: &str = "payctl-notify";
 const PAYMENTS_GROUP: &str = "payctl-payments-save";
 const RATES_GROUP: &str = "payctl-rates-serve";
 
-/// Opening balance of every account: 200.00, so that a good share of the
-/// transfers (up to 60.00 each) are refused for want of funds.
-const OPENING: i64 = 20_000;
+/// Opening balance of every account: 10.00 per transfer it takes part in on
+/// average (200.00 at 2,000 transfers over 100 accounts, 1,000.00 at
+/// 100,000 over 1,000), so at any scale both outcomes occur: transfers are
+/// up to 60.00, and some are refused for want of funds.
+fn opening(transfers: usize) -> i64 {
+    (transfers / account_count(transfers)) as i64 * 1_000
+}
 
 /// How long a worker that should be idle may keep its offsets still
 /// before it counts as stuck.
@@ -127,7 +131,7 @@ fn report(name: &str, figures: String, checks: &Checks, started: Instant) {
 /// stores them (not yet published).
 fn seed_001(name: &str, prefix: &str, n: usize, rng: &mut Rng) -> (Stack, Truth) {
     let stack = Stack::up(name);
-    let accounts = generator::open_accounts(&stack, prefix, account_count(n), OPENING);
+    let accounts = generator::open_accounts(&stack, prefix, account_count(n), opening(n));
     let transfers = generator::plan_transfers(rng, &accounts, n);
     generator::store_transfers(&stack, &transfers);
     (
@@ -226,7 +230,7 @@ fn run_until_idle(
     let mut last = offsets();
     let mut moved = Instant::now();
     let ended = loop {
-        if let Some(_status) = worker.exited() {
+        if worker.exited().is_some() {
             let run = worker
                 .wait_for(stack, Duration::from_secs(1))
                 .unwrap_or_else(|_| unreachable!("it has exited"));
@@ -1081,17 +1085,34 @@ fn hostile_input() {
     }
 
     // Dead letters.
-    let mut lettered = 0;
-    for topic in [TRANSFERS, EVENTS, RATE_CHANGES, PAYMENTS, CONVERSIONS] {
+    let mut letter_figures = Vec::new();
+    for (topic, group) in [
+        (TRANSFERS, TRANSFER_GROUP),
+        (EVENTS, NOTIFY_GROUP),
+        (RATE_CHANGES, NOTIFY_GROUP),
+        (PAYMENTS, PAYMENTS_GROUP),
+        (CONVERSIONS, RATES_GROUP),
+    ] {
         let letters = invariants::read_dead_letters(&brokers, topic);
+        let committed = invariants::committed(&brokers, group, topic);
         let marks = &landed[topic];
-        lettered += invariants::check_dead_letters(
+        let (lettered, unreached) = invariants::check_dead_letters(
             topic,
             &letters,
             &marks.hostile,
             &marks.good,
+            &committed,
             &mut checks,
         );
+        let behind = if unreached > 0 {
+            format!(" ({unreached} behind where the worker stopped)")
+        } else {
+            String::new()
+        };
+        letter_figures.push(format!(
+            "{topic} {lettered}/{}{behind}",
+            marks.hostile.len()
+        ));
     }
 
     // The good neighbours, and no money moved by forgeries.
@@ -1127,7 +1148,8 @@ fn hostile_input() {
     report(
         "hostile",
         format!(
-            "{hostile_total} hostile messages over 5 topics, {lettered} dead-lettered with a reason; good neighbours: {} of {} transfers decided as initiated, {} of {GOOD} events and {} of {} rate notifications, {saved} of {GOOD} payments saved, {answered} of {GOOD} conversions answered; money on wrong accounts {}, {}; lag {}, seed {seed}",
+            "{hostile_total} hostile messages, dead-lettered with a reason: {}; good neighbours: {} of {} transfers decided as initiated, {} of {GOOD} events and {} of {} rate notifications, {saved} of {GOOD} payments saved, {answered} of {GOOD} conversions answered; money on wrong accounts {}, {}; lag {}, seed {seed}",
+            letter_figures.join(", "),
             figures.completed + figures.rejected,
             truth.transfers.len(),
             notified.0,

@@ -5,6 +5,8 @@
 //! Every message here must end in `<topic>.dlq` with a reason: none of them
 //! is something a worker may apply, announce or notify.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde_json::{json, Map, Value};
 
 use crate::generator::{amount_json, Rng, Transfer};
@@ -381,10 +383,12 @@ pub const EVENT_SHAPE: Shape = Shape {
 /// The pair the scenario's watchers watch.
 pub const WATCHED_PAIR: (&str, &str) = ("USD", "GBP");
 
-/// A good rate change of the watched pair with a rate no other change has.
-pub fn good_rate_change(rng: &mut Rng, _: &[String]) -> Map<String, Value> {
+/// A good rate change of the watched pair with a rate no other change has
+/// (so each notification's text names the one change it came from).
+pub fn good_rate_change(_: &mut Rng, _: &[String]) -> Map<String, Value> {
+    static NEXT: AtomicU64 = AtomicU64::new(100_000);
     let (base, quote) = WATCHED_PAIR;
-    let rate = format!("0.{}1", 10_000 + rng.below(89_999));
+    let rate = format!("0.{}1", NEXT.fetch_add(1, Ordering::Relaxed));
     json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
         "pair": format!("{base}/{quote}"),

@@ -787,14 +787,18 @@ pub fn read_dead_letters(brokers: &str, topic: &str) -> Vec<DeadLetter> {
 
 /// Every hostile message of a topic has a dead letter with a reason, and no
 /// good one has. `hostile` and `good` map (partition, offset) to a
-/// category or label. Returns how many hostile ones were dead-lettered.
+/// category or label; `committed` is the worker group's committed offsets,
+/// which tell a message the worker passed from one it never got past.
+/// Returns how many hostile ones were dead-lettered, and how many lie
+/// behind where the worker stopped.
 pub fn check_dead_letters(
     topic: &str,
     letters: &[DeadLetter],
     hostile: &HashMap<(i32, i64), &'static str>,
     good: &HashSet<(i32, i64)>,
+    committed: &HashMap<i32, i64>,
     checks: &mut Checks,
-) -> usize {
+) -> (usize, usize) {
     let mut reasons: HashMap<(i32, i64), Option<&str>> = HashMap::new();
     let mut unreadable = 0;
     for letter in letters {
@@ -805,30 +809,50 @@ pub fn check_dead_letters(
             None => unreadable += 1,
         }
     }
-    let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let reached = |(p, o): (i32, i64)| committed.get(&p).is_some_and(|&c| o < c);
+    let mut missing: BTreeMap<&str, (Vec<String>, usize)> = BTreeMap::new();
     let mut without_reason = Vec::new();
-    let mut lettered = 0;
+    let (mut lettered, mut unreached) = (0, 0);
     let mut sorted: Vec<_> = hostile.iter().collect();
     sorted.sort();
     for (&(p, o), category) in sorted {
         match reasons.get(&(p, o)) {
             Some(Some(_)) => lettered += 1,
             Some(None) => without_reason.push(format!("{category} at {topic}/{p}@{o}")),
-            None => missing
-                .entry(category)
-                .or_default()
-                .push(format!("{p}@{o}")),
+            None => {
+                let entry = missing.entry(category).or_default();
+                if reached((p, o)) {
+                    entry.0.push(format!("{p}@{o}"));
+                } else {
+                    entry.1 += 1;
+                    unreached += 1;
+                }
+            }
         }
     }
-    let count = missing.values().map(Vec::len).sum::<usize>() + without_reason.len() + unreadable;
-    let mut examples: Vec<String> = missing
-        .iter()
-        .map(|(category, at)| {
-            format!(
-                "{} {category} not dead-lettered (e.g. {topic}/{})",
-                at.len(),
-                at[..at.len().min(3)].join(", ")
-            )
+    let count = missing
+        .values()
+        .map(|(at, behind)| at.len() + behind)
+        .sum::<usize>()
+        + without_reason.len()
+        + unreadable;
+    // Passed over without a letter first: that is hostile input accepted.
+    let mut by_kind: Vec<(&&str, &(Vec<String>, usize))> = missing.iter().collect();
+    by_kind.sort_by_key(|(_, (at, _))| std::cmp::Reverse(at.len()));
+    let mut examples: Vec<String> = by_kind
+        .into_iter()
+        .map(|(category, (at, behind))| {
+            let mut line = format!("{} {category} not dead-lettered", at.len() + behind);
+            if *behind > 0 {
+                line.push_str(&format!(" ({behind} behind where the worker stopped)"));
+            }
+            if !at.is_empty() {
+                line.push_str(&format!(
+                    " (passed without a letter: {topic}/{})",
+                    at[..at.len().min(3)].join(", ")
+                ));
+            }
+            line
         })
         .collect();
     if !without_reason.is_empty() {
@@ -860,5 +884,5 @@ pub fn check_dead_letters(
         &format!("{topic}: good messages not dead-lettered"),
         wrongly,
     );
-    lettered
+    (lettered, unreached)
 }
