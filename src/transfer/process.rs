@@ -280,9 +280,13 @@ impl TransferProcessor {
 
     /// The outcome events of a decided transfer, one per party, built from
     /// the stored record (`t`), never from the message.
+    ///
+    /// `version` is the one the outcome was decided at (the message's), so
+    /// an announcement repeated later carries the same `event_id`s.
     fn announce(
         &self,
         t: &Transfer,
+        version: u64,
         status: &str,
         reason: Option<&str>,
         reannounced: bool,
@@ -293,12 +297,6 @@ impl TransferProcessor {
                 .get(&t.sender_id)
                 .map(|c| c.code().to_string())
         });
-        // The version the outcome was decided at: the stored one, minus the
-        // bump for a record already decided.
-        let version = match t.status {
-            TransferStatus::Initiated => t.version,
-            _ => t.version - 1,
-        };
         [
             ("debit", &t.sender_id, &t.receiver_id),
             ("credit", &t.receiver_id, &t.sender_id),
@@ -378,7 +376,13 @@ impl TransferProcessor {
                     let status = stored.status.as_str();
                     Verdict::new(
                         DUPLICATE,
-                        self.announce(&stored, status, stored.reason.as_deref(), true),
+                        self.announce(
+                            &stored,
+                            message.version,
+                            status,
+                            stored.reason.as_deref(),
+                            true,
+                        ),
                     )
                 }
                 Plan::Apply(planned) => {
@@ -402,13 +406,25 @@ impl TransferProcessor {
                     match field(0) {
                         COMPLETED => Verdict::new(
                             COMPLETED,
-                            self.announce(&planned.transfer, COMPLETED, None, false),
+                            self.announce(
+                                &planned.transfer,
+                                message.version,
+                                COMPLETED,
+                                None,
+                                false,
+                            ),
                         ),
                         REJECTED => {
                             tracing::info!(transfer = %id, reason = field(1), "transfer rejected");
                             Verdict::new(
                                 REJECTED,
-                                self.announce(&planned.transfer, REJECTED, Some(field(1)), false),
+                                self.announce(
+                                    &planned.transfer,
+                                    message.version,
+                                    REJECTED,
+                                    Some(field(1)),
+                                    false,
+                                ),
                             )
                         }
                         "stale" => {
