@@ -732,6 +732,11 @@ impl<H: BatchHandler> Cycle<'_, H> {
                     let mut replacements = Vec::new();
                     owners.clear();
                     for (owner, error) in failed {
+                        if owners.contains(&owner) {
+                            // Another record of the same message failed too:
+                            // one dead letter stands for the message.
+                            continue;
+                        }
                         let delivery = &batch[owner];
                         let verdict = &mut verdicts[owner];
                         let record = match &verdict.reason {
