@@ -46,6 +46,10 @@ pub mod keys {
     pub fn notifications(user: &str) -> String {
         format!("notifications:{user}")
     }
+    /// Hash of each `money_transfers` partition's highest offset whose
+    /// outcome events are acknowledged (field `topic/partition`, value
+    /// `offset:timestamp`): a redelivery at or below it is not announced again.
+    pub const TRANSFERS_ANNOUNCED: &str = "transfers:announced";
     /// Hash of each input partition's highest applied offset, for
     /// `notify consume` (field `topic/partition`, value `offset:timestamp`).
     pub const NOTIFY_APPLIED: &str = "notify:applied";

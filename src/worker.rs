@@ -218,9 +218,17 @@ pub trait BatchHandler {
 
     /// Applies `batch` in order and returns one verdict per message.
     ///
-    /// An `Err` is a passing failure: the batch is offered again later, so
-    /// applying it twice must change nothing twice.
+    /// An `Err` is classified ([`crate::failure`]): a passing one offers the
+    /// batch again later, so applying it twice must change nothing twice.
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>>;
+
+    /// Called once every record `batch` produced is acknowledged, before its
+    /// offsets are stored: a handler may note that in Redis (say, so that a
+    /// redelivery need not announce again). A failure here is only logged:
+    /// not noting it must be safe.
+    async fn acknowledged(&mut self, _batch: &[Delivery]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a worker consumes and where.
@@ -772,6 +780,9 @@ impl<H: BatchHandler> Cycle<'_, H> {
             }
         }
         // Every effect is durable and every record acknowledged.
+        if let Err(e) = self.handler.acknowledged(&batch).await {
+            tracing::warn!("noting a batch's acknowledgement: {e:#}");
+        }
         store_offsets(self.consumer, &batch);
         summary.processed += batch.len() as u64;
         for verdict in &verdicts {

@@ -342,7 +342,7 @@ fn a_fatal_error_stops_the_worker_with_one_line_and_commits_nothing_unfinished()
         .collect();
     assert_eq!(errors.len(), 1, "{}", run.stderr);
     assert!(
-        errors[0].contains("can't run this command"),
+        errors[0].contains("no permissions") || errors[0].contains("can't run this command"),
         "{}",
         run.stderr
     );

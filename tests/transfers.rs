@@ -197,12 +197,14 @@ fn the_same_message_twice_applies_once() {
         ("30.00".into(), "20.00".into())
     );
 
-    // The duplicate re-announces the same outcome with the same event ids.
+    // A duplicate whose outcome may not have reached the broker yet (in
+    // the same batch, or the next one) announces it again with the same
+    // event ids; one that came after the acks announces nothing.
     let events: Vec<Value> = read_topic(&p.transactions)
         .iter()
         .map(|(_, v)| serde_json::from_str(v).unwrap())
         .collect();
-    assert_eq!(events.len(), 4);
+    assert!(events.len() == 2 || events.len() == 4, "{events:?}");
     let mut ids: Vec<&str> = events
         .iter()
         .map(|e| e["event_id"].as_str().unwrap())
@@ -211,9 +213,11 @@ fn the_same_message_twice_applies_once() {
     ids.dedup();
     assert_eq!(ids.len(), 2);
 
-    // A second group re-reading the whole topic changes nothing either.
+    // A second group re-reading the whole topic changes nothing either, and
+    // announces nothing again: those events were acknowledged.
     let again = p.process(&["--group", &unique("replay")]);
     assert_eq!(count(&again, "duplicate"), 2, "{again}");
+    assert_eq!(read_topic(&p.transactions).len(), events.len());
     assert_eq!(
         (balance(&p, &alice), balance(&p, &bob)),
         ("30.00".into(), "20.00".into())

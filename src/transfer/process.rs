@@ -10,7 +10,7 @@
 //! nothing and announces the stored outcome again (same `event_id`s), so an
 //! outcome lost in a crash is still delivered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use anyhow::Context as _;
@@ -131,22 +131,41 @@ impl TransferProcessor {
     }
 
     /// Reads the stored records of `messages` in one round trip.
+    /// Reads, in one round trip, the stored records of `messages` and how
+    /// far each of their partitions' outcomes are known to be acknowledged.
     async fn read_records(
         &mut self,
-        messages: &[&Transfer],
-    ) -> anyhow::Result<Vec<Option<String>>> {
+        batch: &[Delivery],
+        messages: &[(usize, Transfer)],
+    ) -> anyhow::Result<(Vec<Option<String>>, Announced)> {
         if messages.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Announced::default()));
         }
         let keys: Vec<String> = messages
             .iter()
-            .map(|t| keys::transfer(&t.transfer_id))
+            .map(|(_, t)| keys::transfer(&t.transfer_id))
             .collect();
-        redis::cmd("MGET")
-            .arg(&keys)
+        let fields: Vec<String> = messages
+            .iter()
+            .map(|(i, _)| partition_field(&batch[*i]))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&keys);
+        pipe.cmd("HMGET")
+            .arg(keys::TRANSFERS_ANNOUNCED)
+            .arg(&fields);
+        let (records, marks): (Vec<Option<String>>, Vec<Option<String>>) = pipe
             .query_async(&mut self.redis)
             .await
-            .context("reading transfer records")
+            .context("reading transfer records")?;
+        let announced = fields
+            .into_iter()
+            .zip(marks)
+            .filter_map(|(field, mark)| Some((field, parse_mark(&mark?)?)))
+            .collect();
+        Ok((records, Announced(announced)))
     }
 
     /// Decides what to do with one message, given the record as read.
@@ -330,7 +349,7 @@ impl TransferProcessor {
         verdicts: &mut [Option<Verdict>],
     ) -> anyhow::Result<Vec<(usize, Transfer)>> {
         let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| t).collect();
-        let records = self.read_records(&refs).await?;
+        let (records, announced) = self.read_records(batch, messages).await?;
         let stored_senders: Vec<String> = records
             .iter()
             .flatten()
@@ -370,6 +389,12 @@ impl TransferProcessor {
                 Plan::Conflict(detail) => {
                     tracing::warn!(transfer = %id, %detail, "version conflict; not applied");
                     Verdict::new(CONFLICT, Vec::new())
+                }
+                Plan::Duplicate(_) if announced.covers(delivery) => {
+                    // Redelivered after its events were acknowledged (a
+                    // worker that died before its offsets were committed).
+                    tracing::info!(transfer = %id, "duplicate delivery, already announced");
+                    Verdict::new(DUPLICATE, Vec::new())
                 }
                 Plan::Duplicate(stored) => {
                     tracing::info!(transfer = %id, "duplicate delivery; announcing the stored outcome again");
@@ -440,6 +465,35 @@ impl TransferProcessor {
             verdicts[*index] = Some(verdict);
         }
         Ok(stale)
+    }
+}
+
+/// `topic/partition`, a field of [`keys::TRANSFERS_ANNOUNCED`].
+fn partition_field(delivery: &Delivery) -> String {
+    format!("{}/{}", delivery.topic, delivery.partition)
+}
+
+/// `offset:timestamp` as stored in [`keys::TRANSFERS_ANNOUNCED`].
+fn parse_mark(text: &str) -> Option<(i64, i64)> {
+    let (offset, timestamp) = text.split_once(':')?;
+    Some((offset.parse().ok()?, timestamp.parse().ok()?))
+}
+
+/// Per input partition, the highest offset whose outcome events are all
+/// acknowledged, and the newest message timestamp of that batch.
+#[derive(Default)]
+struct Announced(HashMap<String, (i64, i64)>);
+
+impl Announced {
+    /// True when `delivery` was in a batch whose events were acknowledged.
+    /// A message newer than that batch at a lower offset means the broker
+    /// lost its log; it is announced again, to be safe.
+    fn covers(&self, delivery: &Delivery) -> bool {
+        self.0
+            .get(&partition_field(delivery))
+            .is_some_and(|&(offset, newest)| {
+                delivery.offset <= offset && delivery.timestamp_ms.is_none_or(|ts| ts <= newest)
+            })
     }
 }
 
@@ -538,6 +592,29 @@ fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
 impl BatchHandler for TransferProcessor {
     async fn prepare(&mut self) -> anyhow::Result<()> {
         PROCESS.load(&mut self.redis).await?;
+        Ok(())
+    }
+
+    /// Notes, per partition, that the batch's events are acknowledged, so a
+    /// redelivery after a crash need not announce them again (one `HSET`
+    /// per batch; not noting it only means announcing again).
+    async fn acknowledged(&mut self, batch: &[Delivery]) -> anyhow::Result<()> {
+        let mut marks: HashMap<String, (i64, i64)> = HashMap::new();
+        for delivery in batch {
+            let mark = marks.entry(partition_field(delivery)).or_insert((-1, -1));
+            mark.0 = mark.0.max(delivery.offset);
+            mark.1 = mark.1.max(delivery.timestamp_ms.unwrap_or(-1));
+        }
+        let fields: Vec<(String, String)> = marks
+            .into_iter()
+            .map(|(field, (offset, ts))| (field, format!("{offset}:{ts}")))
+            .collect();
+        let _: () = redis::cmd("HSET")
+            .arg(keys::TRANSFERS_ANNOUNCED)
+            .arg(&fields)
+            .query_async(&mut self.redis)
+            .await
+            .context("noting announced transfers")?;
         Ok(())
     }
 
