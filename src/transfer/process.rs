@@ -57,6 +57,7 @@ pub const DUPLICATE: &str = "duplicate";
 pub const MISMATCH: &str = "does not match the stored transfer";
 
 static PROCESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("process.lua")));
+static ANNOUNCED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("announced.lua")));
 
 /// How many times a batch's plans are made again when records change
 /// between the read and the script (another worker on the same transfer).
@@ -480,7 +481,7 @@ fn parse_mark(text: &str) -> Option<(i64, i64)> {
 }
 
 /// Per input partition, the highest offset whose outcome events are all
-/// acknowledged, and the newest message timestamp of that batch.
+/// acknowledged, and the newest timestamp of any message up to it.
 #[derive(Default)]
 struct Announced(HashMap<String, (i64, i64)>);
 
@@ -592,6 +593,7 @@ fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
 impl BatchHandler for TransferProcessor {
     async fn prepare(&mut self) -> anyhow::Result<()> {
         PROCESS.load(&mut self.redis).await?;
+        ANNOUNCED.load(&mut self.redis).await?;
         Ok(())
     }
 
@@ -605,13 +607,11 @@ impl BatchHandler for TransferProcessor {
             mark.0 = mark.0.max(delivery.offset);
             mark.1 = mark.1.max(delivery.timestamp_ms.unwrap_or(-1));
         }
-        let fields: Vec<(String, String)> = marks
-            .into_iter()
-            .map(|(field, (offset, ts))| (field, format!("{offset}:{ts}")))
-            .collect();
-        let _: () = redis::cmd("HSET")
-            .arg(keys::TRANSFERS_ANNOUNCED)
-            .arg(&fields)
+        let mut call = ANNOUNCED.call(&[keys::TRANSFERS_ANNOUNCED]);
+        for (field, (offset, ts)) in marks {
+            call.arg(field).arg(offset).arg(ts);
+        }
+        let _: i64 = call
             .query_async(&mut self.redis)
             .await
             .context("noting announced transfers")?;
