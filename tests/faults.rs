@@ -569,7 +569,8 @@ fn traces(stack: &Stack, known: &HashSet<String>) -> Vec<String> {
                 .arg(-1)
                 .query(&mut con),
             "set" => redis::cmd("SMEMBERS").arg(&index).query(&mut con),
-            "hash" => redis::cmd("HKEYS").arg(&index).query(&mut con),
+            // Sets and sorted sets index transfer ids; the one hash,
+            // `transfers:announced`, holds the process worker's offsets.
             _ => Ok(Vec::new()),
         }
         .expect("reading an index");
