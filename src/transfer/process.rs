@@ -170,8 +170,8 @@ impl TransferProcessor {
     }
 
     /// Decides what to do with one message, given the record as read.
-    fn plan(&self, message: &Transfer, read: Option<String>) -> Plan {
-        let Some(raw) = read else {
+    fn plan(&self, message: &Transfer, read: Option<(String, Result<Transfer, String>)>) -> Plan {
+        let Some((raw, parsed)) = read else {
             if self.ledger {
                 return Plan::Dead(format!(
                     "no stored transfer {}: only transfers initiated in Redis are applied",
@@ -181,7 +181,7 @@ impl TransferProcessor {
             // Seed 001 mode: the seed applies a message with no record; no money moves.
             return self.apply_plan(None, message.clone());
         };
-        let stored = match parse_record(&raw, &message.transfer_id) {
+        let stored = match parsed {
             Ok(stored) => stored,
             Err(e) => return Plan::Dead(e),
         };
@@ -351,16 +351,28 @@ impl TransferProcessor {
     ) -> anyhow::Result<Vec<(usize, Transfer)>> {
         let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| t).collect();
         let (records, announced) = self.read_records(batch, messages).await?;
-        let stored_senders: Vec<String> = records
+        // Each stored record parsed once; seed 001's carry no currency, so
+        // their senders' currencies are looked up (once per account).
+        let records: Vec<Option<(String, Result<Transfer, String>)>> = records
+            .into_iter()
+            .zip(&refs)
+            .map(|(raw, message)| {
+                raw.map(|raw| {
+                    let parsed = parse_record(&raw, &message.transfer_id);
+                    (raw, parsed)
+                })
+            })
+            .collect();
+        let senders: Vec<String> = records
             .iter()
             .flatten()
-            .filter_map(|raw| serde_json::from_str::<StoredParties>(raw).ok())
-            .filter(|p| p.currency.is_none())
-            .filter_map(|p| p.sender_id)
+            .filter_map(|(_, parsed)| parsed.as_ref().ok())
+            .chain(refs.iter().copied())
+            .filter(|t| t.currency.is_none())
+            .map(|t| t.sender_id.clone())
             .collect();
-        let mut senders: Vec<&str> = stored_senders.iter().map(String::as_str).collect();
-        senders.extend(refs.iter().map(|t| t.sender_id.as_str()));
-        self.learn_currencies(senders).await?;
+        self.learn_currencies(senders.iter().map(String::as_str).collect())
+            .await?;
 
         let plans: Vec<Plan> = refs
             .iter()
@@ -501,13 +513,6 @@ impl Announced {
 /// The highest version a message may carry: versions stay exact in Lua and
 /// JSON readers that use doubles.
 const MAX_VERSION: u64 = 1 << 53;
-
-/// The parties of a stored record, read leniently to learn currencies.
-#[derive(serde::Deserialize)]
-struct StoredParties {
-    sender_id: Option<String>,
-    currency: Option<String>,
-}
 
 /// Reads a stored record strictly; `Err` is the dead-letter reason.
 fn parse_record(raw: &str, id: &str) -> Result<Transfer, String> {
