@@ -426,7 +426,8 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     ]);
     let run = run.expect(2);
     assert!(
-        run.stderr.contains("nothing was initiated"),
+        run.stderr
+            .contains("was not published; nothing was initiated"),
         "{}",
         run.stderr
     );
