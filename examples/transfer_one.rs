@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let transfers = prepare(&mut redis, &[request], |_| String::new())
         .await?
-        .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        .map_err(|problems| anyhow::anyhow!(problems[0].message.clone()))?;
     let producer = kafka.producer()?;
     let mut publisher = Publisher {
         redis: &mut redis,

@@ -332,7 +332,9 @@ impl Command {
                     None => app.producer()?,
                 };
                 let topic = &app.topics.transfers;
-                transfer::initiate::run(args, &mut redis, producer, topic, out, app.progress).await
+                let (progress, shutdown) = (app.progress, app.shutdown.clone());
+                transfer::initiate::run(args, &mut redis, producer, topic, out, progress, shutdown)
+                    .await
             }
             Command::Transfer(TransferCommand::Process(args)) => {
                 let redis = app.redis.connect().await?;

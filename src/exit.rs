@@ -39,11 +39,35 @@ pub fn refuse(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Refusal(message.into()))
 }
 
-/// The exit for an error: refusals are 1, everything else 2.
+/// Work stopped short by SIGINT/SIGTERM (exit 130), after saying how far it got.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
+/// The exit for an error: refusals are 1, interruptions 130, everything else 2.
 pub fn exit_for(error: &anyhow::Error) -> Exit {
     if error.chain().any(|cause| cause.is::<Refusal>()) {
         Exit::No
+    } else if error.chain().any(|cause| cause.is::<Interrupted>()) {
+        Exit::Interrupted
     } else {
         Exit::Error
     }
+}
+
+/// What a second interrupt, which exits at once, would leave behind.
+static ABANDON_NOTE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Says (or, with `None`, stops saying) what exiting right now would leave
+/// half done, for the binary to print when a second interrupt comes.
+pub fn set_abandon_note(note: Option<String>) {
+    *ABANDON_NOTE.lock().unwrap_or_else(|e| e.into_inner()) = note;
+}
+
+/// The note set by [`set_abandon_note`], if any.
+pub fn abandon_note() -> Option<String> {
+    ABANDON_NOTE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }

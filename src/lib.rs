@@ -3,6 +3,7 @@
 //! # Layout
 //! - `cli`: flags, validated [`cli::App`] config, and one-line dispatch per command.
 //! - `config`: runtime configuration structs (Kafka, Redis, topics, worker limits).
+//! - `input`: files a user hands in (or stdin for `-`), byte-order mark stripped.
 //! - `money`: exact decimals, currencies and amounts; never a float.
 //! - `output`: the one place that writes stdout (tables or JSON).
 //! - `exit`: exit codes and the "answer is no" error.
@@ -30,6 +31,7 @@ pub mod events;
 pub mod exit;
 pub mod failure;
 pub mod groups;
+pub mod input;
 pub mod kafka;
 pub mod money;
 pub mod notify;

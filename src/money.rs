@@ -36,6 +36,10 @@ pub enum MoneyError {
     },
     #[error("{0} is too large or too long: at most 36 digits")]
     TooLong(String),
+    #[error("{0} has too many decimal places: at most 36")]
+    TooManyPlaces(String),
+    #[error("{0:?} is in scientific notation: write it in plain digits, like 1000 or 12.50")]
+    Exponent(String),
     #[error("unknown currency {0:?} (known: {known})", known = Currency::known_codes())]
     UnknownCurrency(String),
 }
@@ -121,9 +125,12 @@ impl FromStr for Currency {
 
 /// An exact decimal number: `mantissa * 10^-scale`.
 ///
-/// This is how amounts travel before a currency gives them meaning. It
-/// parses `12.50`, `-3`, `1e2` and `1.5E-1`, keeps every digit, and
-/// serializes back to JSON as a number with the same digits.
+/// This is how amounts travel before a currency gives them meaning. Text a
+/// person typed goes through [`Decimal::parse_typed`] (`12.50`, `-3`; no
+/// exponent). [`FromStr`] and deserializing are lenient on purpose: they
+/// also take `1e2` and `1.5E-1`, which other services put in JSON numbers
+/// on topics. Every digit is kept, and a decimal serializes back to JSON as
+/// a number with the same digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decimal {
     mantissa: i128,
@@ -172,6 +179,41 @@ impl Decimal {
     pub fn is_negative(&self) -> bool {
         self.mantissa < 0
     }
+
+    /// Parses a decimal a person typed (a flag, a file): optional sign,
+    /// digits, optional point and digits. An exponent (`1e3`) is refused:
+    /// nobody writes money that way, and a stray `e` should not move 1000.
+    pub fn parse_typed(text: &str) -> Result<Decimal, MoneyError> {
+        let trimmed = text.trim();
+        if let Some(at) = trimmed.find(['e', 'E']) {
+            let (plain, exponent) = (&trimmed[..at], &trimmed[at + 1..]);
+            let exponent = exponent.strip_prefix(['-', '+']).unwrap_or(exponent);
+            let is_integer = !exponent.is_empty() && exponent.bytes().all(|b| b.is_ascii_digit());
+            if is_integer && Decimal::from_str(plain).is_ok() {
+                return Err(MoneyError::Exponent(text.to_string()));
+            }
+            return Err(MoneyError::NotANumber(text.to_string()));
+        }
+        Decimal::from_str(text)
+    }
+}
+
+/// Deserializes a [`Decimal`] a person typed (a row of a file): a JSON
+/// number or string, read by [`Decimal::parse_typed`], so no exponent.
+pub fn deserialize_typed<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    let text = decimal_text(deserializer)?;
+    Decimal::parse_typed(&text).map_err(serde::de::Error::custom)
+}
+
+/// The text of a JSON number (digits as written) or string.
+fn decimal_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::String(s) => Ok(s),
+        other => Err(serde::de::Error::custom(format!(
+            "amount must be a number or a string of digits, got {other}"
+        ))),
+    }
 }
 
 impl FromStr for Decimal {
@@ -186,7 +228,10 @@ impl FromStr for Decimal {
         let (number, exponent) = match s.find(['e', 'E']) {
             Some(at) => {
                 let exp: i32 = s[at + 1..].parse().map_err(|_| bad())?;
-                if exp.unsigned_abs() > MAX_EXPONENT {
+                if exp < -(MAX_EXPONENT as i32) {
+                    return Err(MoneyError::TooManyPlaces(text.to_string()));
+                }
+                if exp > MAX_EXPONENT as i32 {
                     return Err(MoneyError::TooLong(text.to_string()));
                 }
                 (&s[..at], exp)
@@ -230,7 +275,7 @@ impl FromStr for Decimal {
             scale += 1;
         }
         if scale > MAX_DIGITS as i64 {
-            return Err(MoneyError::TooLong(text.to_string()));
+            return Err(MoneyError::TooManyPlaces(text.to_string()));
         }
         if negative {
             mantissa = -mantissa;
@@ -266,18 +311,10 @@ impl Serialize for Decimal {
 }
 
 impl<'de> Deserialize<'de> for Decimal {
-    /// Accepts a JSON number (digits kept exactly) or a string of digits.
+    /// Accepts a JSON number (digits kept exactly, an exponent too: other
+    /// services write seed 001's numbers as they come) or a string of digits.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        let text = match &value {
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::String(s) => s.clone(),
-            other => {
-                return Err(serde::de::Error::custom(format!(
-                    "amount must be a number or a string of digits, got {other}"
-                )))
-            }
-        };
+        let text = decimal_text(deserializer)?;
         Decimal::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
@@ -324,9 +361,10 @@ impl Money {
         })
     }
 
-    /// Parses text such as `12.50` as an amount in `currency`.
+    /// Parses text such as `12.50` as an amount in `currency`: plain digits,
+    /// as a person types them (see [`Decimal::parse_typed`]).
     pub fn parse_amount(text: &str, currency: Currency) -> Result<Money, MoneyError> {
-        Money::amount(Decimal::from_str(text)?, currency)
+        Money::amount(Decimal::parse_typed(text)?, currency)
     }
 
     /// A sum from minor units as stored (a balance, say).
@@ -384,10 +422,6 @@ mod tests {
             1250
         );
         assert_eq!(Money::parse_amount("7", usd()).unwrap().minor_units(), 700);
-        assert_eq!(
-            Money::parse_amount("1e2", usd()).unwrap().minor_units(),
-            10000
-        );
         assert_eq!(Money::parse_amount(".5", usd()).unwrap().minor_units(), 50);
         let jpy = Currency::parse("JPY").unwrap();
         assert_eq!(
@@ -425,18 +459,6 @@ mod tests {
             Err(MoneyError::TooPrecise { .. })
         ));
         assert!(matches!(
-            Money::parse_amount("1e40", usd()),
-            Err(MoneyError::TooLong(_))
-        ));
-        assert!(matches!(
-            Money::parse_amount("0e2000000000", usd()),
-            Err(MoneyError::TooLong(_))
-        ));
-        assert!(matches!(
-            Money::parse_amount("0e-30", usd()),
-            Err(MoneyError::NotPositive(_))
-        ));
-        assert!(matches!(
             Money::parse_amount("10000000000000.01", usd()),
             Err(MoneyError::TooLarge { .. })
         ));
@@ -451,6 +473,69 @@ mod tests {
         }
         let message = Money::parse_amount("1.001", usd()).unwrap_err().to_string();
         assert_eq!(message, "1.001 has more decimal places than USD allows (2)");
+    }
+
+    #[test]
+    fn typed_amounts_have_no_exponent() {
+        for text in ["1e3", "1E-2", "1e-400", "-1e2", "0e0", ".5e1", "1.5E+1"] {
+            assert_eq!(
+                Money::parse_amount(text, usd()),
+                Err(MoneyError::Exponent(text.into())),
+                "{text}"
+            );
+        }
+        let message = Decimal::parse_typed("1e3").unwrap_err().to_string();
+        assert!(message.contains("scientific notation"), "{message}");
+        for text in ["e3", "1e", "abc", "-e1"] {
+            assert!(
+                matches!(Decimal::parse_typed(text), Err(MoneyError::NotANumber(_))),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            Decimal::parse_typed(" 12.50 ").unwrap(),
+            Decimal::new(1250, 2)
+        );
+        // A row of a file: a JSON number or string, without an exponent.
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(deserialize_with = "deserialize_typed")]
+            amount: Decimal,
+        }
+        let row: Row = serde_json::from_str(r#"{"amount":12.50}"#).unwrap();
+        assert_eq!(row.amount.to_string(), "12.50");
+        let err = serde_json::from_str::<Row>(r#"{"amount":1e3}"#)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("scientific notation"), "{err}");
+    }
+
+    #[test]
+    fn messages_on_topics_keep_their_exponents() {
+        assert_eq!(dec("1e2"), Decimal::new(100, 0));
+        assert_eq!(dec("1.5E-1"), Decimal::new(15, 2));
+        let parsed: Decimal = serde_json::from_str("1e3").unwrap();
+        assert_eq!(parsed.to_string(), "1000");
+        assert!(matches!(
+            "1e40".parse::<Decimal>(),
+            Err(MoneyError::TooLong(_))
+        ));
+        assert!(matches!(
+            "0e2000000000".parse::<Decimal>(),
+            Err(MoneyError::TooLong(_))
+        ));
+        assert!(dec("0e-30").is_zero());
+        // Tiny is not large.
+        let tiny = "1e-400".parse::<Decimal>().unwrap_err();
+        assert_eq!(tiny, MoneyError::TooManyPlaces("1e-400".into()));
+        assert_eq!(
+            tiny.to_string(),
+            "1e-400 has too many decimal places: at most 36"
+        );
+        assert!(matches!(
+            format!("0.{}1", "0".repeat(40)).parse::<Decimal>(),
+            Err(MoneyError::TooManyPlaces(_))
+        ));
     }
 
     #[test]

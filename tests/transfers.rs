@@ -370,10 +370,6 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
         (vec!["--to", &alice, "--amount", "1"], "same account"),
         (
-            vec!["--to", "nobody-here", "--amount", "1"],
-            "unknown account \"nobody-here\"",
-        ),
-        (
             vec!["--to", &bob, "--amount", "1", "--currency", "XYZ"],
             "unknown currency \"XYZ\"",
         ),
@@ -393,6 +389,24 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         );
         assert!(run.stdout.is_empty());
     }
+    // An unknown account is a "no" (1), as in `accounts deposit`.
+    let run = p
+        .payctl(&[
+            "transfer",
+            "initiate",
+            "--from",
+            &alice,
+            "--to",
+            "nobody-here",
+            "--amount",
+            "1",
+        ])
+        .expect(1);
+    assert!(
+        run.stderr.contains("unknown account \"nobody-here\""),
+        "{}",
+        run.stderr
+    );
     // A broker that is down: a clear error, and nothing left in Redis.
     let run = p.payctl(&[
         "transfer",

@@ -27,7 +27,7 @@ pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Resul
     let balance = match args
         .balance
         .as_deref()
-        .map(str::parse::<Decimal>)
+        .map(Decimal::parse_typed)
         .transpose()?
     {
         Some(value) if !value.is_zero() => Some(Money::amount(value, currency)?),

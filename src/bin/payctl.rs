@@ -68,6 +68,10 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = int.recv() => {}
         }
         if round > 0 {
+            match payctl::exit::abandon_note() {
+                Some(note) => eprintln!("error: interrupted again, abandoning: {note}"),
+                None => eprintln!("error: interrupted again, abandoning"),
+            }
             std::process::exit(Exit::Interrupted.code().into());
         }
         tracing::info!("stopping: finishing the batch in hand");

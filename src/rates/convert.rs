@@ -215,7 +215,7 @@ pub async fn run<'p>(
     output: Output,
 ) -> anyhow::Result<()> {
     let pivot = Currency::parse(&args.pivot)?;
-    let amount: Decimal = args.amount.parse().context("invalid amount")?;
+    let amount = Decimal::parse_typed(&args.amount).context("invalid amount")?;
     if !args.asynchronous {
         let rates = rates::all(redis).await?;
         return match compute(&rates, amount, &args.from, &args.to, pivot) {

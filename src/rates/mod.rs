@@ -65,11 +65,10 @@ impl FromStr for Pair {
     }
 }
 
-/// Checks a rate: above zero, at most [`MAX_RATE_PLACES`] places, sane size.
+/// Checks a rate: plain digits (no exponent, as for amounts), above zero,
+/// at most [`MAX_RATE_PLACES`] places, sane size.
 pub fn validate_rate(text: &str) -> anyhow::Result<Decimal> {
-    let rate: Decimal = text
-        .parse()
-        .with_context(|| format!("invalid rate {text:?}"))?;
+    let rate = Decimal::parse_typed(text).with_context(|| format!("invalid rate {text:?}"))?;
     let rate = rate.normalized();
     if rate.is_negative() || rate.is_zero() {
         bail!("a rate must be greater than zero, got {text}");

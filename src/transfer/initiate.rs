@@ -15,18 +15,18 @@
 //! the row's number, so a file can always be run again.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::accounts::{self, Account};
-use crate::exit::refuse;
+use crate::exit::{refuse, Interrupted};
 use crate::kafka::{produce_each, Outgoing};
 use crate::money::{Currency, Decimal, Money};
 use crate::output::{self, Output, Rendered, Report};
@@ -41,6 +41,7 @@ use crate::transfer::{Transfer, TransferStatus};
   payctl transfer initiate --file batch.jsonl      # {\"from\":\"alice\",\"to\":\"bob\",\"amount\":\"12.50\"} per line
   payctl transfer initiate --file batch.csv        # header: from,to,amount[,currency][,idempotency_key]
   payctl transfer initiate --file batch.csv        # again after a failure: nothing twice
+  produce-rows | payctl transfer initiate --file - -o json   # standard input; JSON lists the created ids
   payctl transfer initiate --file payroll.csv --fresh  # new transfers on every run")]
 pub struct Args {
     /// Paying account.
@@ -60,10 +61,11 @@ pub struct Args {
     /// 1 to 200 bytes, no control characters.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Initiate every row of a JSON-lines or CSV file. All rows are checked
-    /// before any is written. Rows without an idempotency key get one made
-    /// of the file's SHA-256 and the row number, so running the same file
-    /// again creates nothing twice.
+    /// Initiate every row of a JSON-lines or CSV file (`-`: standard
+    /// input). All rows are checked before any is written. Rows without an
+    /// idempotency key get one made of the file's SHA-256 and the row
+    /// number, so running the same file again creates nothing twice. The
+    /// first Ctrl-C stops after the chunk in hand, with a summary.
     #[arg(long, conflicts_with_all = ["from", "to", "amount", "currency", "idempotency_key"])]
     pub file: Option<PathBuf>,
     /// With --file: rows without an idempotency key create new transfers
@@ -73,13 +75,17 @@ pub struct Args {
     pub fresh: bool,
 }
 
-/// One transfer to initiate, from flags or one row of a file.
+/// One transfer to initiate, from flags or one row of a file. A field it
+/// does not know (a mistyped `idempotency_key`) is refused, not ignored.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     #[serde(alias = "sender_id")]
     pub from: String,
     #[serde(alias = "receiver_id")]
     pub to: String,
+    /// Plain digits: a person wrote the file, so no exponent.
+    #[serde(deserialize_with = "crate::money::deserialize_typed")]
     pub amount: Decimal,
     #[serde(default)]
     pub currency: Option<String>,
@@ -102,22 +108,42 @@ impl Report for Initiated {
     }
 }
 
+/// Why a request cannot be initiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub message: String,
+    /// The answer is no (an account that does not exist: exit 1) rather
+    /// than bad input (exit 2).
+    pub refusal: bool,
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Problem {
+        Problem {
+            message,
+            refusal: false,
+        }
+    }
+}
+
 /// Checks one request against the accounts it names and builds its record.
 fn validate(
     request: &TransferRequest,
     accounts: &HashMap<String, Account>,
-) -> Result<Transfer, String> {
+) -> Result<Transfer, Problem> {
     let account = |id: &str| {
         accounts::validate_id(id).map_err(|e| e.to_string())?;
-        accounts
-            .get(id)
-            .ok_or_else(|| format!("unknown account {id:?}"))
+        accounts.get(id).ok_or_else(|| Problem {
+            message: format!("unknown account {id:?}"),
+            refusal: true,
+        })
     };
     if request.from == request.to {
         return Err(format!(
             "sender and receiver are the same account ({:?})",
             request.from
-        ));
+        )
+        .into());
     }
     let sender = account(&request.from)?;
     let receiver = account(&request.to)?;
@@ -130,7 +156,8 @@ fn validate(
             return Err(format!(
                 "currency mismatch: account {:?} holds {}, the transfer is in {currency}",
                 party.id, party.currency
-            ));
+            )
+            .into());
         }
     }
     let amount =
@@ -160,7 +187,7 @@ pub async fn prepare(
     redis: &mut Redis,
     requests: &[TransferRequest],
     label: impl Fn(usize) -> String,
-) -> anyhow::Result<Result<Vec<Transfer>, Vec<String>>> {
+) -> anyhow::Result<Result<Vec<Transfer>, Vec<Problem>>> {
     let ids: Vec<String> = requests
         .iter()
         .flat_map(|r| [r.from.clone(), r.to.clone()])
@@ -183,7 +210,10 @@ pub async fn prepare(
     for (i, request) in requests.iter().enumerate() {
         match validate(request, &known) {
             Ok(transfer) => transfers.push(transfer),
-            Err(problem) => problems.push(format!("{}{problem}", label(i))),
+            Err(problem) => problems.push(Problem {
+                message: format!("{}{}", label(i), problem.message),
+                ..problem
+            }),
         }
     }
     Ok(if problems.is_empty() {
@@ -450,12 +480,17 @@ pub struct BulkSummary {
     pub existing: usize,
     pub failed: usize,
     /// The first row not initiated when the run stopped early (a broker or
-    /// Redis failure); rows before it are settled. `None` when it ran through.
+    /// Redis failure, or Ctrl-C); rows before it are settled. `None` when it
+    /// ran through.
     pub stopped_at_row: Option<usize>,
+    /// True when SIGINT/SIGTERM stopped it after the chunk in hand.
+    pub interrupted: bool,
     /// Why it stopped.
     pub error: Option<String>,
     /// The first [`MAX_ERRORS_SHOWN`] row errors, each with its row number.
     pub errors: Vec<String>,
+    /// The ids of the transfers this run created, in row order.
+    pub created_ids: Vec<String>,
     pub elapsed_ms: u64,
     pub per_second: u64,
 }
@@ -474,6 +509,9 @@ impl Report for BulkSummary {
         ];
         if let Some(row) = self.stopped_at_row {
             rows.push(("stopped at row", row.to_string()));
+        }
+        if self.interrupted {
+            rows.push(("stopped by", "interrupt (Ctrl-C)".into()));
         }
         if let Some(error) = &self.error {
             rows.push(("stopped by", error.clone()));
@@ -522,82 +560,231 @@ pub fn file_digest(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Reads a JSON-lines or CSV file of transfer requests.
-pub fn read_requests(path: &PathBuf) -> anyhow::Result<RequestFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// Reads a JSON-lines or CSV file of transfer requests (`-`: standard
+/// input). A byte-order mark is skipped; the digest covers every byte.
+/// Every row that cannot be read is listed, not only the first.
+pub fn read_requests(path: &Path) -> anyhow::Result<RequestFile> {
+    let bytes = crate::input::read(path)?;
     let digest = file_digest(&bytes);
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("reading {}: not UTF-8", path.display()))?;
+    let name = crate::input::display(path);
+    let text = crate::input::text(&bytes, path)?;
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let rows = if first.trim_start().starts_with('{') {
-        parse_jsonl(&text)
+        parse_jsonl(text)
     } else {
-        parse_csv(&text)
+        parse_csv(text)
     };
-    let requests =
-        rows.with_context(|| format!("reading transfer requests from {}", path.display()))?;
+    let requests = rows.with_context(|| format!("reading transfer requests from {name}"))?;
     Ok(RequestFile { requests, digest })
 }
 
-fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
-    let mut requests = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request = serde_json::from_str(line).with_context(|| format!("line {}", n + 1))?;
-        requests.push(request);
+/// Rows listed in one error message; the count says how many more there are.
+const MAX_PROBLEMS_SHOWN: usize = 100;
+
+/// One error listing the rows that cannot be used.
+fn bad_rows(problems: &[String], rows: usize, what: &str) -> anyhow::Error {
+    let mut listed = problems
+        .iter()
+        .take(MAX_PROBLEMS_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    if problems.len() > MAX_PROBLEMS_SHOWN {
+        listed.push_str(&format!(
+            "\n  … and {} more",
+            problems.len() - MAX_PROBLEMS_SHOWN
+        ));
     }
-    Ok(requests)
+    anyhow!(
+        "{} of {rows} rows {what}; nothing was initiated:\n  {listed}",
+        problems.len()
+    )
 }
 
-fn parse_csv(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
-    let mut lines = text
+/// One JSON object per line; blank lines are skipped and not counted as rows.
+fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
+    let mut requests = Vec::new();
+    let mut problems = Vec::new();
+    let rows = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, header)) = lines.next() else {
-        return Ok(Vec::new());
-    };
-    let columns: Vec<String> = split_csv(header)
-        .into_iter()
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let position = |names: &[&str]| columns.iter().position(|c| names.contains(&c.as_str()));
-    let (Some(from), Some(to), Some(amount)) = (
-        position(&["from", "sender_id"]),
-        position(&["to", "receiver_id"]),
-        position(&["amount"]),
-    ) else {
-        bail!("CSV header must name from, to and amount columns (got {header:?})");
-    };
-    let currency = position(&["currency"]);
-    let key = position(&["idempotency_key"]);
-    let mut requests = Vec::new();
-    for (n, line) in lines {
-        let cells = split_csv(line);
-        let cell = |i: usize| cells.get(i).cloned().filter(|c| !c.is_empty());
-        let line_no = n + 1;
-        let required =
-            |i: usize, name: &str| cell(i).with_context(|| format!("line {line_no}: no {name}"));
-        let amount_text = required(amount, "amount")?;
-        requests.push(TransferRequest {
-            from: required(from, "from")?,
-            to: required(to, "to")?,
-            amount: Decimal::from_str(&amount_text)
-                .with_context(|| format!("line {line_no}: invalid amount"))?,
-            currency: currency.and_then(cell),
-            idempotency_key: key.and_then(cell),
-        });
+    for (row, (n, line)) in rows.enumerate() {
+        match serde_json::from_str(line) {
+            Ok(request) => requests.push(request),
+            Err(e) => problems.push(format!("row {} (line {}): {e}", row + 1, n + 1)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(bad_rows(
+            &problems,
+            requests.len() + problems.len(),
+            "cannot be read",
+        ));
     }
     Ok(requests)
 }
 
-/// Splits one CSV line; fields may be wrapped in double quotes.
-fn split_csv(line: &str) -> Vec<String> {
-    line.split(',')
-        .map(|c| c.trim().trim_matches('"').to_string())
-        .collect()
+/// The columns a CSV header may name, by the field each fills.
+const CSV_COLUMNS: [(&str, &[&str]); 5] = [
+    ("from", &["from", "sender_id"]),
+    ("to", &["to", "receiver_id"]),
+    ("amount", &["amount"]),
+    ("currency", &["currency"]),
+    ("idempotency_key", &["idempotency_key"]),
+];
+
+/// CSV as RFC 4180 has it (quotes, commas and line breaks inside quotes,
+/// CRLF), read by the `csv` crate. The header names the columns; every row
+/// has as many fields as the header.
+fn parse_csv(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header = reader.headers().context("reading the CSV header")?.clone();
+    let names: Vec<String> = header.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            !CSV_COLUMNS
+                .iter()
+                .any(|(_, known)| known.contains(&n.as_str()))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "unknown CSV column {}: the header names from, to, amount and optionally currency, \
+             idempotency_key (sender_id and receiver_id work for from and to)",
+            unknown
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut column = [None; 5];
+    for (slot, (field, known)) in column.iter_mut().zip(CSV_COLUMNS) {
+        let mut at = names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| known.contains(&n.as_str()));
+        *slot = at.next().map(|(i, _)| i);
+        if at.next().is_some() {
+            bail!("the CSV header names the {field} column twice");
+        }
+    }
+    let [Some(from), Some(to), Some(amount), currency, key] = column else {
+        bail!(
+            "CSV header must name from, to and amount columns (got {:?})",
+            header.iter().collect::<Vec<_>>().join(",")
+        );
+    };
+
+    let mut requests = Vec::new();
+    let mut problems = Vec::new();
+    let mut record = csv::StringRecord::new();
+    let mut row = 0;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) if record.len() == 1 && record[0].is_empty() => continue,
+            Ok(true) => {
+                row += 1;
+                let line = record.position().map_or(0, |p| p.line());
+                match csv_request(&record, header.len(), [from, to, amount], currency, key) {
+                    Ok(request) => requests.push(request),
+                    Err(e) => problems.push(format!("row {row} (line {line}): {e}")),
+                }
+            }
+            Err(e) => {
+                row += 1;
+                problems.push(format!("row {row}: {e}"));
+                if e.is_io_error() {
+                    break;
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(bad_rows(&problems, row, "cannot be read"));
+    }
+    Ok(requests)
+}
+
+/// One CSV row as a request.
+fn csv_request(
+    record: &csv::StringRecord,
+    width: usize,
+    [from, to, amount]: [usize; 3],
+    currency: Option<usize>,
+    key: Option<usize>,
+) -> Result<TransferRequest, String> {
+    if record.len() != width {
+        return Err(format!("{} fields, the header has {width}", record.len()));
+    }
+    let cell = |i: usize| Some(record[i].to_string()).filter(|c| !c.is_empty());
+    let required = |i: usize, name: &str| cell(i).ok_or_else(|| format!("no {name}"));
+    let amount_text = required(amount, "amount")?;
+    Ok(TransferRequest {
+        from: required(from, "from")?,
+        to: required(to, "to")?,
+        amount: Decimal::parse_typed(&amount_text).map_err(|e| format!("invalid amount: {e}"))?,
+        currency: currency.and_then(cell),
+        idempotency_key: key.and_then(cell),
+    })
+}
+
+/// Fails, with the command that fixes it, when the broker says `topic`
+/// does not exist: brokers such as Tansu create a topic on first produce,
+/// and a transfer on a topic no worker reads is never processed. Asks for
+/// every topic: a producer's request for one named topic lets the broker
+/// create it.
+///
+/// A broker that does not answer in time is not a missing topic: the
+/// publish that follows fails the same way and the transfer is rolled back
+/// (nothing is initiated), as it always was.
+fn check_topic_exists(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    let metadata = match producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            tracing::warn!("could not check that topic {topic} exists: {e}");
+            return Ok(());
+        }
+    };
+    let exists = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if !exists {
+        bail!(
+            "missing topic: {topic} (create it: payctl topics create {topic}); nothing was initiated"
+        );
+    }
+    Ok(())
+}
+
+/// How long the topic check waits for the broker.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The error for problems found before anything was written: a refusal
+/// (exit 1) when every one is.
+fn problems_error(problems: Vec<Problem>, rows: Option<usize>) -> anyhow::Error {
+    let refusal = problems.iter().all(|p| p.refusal);
+    let messages: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+    let error = match rows {
+        None => anyhow!("{}", messages.join("; ")),
+        Some(rows) => bad_rows(&messages, rows, "are invalid"),
+    };
+    if refusal {
+        refuse(format!("{error}"))
+    } else {
+        error
+    }
 }
 
 const BULK_CHUNK: usize = 5000;
@@ -609,6 +796,7 @@ pub async fn run(
     topic: &str,
     output: Output,
     show_progress: bool,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut publisher = Publisher {
         redis,
@@ -620,13 +808,14 @@ pub async fn run(
         let request = TransferRequest {
             from: args.from.unwrap_or_default(),
             to: args.to.unwrap_or_default(),
-            amount: Decimal::from_str(amount_text).context("invalid amount")?,
+            amount: Decimal::parse_typed(amount_text).context("invalid amount")?,
             currency: args.currency,
             idempotency_key: args.idempotency_key,
         };
+        check_topic_exists(producer, topic)?;
         let transfers = match prepare(publisher.redis, &[request], |_| String::new()).await? {
             Ok(transfers) => transfers,
-            Err(problems) => bail!("{}", problems.join("; ")),
+            Err(problems) => return Err(problems_error(problems, None)),
         };
         let initiated = publisher
             .initiate(transfers)
@@ -641,23 +830,12 @@ pub async fn run(
     if !args.fresh {
         file.derive_keys();
     }
+    check_topic_exists(producer, topic)?;
     let requests = file.requests;
     let transfers =
         match prepare(publisher.redis, &requests, |i| format!("row {}: ", i + 1)).await? {
             Ok(transfers) => transfers,
-            Err(problems) => {
-                let shown: Vec<&String> = problems.iter().take(20).collect();
-                bail!(
-                    "{} of {} rows are invalid; nothing was initiated:\n  {}",
-                    problems.len(),
-                    requests.len(),
-                    shown
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n  ")
-                );
-            }
+            Err(problems) => return Err(problems_error(problems, Some(requests.len()))),
         };
     drop(requests);
     let progress = output::progress_bar(transfers.len() as u64, show_progress);
@@ -668,17 +846,44 @@ pub async fn run(
         existing: 0,
         failed: 0,
         stopped_at_row: None,
+        interrupted: false,
         error: None,
         errors: Vec::new(),
+        created_ids: Vec::new(),
         elapsed_ms: 0,
         per_second: 0,
     };
+    let again = if args.fresh {
+        "--fresh rows have no key: running the file again creates the initiated ones again"
+    } else {
+        "run the same command again to finish: rows already initiated are not created twice"
+    };
     let mut refused = 0;
     let mut done = 0;
+    let mut redis_failed = false;
     let mut transfers = transfers.into_iter().peekable();
     while transfers.peek().is_some() {
+        // Stop between chunks, never in the middle of one.
+        if shutdown.is_cancelled() {
+            summary.stopped_at_row = Some(done + 1);
+            summary.interrupted = true;
+            break;
+        }
         let chunk: Vec<Transfer> = transfers.by_ref().take(BULK_CHUNK).collect();
         let size = chunk.len();
+        crate::exit::set_abandon_note(Some(format!(
+            "rows {} to {} of {} were being stored and published; some of them may be stored \
+             in Redis and unpublished (transfers:unpublished): payctl transfer resend publishes \
+             them{}",
+            done + 1,
+            done + size,
+            summary.rows,
+            if args.fresh {
+                ""
+            } else {
+                " (running the same command again finishes the file too)"
+            }
+        )));
         let results = match publisher.initiate(chunk).await {
             Ok(results) => results,
             Err(e) => {
@@ -686,13 +891,20 @@ pub async fn run(
                 // stored and unpublished; a re-run (or resend) finishes them.
                 summary.stopped_at_row = Some(done + 1);
                 summary.error = Some(format!("{e:#}"));
+                redis_failed = true;
                 break;
             }
         };
         for (i, result) in results.into_iter().enumerate() {
             let row = done + i + 1;
             match result {
-                Ok(Initiated { created: true, .. }) => summary.created += 1,
+                Ok(Initiated {
+                    transfer,
+                    created: true,
+                }) => {
+                    summary.created += 1;
+                    summary.created_ids.push(transfer.transfer_id);
+                }
                 Ok(Initiated { created: false, .. }) => summary.existing += 1,
                 Err(e) => {
                     summary.failed += 1;
@@ -717,19 +929,27 @@ pub async fn run(
             break;
         }
     }
+    crate::exit::set_abandon_note(None);
     progress.finish_and_clear();
     summary.initiated = summary.created + summary.existing;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     summary.per_second = (done as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64;
     output.emit(&summary)?;
+    if let (Some(row), true) = (summary.stopped_at_row, summary.interrupted) {
+        return Err(anyhow::Error::new(Interrupted(format!(
+            "interrupted at row {row} of {}: {} rows initiated; {again}",
+            summary.rows, summary.initiated
+        ))));
+    }
     if let (Some(row), Some(error)) = (summary.stopped_at_row, &summary.error) {
-        let again = if args.fresh {
-            "--fresh rows have no key: running the file again creates the initiated ones again"
+        let unpublished = if redis_failed {
+            " Rows of the chunk in hand may be stored and unpublished: payctl transfer resend \
+             publishes them."
         } else {
-            "run the same command again to finish: rows already initiated are not created twice"
+            ""
         };
         bail!(
-            "stopped at row {row} of {}: {} rows initiated; {again}. {error}",
+            "stopped at row {row} of {}: {} rows initiated; {again}.{unpublished} {error}",
             summary.rows,
             summary.initiated
         );
@@ -792,7 +1012,7 @@ mod tests {
     #[test]
     fn refuses_bad_requests_with_reasons() {
         let accounts = accounts();
-        let refuse = |r: TransferRequest| validate(&r, &accounts).unwrap_err();
+        let refuse = |r: TransferRequest| validate(&r, &accounts).unwrap_err().message;
         assert!(refuse(request("alice", "alice", "1")).contains("same account"));
         assert!(refuse(request("alice", "zed", "1")).contains("unknown account \"zed\""));
         assert!(refuse(request("alice", "eve", "1")).contains("currency mismatch"));
@@ -820,6 +1040,7 @@ mod tests {
         with_bad_key.idempotency_key = Some("x\u{0}y".into());
         assert!(validate(&with_bad_key, &accounts())
             .unwrap_err()
+            .message
             .contains("invalid idempotency key"));
     }
 
@@ -870,5 +1091,69 @@ mod tests {
             parse_jsonl("{\"sender_id\":\"a\",\"receiver_id\":\"b\",\"amount\":0.30}\n\n").unwrap();
         assert_eq!(jsonl[0].amount.to_string(), "0.30");
         assert!(parse_csv("a,b\n1,2").is_err());
+    }
+
+    #[test]
+    fn unknown_accounts_are_refusals_and_other_problems_are_not() {
+        let accounts = accounts();
+        assert!(
+            validate(&request("alice", "zed", "1"), &accounts)
+                .unwrap_err()
+                .refusal
+        );
+        assert!(
+            !validate(&request("alice", "eve", "1"), &accounts)
+                .unwrap_err()
+                .refusal
+        );
+        assert!(
+            !validate(&request("alice", "bob", "-1"), &accounts)
+                .unwrap_err()
+                .refusal
+        );
+    }
+
+    #[test]
+    fn csv_quotes_line_ends_and_field_counts() {
+        let text = "From,To,Amount,Idempotency_Key\r\n\"alice\",bob,\"1000.00\",\"a,\"\"b\"\"\"\r\n\r\n  \r\nalice,bob,2,\r\n";
+        let rows = parse_csv(text).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].amount.to_string(), "1000.00");
+        assert_eq!(rows[0].idempotency_key.as_deref(), Some("a,\"b\""));
+        assert_eq!(rows[1].idempotency_key, None);
+
+        let text = "from,to,amount\nalice,bob,\"1,000.00\"\nalice,bob,1,extra\nalice,bob\n\"al\nice\",bob,1\nalice,bob,1e3\nalice,bob,3\n";
+        let err = format!("{:#}", parse_csv(text).unwrap_err());
+        for wanted in [
+            "4 of 6 rows cannot be read",
+            "row 1 (line 2): invalid amount: \"1,000.00\" is not a decimal number",
+            "row 2 (line 3): 4 fields, the header has 3",
+            "row 3 (line 4): 2 fields, the header has 3",
+            "row 5 (line 7): invalid amount: \"1e3\" is in scientific notation",
+        ] {
+            assert!(err.contains(wanted), "{wanted:?} in {err}");
+        }
+        assert!(!err.contains("row 4") && !err.contains("row 6"), "{err}");
+        assert!(
+            format!("{:#}", parse_csv("from,to,amount,memo\n").unwrap_err())
+                .contains("unknown CSV column \"memo\"")
+        );
+        assert!(parse_csv("from,sender_id,to,amount\n").is_err());
+        assert!(parse_csv("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn jsonl_refuses_unknown_fields_and_exponents_listing_every_row() {
+        let text = "{\"from\":\"a\",\"to\":\"b\",\"amount\":\"1\",\"idempotency_kye\":\"k\"}\n\n{\"from\":\"a\",\"to\":\"b\",\"amount\":1}\n{\"from\":\"a\",\"to\":\"b\",\"amount\":1e3}\n";
+        let err = format!("{:#}", parse_jsonl(text).unwrap_err());
+        assert!(err.contains("2 of 3 rows cannot be read"), "{err}");
+        assert!(
+            err.contains("row 1 (line 1): unknown field `idempotency_kye`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("row 3 (line 4)") && err.contains("scientific notation"),
+            "{err}"
+        );
     }
 }
