@@ -5,7 +5,9 @@ use std::io::{self, IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::money::{Currency, Decimal};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +54,43 @@ pub fn record_table<'a>(rows: impl IntoIterator<Item = (&'a str, String)>) -> Ta
         t.add_row(vec![field.to_string(), value]);
     }
     t
+}
+
+/// Money and rates in JSON output are strings with their digits
+/// (`"12.50"`), never JSON numbers, which jq, Python and JavaScript read as
+/// floats. (Records on topics and in Redis keep the types their formats give
+/// them; only what payctl prints goes through these.)
+pub fn decimal_text<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// [`decimal_text`] for an optional value: `null` when absent.
+pub fn optional_decimal_text<S: Serializer>(
+    value: &Option<Decimal>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// An amount as printed: at least the digits of its currency (`12.5` USD is
+/// `12.50`, `1500` JPY is `1500`); a digit more than the currency has, as a
+/// record written by another service may carry, is kept, never cut. An
+/// unknown or missing currency leaves the digits as they are.
+pub fn amount_text(amount: Decimal, currency: Option<&str>) -> String {
+    let places = currency
+        .and_then(|code| Currency::parse(code).ok())
+        .map_or(0, |c| c.exponent());
+    if amount.scale() >= places {
+        return amount.to_string();
+    }
+    let factor = 10i128.pow(places - amount.scale());
+    match amount.mantissa().checked_mul(factor) {
+        Some(mantissa) => Decimal::new(mantissa, places).to_string(),
+        None => amount.to_string(),
+    }
 }
 
 /// Writes reports to stdout in the chosen format.
@@ -106,4 +145,27 @@ pub fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
             .expect("a valid progress template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_print_with_their_currencys_digits() {
+        let dec = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(amount_text(dec("12.5"), Some("USD")), "12.50");
+        assert_eq!(amount_text(dec("125"), Some("usd")), "125.00");
+        assert_eq!(amount_text(dec("1500"), Some("JPY")), "1500");
+        assert_eq!(amount_text(dec("0.1"), Some("KWD")), "0.100");
+        // More digits than the currency has are kept, never cut.
+        assert_eq!(amount_text(dec("1.005"), Some("USD")), "1.005");
+        assert_eq!(amount_text(dec("7.5"), None), "7.5");
+        assert_eq!(amount_text(dec("7.5"), Some("XYZ")), "7.5");
+        let text = serde_json::to_string(&RatesOnly(dec("0.9215"))).unwrap();
+        assert_eq!(text, r#""0.9215""#);
+    }
+
+    #[derive(Serialize)]
+    struct RatesOnly(#[serde(serialize_with = "decimal_text")] Decimal);
 }

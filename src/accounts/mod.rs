@@ -27,7 +27,8 @@ pub struct Account {
     pub id: String,
     #[serde(serialize_with = "serialize_code")]
     pub currency: Currency,
-    /// Exact decimal, serialized as a JSON number (`12.50`).
+    /// Exact decimal with the currency's digits, printed as a JSON string
+    /// (`"12.50"`): an account is only ever serialized for output.
     #[serde(serialize_with = "serialize_money")]
     pub balance: Money,
     pub opened_at: String,
@@ -38,7 +39,7 @@ fn serialize_code<S: serde::Serializer>(c: &Currency, s: S) -> Result<S::Ok, S::
 }
 
 fn serialize_money<S: serde::Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
-    m.to_decimal().serialize(s)
+    output::decimal_text(&m.to_decimal(), s)
 }
 
 impl Account {

@@ -34,11 +34,61 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct Entry {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "serialize_event")]
     event: TransactionEvent,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
+}
+
+/// An event as printed: the amount a string with the currency's digits
+/// (`"12.50"`); the event on the topic keeps its number.
+#[derive(Serialize)]
+struct EventView<'a> {
+    transaction_id: &'a str,
+    user_id: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counterparty: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occurred_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reannounced: bool,
+}
+
+fn serialize_event<S: serde::Serializer>(e: &TransactionEvent, s: S) -> Result<S::Ok, S::Error> {
+    EventView {
+        transaction_id: &e.transaction_id,
+        user_id: &e.user_id,
+        status: &e.status,
+        event_id: e.event_id.as_deref(),
+        role: e.role.as_deref(),
+        counterparty: e.counterparty.as_deref(),
+        amount: e
+            .amount
+            .map(|a| output::amount_text(a, e.currency.as_deref())),
+        currency: e.currency.as_deref(),
+        reason: e.reason.as_deref(),
+        occurred_at: e.occurred_at.as_deref(),
+        payment_id: e.payment_id.as_deref(),
+        kind: e.kind.as_deref(),
+        reannounced: e.reannounced,
+    }
+    .serialize(s)
 }
 
 #[derive(Serialize)]
