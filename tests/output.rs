@@ -161,3 +161,33 @@ fn payctl(args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A port nothing listens on.
+const NO_BROKER: &str = "127.0.0.1:19999";
+
+#[test]
+fn an_unreachable_broker_is_one_line_naming_the_address() {
+    let want = format!("error: cannot reach the Kafka brokers at {NO_BROKER} (");
+    for args in [
+        &["topics", "list"][..],
+        &["-q", "topics", "list"],
+        &["transfer", "process", "--until-idle", "1"],
+        &["notify", "consume", "--max-messages", "1"],
+        &["transactions", "log"],
+    ] {
+        let mut all = vec!["--brokers", NO_BROKER];
+        all.extend_from_slice(args);
+        let run = payctl(&all).expect(2);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?} printed:\n{}", run.stderr);
+        assert!(lines[0].starts_with(&want), "{args:?}: {}", lines[0]);
+    }
+    // librdkafka's own lines only at -vv.
+    let run = payctl(&["--brokers", NO_BROKER, "-vv", "topics", "list"]).expect(2);
+    assert!(run.stderr.contains("librdkafka"), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().last().unwrap().starts_with(&want),
+        "{}",
+        run.stderr
+    );
+}
