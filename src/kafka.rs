@@ -608,12 +608,8 @@ impl Scan {
                 };
                 tpl.add_partition_offset(&self.topic, p, offset)?;
             }
-            if tpl.count() == 0 {
-                bail!(
-                    "topic {:?} has no partition {:?}",
-                    self.topic,
-                    self.partition
-                );
+            if let (0, Some(partition)) = (tpl.count(), self.partition) {
+                bail!("topic {:?} has no partition {partition}", self.topic);
             }
             consumer.assign(&tpl).context("assigning partitions")?;
         }

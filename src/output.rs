@@ -1,10 +1,10 @@
 //! The one place that writes to stdout: tables for people, JSON for scripts.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write as _};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ColumnConstraint, ContentArrangement, Table};
 use serde::{Serialize, Serializer};
 
 use crate::money::{Currency, Decimal};
@@ -116,7 +116,10 @@ impl Output {
             Format::Json => serde_json::to_string(report)?,
             Format::Table => match report.render() {
                 Rendered::Line(line) => line,
-                Rendered::Table(table) => table.to_string(),
+                Rendered::Table(mut table) => {
+                    keep_words_whole(&mut table);
+                    table.to_string()
+                }
             },
         };
         line(&text).map(|_| ())
@@ -134,17 +137,67 @@ pub fn line(text: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// A progress bar on stderr, shown only to a person at a terminal.
+/// `1 payment`, `2 payments`: a count with its noun.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Longest id echoed whole in a message; a longer one is shown by its
+/// prefix and its length.
+const ID_SHOWN: usize = 64;
+
+/// An id as an error message shows it: quoted, and cut to a prefix and its
+/// length when it is long (`"aaaa…" (100000 characters)`), so a bad
+/// 100,000-character id does not fill the terminal.
+pub fn id_for_message(id: &str) -> String {
+    let length = id.chars().count();
+    if length <= ID_SHOWN {
+        return format!("{id:?}");
+    }
+    let prefix: String = id.chars().take(32).collect();
+    format!("{prefix:?}… ({length} characters)")
+}
+
+/// A progress bar on stderr, shown only to a person at a terminal: a rate in
+/// whole items per second (`5065/s`, not `5,065.3907/s`).
 pub fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
     if !wanted || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .expect("a valid progress template"),
-    );
+    bar.set_style(progress_style());
     bar
+}
+
+fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template("{bar:40} {pos}/{len} {rate} eta {eta}")
+        .expect("a valid progress template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
+}
+
+/// Never breaks an id over lines: a column whose cells are all single words
+/// (ids, amounts, times) keeps its content's width, and only columns of
+/// prose (reasons, errors) wrap; a table wider than the terminal is left so.
+fn keep_words_whole(table: &mut Table) {
+    let columns = table.column_count();
+    let mut prose = vec![false; columns];
+    for row in table.row_iter() {
+        for (i, cell) in row.cell_iter().enumerate() {
+            if i < columns && cell.content().contains(char::is_whitespace) {
+                prose[i] = true;
+            }
+        }
+    }
+    for (i, prose) in prose.into_iter().enumerate() {
+        if let (false, Some(column)) = (prose, table.column_mut(i)) {
+            column.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
 }
 
 #[cfg(test)]

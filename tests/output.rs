@@ -191,3 +191,159 @@ fn an_unreachable_broker_is_one_line_naming_the_address() {
         run.stderr
     );
 }
+
+#[test]
+fn payments_left_unanswered_exit_3_with_the_summary() {
+    let redis = common::PrivateRedis::start();
+    let p = Pipeline::new();
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let user = unique("dora");
+    p.payctl_env(
+        &[
+            "payments", "submit", "--user", &user, "--plan", "p", "--amount", "5.00",
+        ],
+        &env,
+    )
+    .expect(0);
+    p.payctl_env(&["payments", "save", "--until-idle", "2"], &env)
+        .expect(0);
+    // Nothing listens on port 1: the processor is unreachable.
+    let run = p
+        .payctl_env(
+            &[
+                "payments",
+                "process",
+                "--processor-url",
+                "http://127.0.0.1:1/execute_transaction",
+                "--timeout",
+                "0.5",
+                "--retries",
+                "0",
+                "--output",
+                "json",
+            ],
+            &env,
+        )
+        .expect(3);
+    assert_eq!(run.json()["unanswered"], 1, "{}", run.stdout);
+    assert!(run.stderr.contains("unanswered"), "{}", run.stderr);
+}
+
+#[test]
+fn small_things_an_operator_trips_over() {
+    let p = Pipeline::new();
+
+    // A partition that does not exist is named as a number.
+    let run = p
+        .payctl(&["topics", "consume", &p.transfers, "--partition", "9"])
+        .expect(2);
+    assert!(run.stderr.contains("has no partition 9"), "{}", run.stderr);
+    assert!(!run.stderr.contains("Some("), "{}", run.stderr);
+
+    // A cause is not printed twice.
+    let run = payctl(&[
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+        "accounts",
+        "show",
+        "a",
+    ])
+    .expect(2);
+    let causes: Vec<&str> = run.stderr.trim().split(": ").collect();
+    for pair in causes.windows(2) {
+        assert_ne!(pair[0], pair[1], "repeated: {}", run.stderr);
+    }
+
+    // A huge id is cut to a prefix and its length.
+    let long = "a".repeat(100_000);
+    for args in [
+        &["accounts", "open", &long][..],
+        &["accounts", "show", &long],
+        &["transfer", "show", &long],
+    ] {
+        let run = p.payctl(args);
+        assert_ne!(run.code, 0);
+        assert!(
+            run.stderr.len() < 300,
+            "{} bytes: {:.300}",
+            run.stderr.len(),
+            run.stderr
+        );
+        assert!(run.stderr.contains("100000"), "{}", run.stderr);
+    }
+
+    // A closed or full stderr is no panic: the exit code still tells.
+    for redirect in ["2>&-", "2>/dev/full"] {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec \"$0\" --redis-url {} accounts show {} {redirect}",
+                common::redis_url(),
+                unique("nobody")
+            ))
+            .arg(env!("CARGO_BIN_EXE_payctl"))
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{redirect}");
+    }
+
+    // Global options have their own heading in every command's help.
+    let help = payctl(&["accounts", "show", "--help"]).expect(0).stdout;
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no global heading:\n{help}"));
+    assert!(!own.contains("--brokers"), "{help}");
+    assert!(global.contains("--brokers"), "{help}");
+}
+
+/// Runs `command` in a pseudo-terminal 80 columns wide; returns what it showed.
+fn at_80_columns(command: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 80 rows 50; {command}"),
+            "/dev/null",
+        ])
+        .output()
+        .expect("script (util-linux) runs a command in a pseudo-terminal");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tables_never_break_an_id() {
+    let p = Pipeline::new();
+    let alice = open_account(&p, "alice", "50.00");
+    let bob = open_account(&p, "bob", "0");
+    let id = p
+        .payctl(&[
+            "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "1",
+        ])
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    let shown = at_80_columns(&format!(
+        "REDIS_URL={} {} transfer show {id}",
+        common::redis_url(),
+        env!("CARGO_BIN_EXE_payctl")
+    ));
+    assert!(shown.contains(&id), "{shown}");
+    assert!(shown.contains(&alice), "{shown}");
+}
+
+#[test]
+fn one_message_is_one_message() {
+    let p = Pipeline::new();
+    let mut child = p.spawn_with_stdin(&["topics", "produce", &p.transfers]);
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"{}\n").unwrap();
+    }
+    let run = common::finish(child).expect(0);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("1 message written to {}", p.transfers)
+    );
+}

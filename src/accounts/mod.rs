@@ -115,7 +115,10 @@ pub fn parse_balance(text: &str) -> Option<i64> {
 pub fn validate_id(id: &str) -> anyhow::Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.@:-".contains(c);
     if id.is_empty() || id.len() > 64 || !id.chars().all(ok_char) {
-        bail!("invalid account id {id:?}: use 1 to 64 letters, digits or _.@:-");
+        bail!(
+            "invalid account id {}: use 1 to 64 letters, digits or _.@:-",
+            output::id_for_message(id)
+        );
     }
     Ok(())
 }
@@ -125,7 +128,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>>
     let fields: HashMap<String, String> = redis
         .hgetall(keys::account(id))
         .await
-        .with_context(|| format!("reading account {id}"))?;
+        .with_context(|| format!("reading account {}", output::id_for_message(id)))?;
     Account::from_hash(id, fields)
 }
 
@@ -133,7 +136,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>>
 pub async fn require(redis: &mut Redis, id: &str) -> anyhow::Result<Account> {
     get(redis, id)
         .await?
-        .ok_or_else(|| refuse(format!("unknown account {id:?}")))
+        .ok_or_else(|| refuse(format!("unknown account {}", output::id_for_message(id))))
 }
 
 /// Reads many accounts in one round trip, in the order asked.

@@ -105,6 +105,9 @@ impl Report for Shown {
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     match super::get(redis, &args.id).await? {
         Some(payment) => output.emit(&Shown(payment)),
-        None => Err(refuse(format!("no payment {:?}", args.id))),
+        None => Err(refuse(format!(
+            "no payment {}",
+            output::id_for_message(&args.id)
+        ))),
     }
 }

@@ -178,7 +178,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Transfer>
     let json: Option<String> = redis
         .get(keys::transfer(id))
         .await
-        .with_context(|| format!("reading transfer {id}"))?;
+        .with_context(|| format!("reading transfer {}", output::id_for_message(id)))?;
     json.map(|json| parse_stored(id, &json)).transpose()
 }
 

@@ -17,6 +17,9 @@ pub struct Args {
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     match super::get(redis, &args.id).await? {
         Some(transfer) => output.emit(&super::ShownTransfer(transfer)),
-        None => Err(refuse(format!("no transfer {:?}", args.id))),
+        None => Err(refuse(format!(
+            "no transfer {}",
+            crate::output::id_for_message(&args.id)
+        ))),
     }
 }
