@@ -347,3 +347,105 @@ fn one_message_is_one_message() {
         format!("1 message written to {}", p.transfers)
     );
 }
+
+/// Produces `values` to partition 0 of `topic` with broker timestamps `at` (ms).
+fn produce_at(topic: &str, at: i64, values: &[String]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    for value in values {
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(value)
+                    .timestamp(at),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn transactions_log_filters_then_limits_and_stops_reading_once_it_has_them() {
+    let p = Pipeline::new();
+    let user = unique("erin");
+    let event = |n: usize, status: &str| {
+        serde_json::json!({"transaction_id": format!("t{n}"), "user_id": user, "status": status, "amount": 1.5, "currency": "USD"})
+            .to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Two hours ago: 3 rejected, then 1000 completed; now: 2 rejected, 5 completed.
+    let old: Vec<String> = (0..3)
+        .map(|n| event(n, "rejected"))
+        .chain((3..1003).map(|n| event(n, "completed")))
+        .collect();
+    produce_at(&p.transactions, now - 2 * 3600 * 1000, &old);
+    let new: Vec<String> = (1003..1005)
+        .map(|n| event(n, "rejected"))
+        .chain((1005..1010).map(|n| event(n, "completed")))
+        .collect();
+    produce_at(&p.transactions, now, &new);
+
+    let ids = |log: &Value| -> Vec<String> {
+        log.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["transaction_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The limit counts matches, not messages read: 4 rejected, newest first.
+    let log = json(
+        &p,
+        &[
+            "transactions",
+            "log",
+            "--status",
+            "rejected",
+            "--limit",
+            "4",
+        ],
+    );
+    assert_eq!(ids(&log), ["t1004", "t1003", "t2", "t1"], "{log}");
+    let log = json(
+        &p,
+        &[
+            "transactions",
+            "log",
+            "--status",
+            "rejected",
+            "--since",
+            "1h",
+        ],
+    );
+    assert_eq!(ids(&log), ["t1004", "t1003"], "{log}");
+
+    // The newest 3 are at the end: reading stops long before the start.
+    let run = p
+        .payctl(&[
+            "-v",
+            "transactions",
+            "log",
+            "--limit",
+            "3",
+            "--output",
+            "json",
+        ])
+        .expect(0);
+    assert_eq!(ids(&run.json()), ["t1009", "t1008", "t1007"]);
+    let read: u64 = run
+        .stderr
+        .split("read ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of messages read in:\n{}", run.stderr));
+    assert!(read < 1000, "read {read} of 1010 messages for the newest 3");
+}
