@@ -33,35 +33,48 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = KafkaConfig::DEFAULT_BROKERS)]
+    #[arg(long, global = true, help_heading = "Global options", env = "KAFKA_BOOTSTRAP_SERVERS", default_value = KafkaConfig::DEFAULT_BROKERS)]
     pub brokers: String,
     /// Redis URL.
-    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
+    #[arg(long, global = true, help_heading = "Global options", env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
     pub redis_url: String,
     /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
     /// PAYCTL_KAFKA_OPTIONS holds more, space-separated; -X wins over it.
-    #[arg(short = 'X', global = true, value_name = "KEY=VALUE")]
+    #[arg(
+        short = 'X',
+        global = true,
+        help_heading = "Global options",
+        value_name = "KEY=VALUE"
+    )]
     pub kafka_option: Vec<String>,
     /// Output format.
     #[arg(
         long,
         short = 'o',
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_OUTPUT",
         value_enum,
         default_value = "table"
     )]
     pub output: Format,
     /// More log output on stderr (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr; no progress bars.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        help_heading = "Global options",
+        conflicts_with = "verbose"
+    )]
     pub quiet: bool,
     /// Topic of transfers to process (seed 001).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_TOPIC_TRANSFERS",
         default_value = "money_transfers"
     )]
@@ -70,6 +83,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_TOPIC_TRANSACTIONS",
         default_value = "payment_transactions"
     )]
@@ -78,6 +92,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_TOPIC_RATE_CHANGES",
         default_value = "rate_changes"
     )]
@@ -86,6 +101,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_TOPIC_PAYMENTS",
         default_value = "payments"
     )]
@@ -94,6 +110,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "PAYCTL_TOPIC_CONVERSIONS",
         default_value = "conversion_requests"
     )]

@@ -7,12 +7,14 @@
 /// | 0    | done |
 /// | 1    | ran, and the answer is no (a transfer was rejected, a lookup found nothing) |
 /// | 2    | error or usage: bad input, a service unreachable |
+/// | 3    | partly done: the run finished, but some work is left for the next one (`payments process` with payments the processor has not answered) |
 /// | 130  | interrupted before the work was done |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Done,
     No,
     Error,
+    PartlyDone,
     Interrupted,
 }
 
@@ -23,6 +25,7 @@ impl Exit {
             Exit::Done => 0,
             Exit::No => 1,
             Exit::Error => 2,
+            Exit::PartlyDone => 3,
             Exit::Interrupted => 130,
         }
     }
@@ -44,10 +47,19 @@ pub fn refuse(message: impl Into<String>) -> anyhow::Error {
 #[error("{0}")]
 pub struct Interrupted(pub String);
 
-/// The exit for an error: refusals are 1, interruptions 130, everything else 2.
+/// A run that did what it could and left some work for the next run
+/// (exit 3), so a cron job notices; its summary has been printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PartlyDone(pub String);
+
+/// The exit for an error: refusals are 1, partly done runs 3, interruptions
+/// 130, everything else 2.
 pub fn exit_for(error: &anyhow::Error) -> Exit {
     if error.chain().any(|cause| cause.is::<Refusal>()) {
         Exit::No
+    } else if error.chain().any(|cause| cause.is::<PartlyDone>()) {
+        Exit::PartlyDone
     } else if error.chain().any(|cause| cause.is::<Interrupted>()) {
         Exit::Interrupted
     } else {

@@ -108,6 +108,83 @@ impl KafkaConfig {
     }
 }
 
+/// How long payctl waits for any broker to answer before it says the
+/// brokers cannot be reached.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a refused connection counts as unreachable: long enough for
+/// librdkafka to try every address a name resolves to (`localhost` is
+/// `::1` and `127.0.0.1`).
+const REFUSED_AFTER: Duration = Duration::from_secs(2);
+
+/// Keeps what librdkafka reports about the connections of a reachability
+/// check, so the one-line error can say why.
+#[derive(Default)]
+struct Reachability {
+    /// The first reason a connection failed.
+    reason: std::sync::Mutex<Option<String>>,
+    /// True once every broker connection is down.
+    all_down: std::sync::atomic::AtomicBool,
+}
+
+impl rdkafka::client::ClientContext for Reachability {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        } else if let Ok(mut first) = self.reason.lock() {
+            first.get_or_insert_with(|| reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for Reachability {}
+
+impl KafkaConfig {
+    /// Asks the brokers for metadata, once, before the real work: when none
+    /// answers, fails with one line naming them (`cannot reach the Kafka
+    /// brokers at 127.0.0.1:19999 (… Connection refused …)`) instead of
+    /// librdkafka retrying in the background. Refused connections fail it
+    /// within seconds; an address that never answers, after `timeout`.
+    /// Blocking: async callers run it on `spawn_blocking`.
+    pub fn check_reachable(&self, timeout: Duration) -> anyhow::Result<()> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let started = std::time::Instant::now();
+        let client: BaseConsumer<Reachability> = self
+            .with_overrides(self.base())
+            .create_with_context(Reachability::default())
+            .with_context(|| format!("creating a Kafka client for {}", self.brokers))?;
+        let outcome = loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let attempt = left.min(Duration::from_millis(250));
+            let error = match client.fetch_metadata(None, attempt) {
+                Ok(_) => break Ok(()),
+                Err(e) => e,
+            };
+            // Serves the error callbacks that fill in the context.
+            let _ = client.poll(Duration::ZERO);
+            let context = client.context();
+            let refused = context.all_down.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() >= REFUSED_AFTER;
+            if refused || started.elapsed() >= timeout {
+                let reason = context
+                    .reason
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.clone())
+                    .unwrap_or_else(|| error.to_string());
+                break Err(anyhow!(
+                    "cannot reach the Kafka brokers at {} ({reason})",
+                    self.brokers
+                ));
+            }
+        };
+        // Tearing a client down joins its threads; the caller need not wait.
+        std::thread::spawn(move || drop(client));
+        outcome
+    }
+}
+
 /// Produces every record and waits for every ack. All records are in flight
 /// at once; the first failure is returned only after every ack is in.
 pub async fn produce_all(producer: &FutureProducer, records: &[Outgoing]) -> anyhow::Result<()> {
@@ -531,12 +608,8 @@ impl Scan {
                 };
                 tpl.add_partition_offset(&self.topic, p, offset)?;
             }
-            if tpl.count() == 0 {
-                bail!(
-                    "topic {:?} has no partition {:?}",
-                    self.topic,
-                    self.partition
-                );
+            if let (0, Some(partition)) = (tpl.count(), self.partition) {
+                bail!("topic {:?} has no partition {partition}", self.topic);
             }
             consumer.assign(&tpl).context("assigning partitions")?;
         }

@@ -116,7 +116,10 @@ fn a_rate_change_reaches_each_watcher_once() {
         .payctl(&["rates", "set", "GBP", "DKK", "8.61", "--output", "json"])
         .expect(0)
         .json();
-    assert_eq!(change[0]["previous_rate"].to_string(), "8.5");
+    assert_eq!(
+        change[0]["previous_rate"].as_str().unwrap().to_string(),
+        "8.5"
+    );
 
     let summary = consume(&p, &[]);
     assert_eq!(summary["outcomes"]["notified"], 2, "{summary}");
@@ -155,29 +158,38 @@ fn conversions_are_exact_direct_inverse_and_cross() {
 
     let direct = convert(&p, &["10", "CHF", "SEK"]);
     assert_eq!(
-        (direct["result"].to_string(), direct["route"].as_str()),
+        (
+            direct["result"].as_str().unwrap().to_string(),
+            direct["route"].as_str()
+        ),
         ("117.50".into(), Some("direct"))
     );
     let inverse = convert(&p, &["117.50", "SEK", "CHF"]);
     assert_eq!(
-        (inverse["result"].to_string(), inverse["route"].as_str()),
+        (
+            inverse["result"].as_str().unwrap().to_string(),
+            inverse["route"].as_str()
+        ),
         ("10.00".into(), Some("inverse"))
     );
     // 100 × 0.0937 × 3.9815 = 37.306655 → 37.31, rounded once.
     let cross = convert(&p, &["100", "NOK", "PLN"]);
-    assert_eq!(cross["result"].to_string(), "37.31");
+    assert_eq!(cross["result"].as_str().unwrap().to_string(), "37.31");
     assert_eq!(cross["route"], "cross via USD");
-    assert_eq!(cross["rate"].to_string(), "0.37306655");
+    assert_eq!(cross["rate"].as_str().unwrap().to_string(), "0.37306655");
     // Inverse legs in a cross: 37.31 PLN → NOK = 37.31 / 3.9815 / 0.0937 = 100.0088… → 100.01.
     let back = convert(&p, &["37.31", "PLN", "NOK"]);
-    assert_eq!(back["result"].to_string(), "100.01");
+    assert_eq!(back["result"].as_str().unwrap().to_string(), "100.01");
 
     let run = p.payctl(&["rates", "convert", "1", "CZK", "KRW"]).expect(1);
     assert!(run.stderr.contains("no rate for CZK/KRW"), "{}", run.stderr);
     let bad = p.payctl(&["rates", "set", "CHF", "SEK", "-2"]).expect(2);
     assert!(bad.stderr.contains("greater than zero"), "{}", bad.stderr);
     assert_eq!(
-        convert(&p, &["10", "CHF", "SEK"])["result"].to_string(),
+        convert(&p, &["10", "CHF", "SEK"])["result"]
+            .as_str()
+            .unwrap()
+            .to_string(),
         "117.50"
     );
 }
@@ -216,7 +228,10 @@ fn an_async_conversion_round_trip() {
         .expect(0)
         .json();
     assert_eq!(done["status"], "done");
-    assert_eq!(done["answer"]["result"].to_string(), "42.95");
+    assert_eq!(
+        done["answer"]["result"].as_str().unwrap().to_string(),
+        "42.95"
+    );
     let failed = p.payctl(&["rates", "result", &unknown]).expect(1);
     assert!(
         failed.stderr.contains("no rate for HKD/KWD"),

@@ -147,7 +147,7 @@ fn an_active_subscription_refuses_a_second_payment_and_a_refund_ends_it() {
         ),
         (Some("refund"), Some("accepted"))
     );
-    assert_eq!(refunded["amount"].to_string(), "9.99");
+    assert_eq!(refunded["amount"].as_str().unwrap().to_string(), "9.99");
     // The subscription ended, so paying again is allowed.
     t.submit(&alice, "9.99");
 }
@@ -358,14 +358,22 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
         Some("503 Service Unavailable"),
         None,
     ]);
-    let summary = t.process(&[
-        "--processor-url",
-        &url,
-        "--timeout",
-        "0.5",
-        "--retries",
-        "2",
-    ]);
+    // Exit 3: partly done, so a cron job notices.
+    let summary = t
+        .run(&[
+            "payments",
+            "process",
+            "--processor-url",
+            &url,
+            "--timeout",
+            "0.5",
+            "--retries",
+            "2",
+            "--output",
+            "json",
+        ])
+        .expect(3)
+        .json();
     assert_eq!(summary["unanswered"], 1, "{summary}");
     assert_eq!(seen.load(Ordering::SeqCst), 3);
     let waiting = t.payment(&id);

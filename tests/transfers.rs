@@ -15,7 +15,7 @@ fn balance(p: &Pipeline, id: &str) -> String {
         .payctl(&["accounts", "show", id, "--output", "json"])
         .expect(0)
         .json();
-    account["balance"].to_string()
+    account["balance"].as_str().unwrap().to_string()
 }
 
 fn initiate(p: &Pipeline, from: &str, to: &str, amount: &str) -> String {
@@ -70,7 +70,7 @@ fn initiate_process_and_balances() {
         .payctl(&["transfer", "show", &ids[1], "--output", "json"])
         .expect(0)
         .json();
-    assert_eq!(shown["amount"].to_string(), "0.10");
+    assert_eq!(shown["amount"].as_str().unwrap().to_string(), "0.10");
 
     // One outcome event per party, in seed 000's shape.
     let events = read_topic(&p.transactions);
@@ -1087,6 +1087,8 @@ fn resend_publishes_lost_transfers_and_skips_decided_ones() {
         run(&["accounts", "show", id, "--output", "json"])
             .expect(0)
             .json()["balance"]
+            .as_str()
+            .unwrap()
             .to_string()
     };
     assert_eq!(

@@ -27,7 +27,8 @@ pub struct Account {
     pub id: String,
     #[serde(serialize_with = "serialize_code")]
     pub currency: Currency,
-    /// Exact decimal, serialized as a JSON number (`12.50`).
+    /// Exact decimal with the currency's digits, printed as a JSON string
+    /// (`"12.50"`): an account is only ever serialized for output.
     #[serde(serialize_with = "serialize_money")]
     pub balance: Money,
     pub opened_at: String,
@@ -38,7 +39,7 @@ fn serialize_code<S: serde::Serializer>(c: &Currency, s: S) -> Result<S::Ok, S::
 }
 
 fn serialize_money<S: serde::Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
-    m.to_decimal().serialize(s)
+    output::decimal_text(&m.to_decimal(), s)
 }
 
 impl Account {
@@ -114,7 +115,10 @@ pub fn parse_balance(text: &str) -> Option<i64> {
 pub fn validate_id(id: &str) -> anyhow::Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.@:-".contains(c);
     if id.is_empty() || id.len() > 64 || !id.chars().all(ok_char) {
-        bail!("invalid account id {id:?}: use 1 to 64 letters, digits or _.@:-");
+        bail!(
+            "invalid account id {}: use 1 to 64 letters, digits or _.@:-",
+            output::id_for_message(id)
+        );
     }
     Ok(())
 }
@@ -124,7 +128,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>>
     let fields: HashMap<String, String> = redis
         .hgetall(keys::account(id))
         .await
-        .with_context(|| format!("reading account {id}"))?;
+        .with_context(|| format!("reading account {}", output::id_for_message(id)))?;
     Account::from_hash(id, fields)
 }
 
@@ -132,7 +136,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Account>>
 pub async fn require(redis: &mut Redis, id: &str) -> anyhow::Result<Account> {
     get(redis, id)
         .await?
-        .ok_or_else(|| refuse(format!("unknown account {id:?}")))
+        .ok_or_else(|| refuse(format!("unknown account {}", output::id_for_message(id))))
 }
 
 /// Reads many accounts in one round trip, in the order asked.

@@ -1,10 +1,14 @@
 //! The `payctl` binary: parse, run, turn the result into an exit code.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
-use payctl::cli::Cli;
+use payctl::cli::{
+    Cli, Command, NotifyCommand, PaymentsCommand, RatesCommand, TopicsCommand, TransactionsCommand,
+    TransferCommand,
+};
 use payctl::exit::{exit_for, Exit};
+use payctl::kafka::REACH_TIMEOUT;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -13,21 +17,129 @@ async fn main() {
     init_logging(cli.global.verbose, cli.global.quiet);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let kafka = kafka_use(&cli.command);
     let app = cli.global.app(shutdown);
     let result = match &app {
-        Ok(app) => cli.command.run(app).await,
-        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        Ok(app) => {
+            let checked = match kafka {
+                KafkaUse::First => reachable(app, REACH_TIMEOUT).await,
+                _ => Ok(()),
+            };
+            match checked {
+                Ok(()) => cli.command.run(app).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(anyhow::anyhow!("{}", error_text(e))),
     };
     let exit = match result {
         Ok(()) => Exit::Done,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A Kafka failure that is really "no broker answers" says so
+            // first, and keeps what the command said (what was stored).
+            let error = match (&app, kafka) {
+                (Ok(app), KafkaUse::Later) if involves_kafka(&error) => {
+                    match reachable(app, DIAGNOSE_TIMEOUT).await {
+                        Err(unreachable) => error.context(unreachable.to_string()),
+                        Ok(()) => error,
+                    }
+                }
+                _ => error,
+            };
+            // stderr may be closed (`2>&-`) or full (`2>/dev/full`): the
+            // exit code still tells.
+            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&error));
             exit_for(&error)
         }
     };
     // Every ack has been awaited and stdout flushed; exit without tearing
     // down the clients `app` still holds (see `App::producer`).
     std::process::exit(exit.code().into())
+}
+
+/// How long the check after a Kafka failure waits for a broker.
+const DIAGNOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// When a command talks to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KafkaUse {
+    /// Never (Redis only).
+    Never,
+    /// Kafka is its work (workers, topic tools, bulk jobs): the brokers are
+    /// checked before anything else, and an unreachable one fails at once.
+    First,
+    /// After other work, as one message (a single `transfer initiate`):
+    /// no check up front, which would cost every call a round trip; a
+    /// failure is checked afterwards, to say the brokers are unreachable.
+    Later,
+}
+
+fn kafka_use(command: &Command) -> KafkaUse {
+    match command {
+        Command::Transfer(TransferCommand::Initiate(args)) if args.file.is_some() => {
+            KafkaUse::First
+        }
+        Command::Transfer(TransferCommand::Initiate(_)) => KafkaUse::Later,
+        Command::Transfer(TransferCommand::Process(_) | TransferCommand::Resend(_)) => {
+            KafkaUse::First
+        }
+        Command::Notify(NotifyCommand::Consume(_)) => KafkaUse::First,
+        Command::Rates(RatesCommand::Serve(_)) => KafkaUse::First,
+        Command::Rates(RatesCommand::Set(_) | RatesCommand::Import(_)) => KafkaUse::Later,
+        Command::Rates(RatesCommand::Convert(args)) if args.asynchronous => KafkaUse::Later,
+        Command::Payments(PaymentsCommand::Save(_) | PaymentsCommand::Process(_)) => {
+            KafkaUse::First
+        }
+        Command::Payments(PaymentsCommand::Submit(_) | PaymentsCommand::Refund(_)) => {
+            KafkaUse::Later
+        }
+        Command::Topics(TopicsCommand::Produce(_)) => KafkaUse::Later,
+        Command::Topics(_) | Command::Groups(_) => KafkaUse::First,
+        Command::Transactions(TransactionsCommand::Log(_)) => KafkaUse::First,
+        // `status` reports an unreachable broker in its own table.
+        Command::Status(_) => KafkaUse::Never,
+        Command::Accounts(_)
+        | Command::Transfer(TransferCommand::Show(_) | TransferCommand::List(_))
+        | Command::Notify(_)
+        | Command::Rates(_)
+        | Command::Payments(_)
+        | Command::Completions { .. } => KafkaUse::Never,
+    }
+}
+
+/// Checks the brokers answer, off the async threads.
+async fn reachable(app: &payctl::cli::App, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let kafka = app.kafka.clone();
+    tokio::task::spawn_blocking(move || kafka.check_reachable(timeout))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("checking the Kafka brokers: {e}")))
+}
+
+/// True when a librdkafka error is somewhere in the chain.
+fn involves_kafka(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<rdkafka::error::KafkaError>())
+}
+
+/// The error and its causes, `: `-separated, as `{:#}` prints them, but a
+/// cause whose text the previous one already holds is left out
+/// (`Connection refused (os error 111): Connection refused (os error 111)`).
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let this = cause.to_string();
+        if !previous.is_empty() && previous.contains(&this) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&this);
+        previous = this;
+    }
+    text
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the -v/-q level.
@@ -39,7 +151,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(librdkafka_quiet(level)));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(librdkafka_quiet(level, verbose)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -47,9 +159,10 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
-/// librdkafka reports every reconnect attempt; below -vv only its errors show.
-fn librdkafka_quiet(level: &str) -> String {
-    let kafka = if level == "debug" { "warn" } else { "error" };
+/// librdkafka reports every reconnect attempt, and payctl reports what
+/// matters of them in its own words: librdkafka's lines only from -vv on.
+fn librdkafka_quiet(level: &str, verbose: u8) -> String {
+    let kafka = if verbose >= 2 { "info" } else { "off" };
     format!("payctl={level},librdkafka={kafka},rdkafka={kafka},warn")
 }
 
@@ -76,5 +189,35 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         }
         tracing::info!("stopping: finishing the batch in hand");
         shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let error = anyhow::Error::new(refused).context("connecting to Redis at redis://x");
+        assert_eq!(
+            error_text(&error),
+            "connecting to Redis at redis://x: Connection refused (os error 111)"
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("Connection refused (os error 111)")]
+        struct Wrapper(#[source] std::io::Error);
+        let wrapped = anyhow::Error::new(Wrapper(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )))
+        .context("reading account a");
+        assert_eq!(
+            error_text(&wrapped),
+            "reading account a: Connection refused (os error 111)"
+        );
     }
 }

@@ -3,7 +3,10 @@
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
-use crate::output::Output;
+use serde::Serialize;
+
+use crate::output::{Output, Rendered, Report};
+use crate::payments::show::PaymentView;
 use crate::payments::{get_many, keys, PaymentList};
 use crate::store::Redis;
 
@@ -22,6 +25,21 @@ pub struct Args {
     pub status: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+}
+
+/// Payments, printed: amounts as strings (see [`PaymentView`]).
+struct Listed(PaymentList);
+
+impl Serialize for Listed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0 .0.iter().map(PaymentView::from))
+    }
+}
+
+impl Report for Listed {
+    fn render(&self) -> Rendered {
+        self.0.render()
+    }
 }
 
 const KNOWN: [&str; 9] = [
@@ -69,5 +87,5 @@ pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Resul
             }
         }
     }
-    output.emit(&PaymentList(found))
+    output.emit(&Listed(PaymentList(found)))
 }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::seconds_from;
 use crate::events::TransactionEvent;
+use crate::exit::PartlyDone;
 use crate::kafka::produce_each;
 use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
@@ -709,7 +710,14 @@ pub async fn run(
     lock.release(redis).await;
     result?;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
-    output.emit(&summary)
+    output.emit(&summary)?;
+    if summary.unanswered > 0 {
+        return Err(anyhow::Error::new(PartlyDone(format!(
+            "{} unanswered: the processor did not answer; they stay in_processing and the next run sends them again",
+            output::count(summary.unanswered, "payment", "payments")
+        ))));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub struct RefundArgs {
 
 #[derive(Serialize)]
 struct Submitted {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "super::show::serialize_request")]
     request: PaymentRequest,
 }
 

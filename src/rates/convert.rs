@@ -59,12 +59,113 @@ pub struct Conversion {
     pub rounding: String,
 }
 
+/// A conversion as `--output json` prints it: amounts strings with their
+/// currency's digits, rates strings with their digits. The record stored in
+/// `conversion:{id}` keeps its numbers.
+#[derive(Debug, Serialize)]
+pub struct ConversionView<'a> {
+    pub amount: String,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub result: String,
+    #[serde(serialize_with = "output::decimal_text")]
+    pub rate: Decimal,
+    pub route: &'a str,
+    pub legs: Vec<LegView<'a>>,
+    pub rounding: &'a str,
+}
+
+/// A leg as printed: its rate a string.
+#[derive(Debug, Serialize)]
+pub struct LegView<'a> {
+    pub pair: &'a str,
+    #[serde(serialize_with = "output::decimal_text")]
+    pub rate: Decimal,
+    pub inverted: bool,
+}
+
+impl<'a> From<&'a Conversion> for ConversionView<'a> {
+    fn from(c: &'a Conversion) -> Self {
+        ConversionView {
+            amount: output::amount_text(c.amount, Some(&c.from)),
+            from: &c.from,
+            to: &c.to,
+            result: output::amount_text(c.result, Some(&c.to)),
+            rate: c.rate,
+            route: &c.route,
+            legs: c
+                .legs
+                .iter()
+                .map(|l| LegView {
+                    pair: &l.pair,
+                    rate: l.rate,
+                    inverted: l.inverted,
+                })
+                .collect(),
+            rounding: &c.rounding,
+        }
+    }
+}
+
+/// A conversion record as `rates result` prints it (see [`ConversionView`]).
+#[derive(Debug, Serialize)]
+pub struct ConversionRecordView<'a> {
+    pub request_id: &'a str,
+    pub status: &'a str,
+    pub amount: String,
+    pub from: &'a str,
+    pub to: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<ConversionView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<&'a str>,
+}
+
+impl<'a> From<&'a ConversionRecord> for ConversionRecordView<'a> {
+    fn from(r: &'a ConversionRecord) -> Self {
+        ConversionRecordView {
+            request_id: &r.request_id,
+            status: &r.status,
+            amount: output::amount_text(r.amount, Some(&r.from)),
+            from: &r.from,
+            to: &r.to,
+            requested_at: r.requested_at.as_deref(),
+            answer: r.answer.as_ref().map(ConversionView::from),
+            error: r.error.as_deref(),
+            answered_at: r.answered_at.as_deref(),
+        }
+    }
+}
+
+/// An answered conversion, printed.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ShownConversion(#[serde(serialize_with = "serialize_conversion")] pub Conversion);
+
+fn serialize_conversion<S: serde::Serializer>(c: &Conversion, s: S) -> Result<S::Ok, S::Error> {
+    ConversionView::from(c).serialize(s)
+}
+
+/// A conversion record, printed.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ShownRecord(#[serde(serialize_with = "serialize_record")] pub ConversionRecord);
+
+fn serialize_record<S: serde::Serializer>(r: &ConversionRecord, s: S) -> Result<S::Ok, S::Error> {
+    ConversionRecordView::from(r).serialize(s)
+}
+
 /// The rounding rule, as reported with every conversion.
 pub const ROUNDING: &str = "half-even, once, to the target currency's minor unit";
 
-impl Report for Conversion {
+impl Report for ShownConversion {
     fn render(&self) -> Rendered {
-        let legs: Vec<String> = self
+        let conversion = &self.0;
+        let legs: Vec<String> = conversion
             .legs
             .iter()
             .map(|l| {
@@ -77,12 +178,15 @@ impl Report for Conversion {
             })
             .collect();
         Rendered::Table(output::record_table([
-            ("amount", format!("{} {}", self.amount, self.from)),
-            ("result", format!("{} {}", self.result, self.to)),
-            ("rate", self.rate.to_string()),
-            ("route", self.route.clone()),
+            (
+                "amount",
+                format!("{} {}", conversion.amount, conversion.from),
+            ),
+            ("result", format!("{} {}", conversion.result, conversion.to)),
+            ("rate", conversion.rate.to_string()),
+            ("route", conversion.route.clone()),
             ("legs", legs.join(", ")),
-            ("rounding", self.rounding.clone()),
+            ("rounding", conversion.rounding.clone()),
         ]))
     }
 }
@@ -176,19 +280,20 @@ pub struct ConversionRecord {
     pub answered_at: Option<String>,
 }
 
-impl Report for ConversionRecord {
+impl Report for ShownRecord {
     fn render(&self) -> Rendered {
+        let record = &self.0;
         let mut rows = vec![
-            ("request", self.request_id.clone()),
-            ("status", self.status.clone()),
-            ("amount", format!("{} {}", self.amount, self.from)),
+            ("request", record.request_id.clone()),
+            ("status", record.status.clone()),
+            ("amount", format!("{} {}", record.amount, record.from)),
         ];
-        if let Some(a) = &self.answer {
+        if let Some(a) = &record.answer {
             rows.push(("result", format!("{} {}", a.result, a.to)));
             rows.push(("rate", a.rate.to_string()));
             rows.push(("route", a.route.clone()));
         }
-        if let Some(e) = &self.error {
+        if let Some(e) = &record.error {
             rows.push(("error", e.clone()));
         }
         Rendered::Table(output::record_table(rows))
@@ -219,7 +324,7 @@ pub async fn run<'p>(
     if !args.asynchronous {
         let rates = rates::all(redis).await?;
         return match compute(&rates, amount, &args.from, &args.to, pivot) {
-            Ok(conversion) => output.emit(&conversion),
+            Ok(conversion) => output.emit(&ShownConversion(conversion)),
             Err(e @ Unanswerable::NoRate { .. }) => Err(refuse(e.to_string())),
             Err(e) => Err(e.into()),
         };

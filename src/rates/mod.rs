@@ -91,10 +91,78 @@ pub struct Rate {
     pub updated_at: String,
 }
 
-/// A table of rates.
+/// A rate as `--output json` prints it: the rate a string with its digits
+/// (`"0.9215"`); the stored JSON keeps its number.
 #[derive(Debug, Serialize)]
-#[serde(transparent)]
+pub struct RateView<'a> {
+    pub base: &'a str,
+    pub quote: &'a str,
+    #[serde(serialize_with = "output::decimal_text")]
+    pub rate: Decimal,
+    pub updated_at: &'a str,
+}
+
+impl<'a> From<&'a Rate> for RateView<'a> {
+    fn from(r: &'a Rate) -> Self {
+        RateView {
+            base: &r.base,
+            quote: &r.quote,
+            rate: r.rate,
+            updated_at: &r.updated_at,
+        }
+    }
+}
+
+/// A rate change as printed (`rates set`, `rates import`): the event's
+/// fields, rates as strings, and its time named `updated_at` as `rates list`
+/// names it (the event on `rate_changes` keeps `changed_at`).
+#[derive(Debug, Serialize)]
+pub struct RateChangeView<'a> {
+    pub event_id: &'a str,
+    pub pair: &'a str,
+    pub base: &'a str,
+    pub quote: &'a str,
+    #[serde(serialize_with = "output::decimal_text")]
+    pub rate: Decimal,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "output::optional_decimal_text"
+    )]
+    pub previous_rate: Option<Decimal>,
+    pub updated_at: &'a str,
+}
+
+impl<'a> From<&'a RateChangeEvent> for RateChangeView<'a> {
+    fn from(e: &'a RateChangeEvent) -> Self {
+        RateChangeView {
+            event_id: &e.event_id,
+            pair: &e.pair,
+            base: &e.base,
+            quote: &e.quote,
+            rate: e.rate,
+            previous_rate: e.previous_rate,
+            updated_at: &e.changed_at,
+        }
+    }
+}
+
+/// Serializes rate changes for output, as [`RateChangeView`]s.
+pub fn serialize_changes<S: serde::Serializer>(
+    changes: &[RateChangeEvent],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(changes.iter().map(RateChangeView::from))
+}
+
+/// A table of rates.
+#[derive(Debug)]
 pub struct RateList(pub Vec<Rate>);
+
+impl Serialize for RateList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(RateView::from))
+    }
+}
 
 impl Report for RateList {
     fn render(&self) -> Rendered {

@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 
 use crate::exit::refuse;
 use crate::output::Output;
-use crate::rates::convert::ConversionRecord;
+use crate::rates::convert::{ConversionRecord, ShownRecord};
 use crate::store::{keys, Redis};
 
 /// Show an async conversion: pending, done (with the answer) or failed (exit 1).
@@ -28,8 +28,9 @@ pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Resul
     };
     let record: ConversionRecord =
         serde_json::from_str(&json).context("reading the conversion record")?;
-    output.emit(&record)?;
-    match (record.status.as_str(), &record.error) {
+    let shown = ShownRecord(record);
+    output.emit(&shown)?;
+    match (shown.0.status.as_str(), &shown.0.error) {
         ("failed", Some(error)) => Err(refuse(format!("conversion failed: {error}"))),
         _ => Ok(()),
     }

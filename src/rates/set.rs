@@ -25,11 +25,13 @@ pub struct Args {
 
 #[derive(Serialize)]
 #[serde(transparent)]
-pub(crate) struct Changes(pub Vec<RateChangeEvent>);
+pub(crate) struct Changes(
+    #[serde(serialize_with = "rates::serialize_changes")] pub Vec<RateChangeEvent>,
+);
 
 impl Report for Changes {
     fn render(&self) -> Rendered {
-        let mut table = output::table(["pair", "rate", "previous", "changed_at"]);
+        let mut table = output::table(["pair", "rate", "previous", "updated_at"]);
         for c in &self.0 {
             let previous = c
                 .previous_rate

@@ -40,8 +40,9 @@ struct Produced {
 impl Report for Produced {
     fn render(&self) -> Rendered {
         Rendered::Line(format!(
-            "{} messages written to {}",
-            self.messages, self.topic
+            "{} written to {}",
+            output::count(self.messages as u64, "message", "messages"),
+            self.topic
         ))
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::events::TransactionEvent;
-use crate::kafka::{Scan, StartAt};
+use crate::kafka::{Cluster, Scan, StartAt};
 use crate::output::{self, Output, Rendered, Report};
 
 /// Show transaction outcomes from the transactions topic, newest first.
@@ -19,12 +19,20 @@ use crate::output::{self, Output, Rendered, Report};
 #[command(after_help = "Examples:
   payctl transactions log
   payctl transactions log --user alice --limit 50
+  payctl transactions log --status rejected --since 2h
   payctl transactions log --output json | jq -r '.[] | select(.status == \"rejected\") | .transaction_id'")]
 pub struct Args {
     /// Only this user's outcomes.
     #[arg(long)]
     pub user: Option<String>,
-    /// At most this many.
+    /// Only outcomes in this status (completed, rejected, accepted, …).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only outcomes of this recent past: 90s, 15m, 2h, 7d.
+    #[arg(long, value_name = "AGE")]
+    pub since: Option<String>,
+    /// At most this many, counted after the filters; reading stops once
+    /// the newest this many are found.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
     /// Stop reading after this many seconds without a message.
@@ -34,11 +42,61 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct Entry {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "serialize_event")]
     event: TransactionEvent,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
+}
+
+/// An event as printed: the amount a string with the currency's digits
+/// (`"12.50"`); the event on the topic keeps its number.
+#[derive(Serialize)]
+struct EventView<'a> {
+    transaction_id: &'a str,
+    user_id: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counterparty: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occurred_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reannounced: bool,
+}
+
+fn serialize_event<S: serde::Serializer>(e: &TransactionEvent, s: S) -> Result<S::Ok, S::Error> {
+    EventView {
+        transaction_id: &e.transaction_id,
+        user_id: &e.user_id,
+        status: &e.status,
+        event_id: e.event_id.as_deref(),
+        role: e.role.as_deref(),
+        counterparty: e.counterparty.as_deref(),
+        amount: e
+            .amount
+            .map(|a| output::amount_text(a, e.currency.as_deref())),
+        currency: e.currency.as_deref(),
+        reason: e.reason.as_deref(),
+        occurred_at: e.occurred_at.as_deref(),
+        payment_id: e.payment_id.as_deref(),
+        kind: e.kind.as_deref(),
+        reannounced: e.reannounced,
+    }
+    .serialize(s)
 }
 
 #[derive(Serialize)]
@@ -68,6 +126,22 @@ impl Report for Log {
     }
 }
 
+/// The first window read from the end of each partition; each further
+/// window back is twice as long.
+const FIRST_WINDOW: i64 = 200;
+
+/// What one partition's reading has reached.
+struct Cursor {
+    partition: i32,
+    low: i64,
+    /// The oldest offset read so far (the next window ends here).
+    start: i64,
+    /// The broker timestamp of the oldest message read so far.
+    oldest: Option<i64>,
+    /// Nothing older can make the answer.
+    done: bool,
+}
+
 pub async fn run(
     args: Args,
     kafka: &KafkaConfig,
@@ -79,41 +153,194 @@ pub async fn run(
         args.wait.is_finite() && args.wait >= 0.0,
         "--wait must be a number of seconds"
     );
+    let since = args
+        .since
+        .as_deref()
+        .map(|text| parse_age(text).map(|age| crate::clock::now_millis().saturating_sub(age)))
+        .transpose()?
+        .map(|ms| ms as i64);
+    let wait = Duration::from_secs_f64(args.wait);
+    let offsets = {
+        let (kafka, topic) = (kafka.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let group = format!("payctl-log-{}", uuid::Uuid::new_v4().simple());
+            Cluster::connect(&kafka, &group)?.describe(&topic)
+        })
+        .await??
+    };
+    let mut cursors: Vec<Cursor> = offsets
+        .partitions
+        .iter()
+        .map(|p| Cursor {
+            partition: p.partition,
+            low: p.low,
+            start: p.high,
+            oldest: None,
+            done: false,
+        })
+        .collect();
+    let mut found: Vec<Entry> = Vec::new();
+    let mut read = 0u64;
+    let mut window = FIRST_WINDOW.max(args.limit as i64);
+    let mut first = true;
+    // Newest first: read each partition backwards, a window at a time, and
+    // stop once no older message can be among the newest `limit` matches.
+    while cursors.iter().any(|c| !c.done) && !shutdown.is_cancelled() {
+        let reads = cursors.iter().filter(|c| !c.done).map(|cursor| {
+            let from = (cursor.start - window).max(cursor.low);
+            // The first window runs to the end of the partition: the local
+            // broker's high watermark undercounts batched records.
+            let until = (!first).then_some(cursor.start);
+            read_window(
+                kafka,
+                topic,
+                cursor.partition,
+                from,
+                until,
+                wait,
+                &shutdown,
+                &args,
+            )
+        });
+        let results = futures::future::join_all(reads).await;
+        for (cursor, result) in cursors.iter_mut().filter(|c| !c.done).zip(results) {
+            let window_read = result?;
+            read += window_read.read;
+            cursor.start = (cursor.start - window).max(cursor.low);
+            if window_read.oldest.is_some() {
+                cursor.oldest = window_read.oldest;
+            }
+            found.extend(window_read.matches);
+        }
+        if let Some(since) = since {
+            found.retain(|e| e.timestamp.is_some_and(|t| t >= since));
+        }
+        newest_first(&mut found, args.limit);
+        let kth = (found.len() >= args.limit).then(|| found.last().and_then(|e| e.timestamp));
+        for cursor in cursors.iter_mut() {
+            let older_than_wanted = match (cursor.oldest, kth.flatten()) {
+                (Some(oldest), Some(kth)) => oldest <= kth,
+                _ => kth.is_some(),
+            };
+            let before_since = matches!((cursor.oldest, since), (Some(o), Some(s)) if o < s);
+            cursor.done |= cursor.start <= cursor.low || older_than_wanted || before_since;
+        }
+        window = window.saturating_mul(2);
+        first = false;
+    }
+    tracing::info!(
+        "read {} of {topic}",
+        crate::output::count(read, "message", "messages")
+    );
+    output.emit(&Log(found))
+}
+
+/// Newest first by broker timestamp (partitions interleave), at most `limit`.
+fn newest_first(entries: &mut Vec<Entry>, limit: usize) {
+    entries.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.partition, e.offset)));
+    entries.truncate(limit);
+}
+
+/// What reading one window of one partition found.
+struct WindowRead {
+    read: u64,
+    oldest: Option<i64>,
+    matches: Vec<Entry>,
+}
+
+/// Reads `partition` from offset `from` up to `until` (exclusive; to the
+/// end when `None`), keeping the events that pass the filters.
+#[allow(clippy::too_many_arguments)]
+async fn read_window(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: Option<i64>,
+    wait: Duration,
+    shutdown: &CancellationToken,
+    args: &Args,
+) -> anyhow::Result<WindowRead> {
+    let mut window = WindowRead {
+        read: 0,
+        oldest: None,
+        matches: Vec::new(),
+    };
+    if until.is_some_and(|until| until <= from) {
+        return Ok(window);
+    }
     let scan = Scan {
         topic: topic.to_string(),
-        partition: None,
-        start: StartAt::Beginning,
+        partition: Some(partition),
+        start: StartAt::Offset(from),
         group: None,
         follow: false,
-        wait: Duration::from_secs_f64(args.wait),
+        wait,
     };
-    let mut newest: Vec<Entry> = Vec::new();
-    // Partitions interleave: keep the newest by broker timestamp.
-    let newest_first = |entries: &mut Vec<Entry>, limit: usize| {
-        entries.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.partition, e.offset)));
-        entries.truncate(limit);
-    };
-    scan.run(kafka, &shutdown, |message| {
-        let Some(event) = message
+    scan.run(kafka, shutdown, |message| {
+        if until.is_some_and(|until| message.offset() >= until) {
+            return Ok(false);
+        }
+        window.read += 1;
+        let timestamp = message.timestamp().to_millis();
+        if window.oldest.is_none() {
+            window.oldest = timestamp;
+        }
+        let event = message
             .payload()
-            .and_then(|p| serde_json::from_slice::<TransactionEvent>(p).ok())
-        else {
-            return Ok(true);
-        };
-        if args.user.as_ref().is_none_or(|u| *u == event.user_id) {
-            newest.push(Entry {
+            .and_then(|p| serde_json::from_slice::<TransactionEvent>(p).ok());
+        if let Some(event) = event.filter(|e| {
+            args.user.as_ref().is_none_or(|u| *u == e.user_id)
+                && args.status.as_ref().is_none_or(|s| *s == e.status)
+        }) {
+            window.matches.push(Entry {
                 event,
                 partition: message.partition(),
                 offset: message.offset(),
-                timestamp: message.timestamp().to_millis(),
+                timestamp,
             });
-            if newest.len() > 2 * args.limit.max(1000) {
-                newest_first(&mut newest, args.limit);
-            }
         }
-        Ok(true)
+        Ok(until.is_none_or(|until| message.offset() + 1 < until))
     })
     .await?;
-    newest_first(&mut newest, args.limit);
-    output.emit(&Log(newest))
+    Ok(window)
+}
+
+/// An age such as `90s`, `15m`, `2h`, `7d` or `30` (seconds), in milliseconds.
+fn parse_age(text: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("--since {text:?}: expected an age like 90s, 15m, 2h or 7d");
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c),
+        _ => (text, 's'),
+    };
+    let seconds_per: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    number
+        .checked_mul(seconds_per * 1000)
+        .filter(|&ms| ms <= (crate::config::MAX_SECONDS as u64) * 1000)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("90s").unwrap(), 90_000);
+        assert_eq!(parse_age("15m").unwrap(), 900_000);
+        assert_eq!(parse_age("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_age("1d").unwrap(), 86_400_000);
+        assert_eq!(parse_age("30").unwrap(), 30_000);
+        for bad in ["", "h", "1x", "-5m", "1.5h", "99999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
 }

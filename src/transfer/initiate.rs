@@ -96,7 +96,7 @@ pub struct TransferRequest {
 /// A transfer after initiate: the record, and whether this call created it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Initiated {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "super::serialize_for_output")]
     pub transfer: Transfer,
     /// False when an idempotency key returned an earlier transfer.
     pub created: bool,

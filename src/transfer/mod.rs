@@ -82,16 +82,76 @@ impl Transfer {
     }
 }
 
-impl Report for Transfer {
+/// A transfer as `--output json` prints it: the stored fields, the amount a
+/// string with the currency's digits (`"12.50"`). The record in Redis and
+/// the message on the topic keep seed 001's JSON number.
+#[derive(Debug, Serialize)]
+pub struct TransferView<'a> {
+    pub transfer_id: &'a str,
+    pub sender_id: &'a str,
+    pub receiver_id: &'a str,
+    pub amount: String,
+    pub status: TransferStatus,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a Transfer> for TransferView<'a> {
+    fn from(t: &'a Transfer) -> Self {
+        TransferView {
+            transfer_id: &t.transfer_id,
+            sender_id: &t.sender_id,
+            receiver_id: &t.receiver_id,
+            amount: output::amount_text(t.amount, t.currency.as_deref()),
+            status: t.status,
+            version: t.version,
+            currency: t.currency.as_deref(),
+            created_at: t.created_at.as_deref(),
+            updated_at: t.updated_at.as_deref(),
+            idempotency_key: t.idempotency_key.as_deref(),
+            reason: t.reason.as_deref(),
+        }
+    }
+}
+
+/// Serializes a transfer for output, as [`TransferView`]: for
+/// `#[serde(serialize_with)]` on output structs that hold a [`Transfer`].
+pub fn serialize_for_output<S: serde::Serializer>(
+    transfer: &Transfer,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    TransferView::from(transfer).serialize(serializer)
+}
+
+/// One transfer, printed (`transfer show`).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ShownTransfer(#[serde(serialize_with = "serialize_for_output")] pub Transfer);
+
+impl Report for ShownTransfer {
     fn render(&self) -> Rendered {
-        TransferList(vec![self.clone()]).render()
+        TransferList(vec![self.0.clone()]).render()
     }
 }
 
 /// A table of transfers.
-#[derive(Debug, Serialize)]
-#[serde(transparent)]
+#[derive(Debug)]
 pub struct TransferList(pub Vec<Transfer>);
+
+impl Serialize for TransferList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(TransferView::from))
+    }
+}
 
 impl Report for TransferList {
     fn render(&self) -> Rendered {
@@ -118,7 +178,7 @@ pub async fn get(redis: &mut Redis, id: &str) -> anyhow::Result<Option<Transfer>
     let json: Option<String> = redis
         .get(keys::transfer(id))
         .await
-        .with_context(|| format!("reading transfer {id}"))?;
+        .with_context(|| format!("reading transfer {}", output::id_for_message(id)))?;
     json.map(|json| parse_stored(id, &json)).transpose()
 }
 

@@ -50,7 +50,7 @@ const CHUNK: usize = 1000;
 /// A transfer that is still initiated and due to be sent again.
 #[derive(Debug, Serialize)]
 pub struct Candidate {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "super::serialize_for_output")]
     pub transfer: Transfer,
     /// Stored but never acknowledged by the broker.
     pub unpublished: bool,

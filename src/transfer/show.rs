@@ -16,7 +16,10 @@ pub struct Args {
 
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
     match super::get(redis, &args.id).await? {
-        Some(transfer) => output.emit(&transfer),
-        None => Err(refuse(format!("no transfer {:?}", args.id))),
+        Some(transfer) => output.emit(&super::ShownTransfer(transfer)),
+        None => Err(refuse(format!(
+            "no transfer {}",
+            crate::output::id_for_message(&args.id)
+        ))),
     }
 }
