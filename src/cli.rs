@@ -166,6 +166,7 @@ pub enum Command {
 pub enum GroupsCommand {
     List(groups::list::Args),
     Lag(groups::lag::Args),
+    Delete(groups::delete::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -477,6 +478,9 @@ impl Command {
             }
             Command::Groups(GroupsCommand::Lag(args)) => {
                 groups::lag::run(args, &app.kafka, out).await
+            }
+            Command::Groups(GroupsCommand::Delete(args)) => {
+                groups::delete::run(args, &app.kafka, out).await
             }
             Command::Transactions(TransactionsCommand::Log(args)) => {
                 let (topic, shutdown) = (&app.topics.transactions, app.shutdown.clone());
