@@ -468,7 +468,8 @@ impl Command {
                 topics::describe::run(args, &app.kafka, out).await
             }
             Command::Topics(TopicsCommand::Produce(args)) => {
-                topics::produce::run(args, app.ordered_producer()?, out, app.progress).await
+                let producer = app.ordered_producer()?;
+                topics::produce::run(args, &app.kafka, producer, out, app.progress).await
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await

@@ -961,3 +961,43 @@ impl Scan {
         outcome.map(|()| seen)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(state: &str, assignments: &[usize]) -> GroupDescription {
+        GroupDescription {
+            group: "g".into(),
+            state: state.into(),
+            members: assignments
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| GroupMember {
+                    member_id: format!("m{i}"),
+                    client_id: "payctl".into(),
+                    host: "/127.0.0.1".into(),
+                    assignment: (0..n as i32).map(|p| ("t".to_string(), p)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_group_is_in_trouble_while_rebalancing_or_when_no_member_holds_a_partition() {
+        assert_eq!(group("Stable", &[2, 1]).trouble(), None);
+        assert_eq!(group("Stable", &[3, 0]).trouble(), None);
+        assert_eq!(group("Empty", &[]).trouble(), None);
+        assert_eq!(
+            group("CompletingRebalance", &[0]).trouble().as_deref(),
+            Some("CompletingRebalance with 1 member(s)")
+        );
+        assert!(group("PreparingRebalance", &[1]).rebalancing());
+        assert_eq!(
+            group("Stable", &[0, 0]).trouble().as_deref(),
+            Some("2 member(s) and no partition assigned to any of them")
+        );
+        assert!(group("Dead", &[]).unknown());
+        assert!(!group("Empty", &[]).unknown());
+    }
+}

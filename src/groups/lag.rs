@@ -70,10 +70,15 @@ pub async fn group_lag(
 }
 
 pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
+    // Without --topic there is nothing to show for a group the broker does
+    // not know: say so (exit 1) rather than print an empty table. With
+    // --topic, a group yet to commit is shown as everything waiting.
     let (config, name) = (kafka.clone(), args.group.clone());
-    let exists =
-        tokio::task::spawn_blocking(move || Cluster::connect(&config, &name)?.group_exists(&name))
-            .await??;
+    let exists = !args.topics.is_empty()
+        || tokio::task::spawn_blocking(move || {
+            Cluster::connect(&config, &name)?.group_exists(&name)
+        })
+        .await??;
     if !exists {
         return Err(refuse(format!(
             "no consumer group {:?} on the broker: it has no members and has committed no offsets",
