@@ -183,6 +183,7 @@ pub enum Command {
 pub enum GroupsCommand {
     List(groups::list::Args),
     Lag(groups::lag::Args),
+    Delete(groups::delete::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -486,7 +487,8 @@ impl Command {
                 topics::describe::run(args, &app.kafka, out).await
             }
             Command::Topics(TopicsCommand::Produce(args)) => {
-                topics::produce::run(args, app.ordered_producer()?, out, app.progress).await
+                let producer = app.ordered_producer()?;
+                topics::produce::run(args, &app.kafka, producer, out, app.progress).await
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await
@@ -496,6 +498,9 @@ impl Command {
             }
             Command::Groups(GroupsCommand::Lag(args)) => {
                 groups::lag::run(args, &app.kafka, out).await
+            }
+            Command::Groups(GroupsCommand::Delete(args)) => {
+                groups::delete::run(args, &app.kafka, out).await
             }
             Command::Transactions(TransactionsCommand::Log(args)) => {
                 let (topic, shutdown) = (&app.topics.transactions, app.shutdown.clone());

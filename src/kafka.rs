@@ -354,12 +354,185 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// A consumer group as its coordinator describes it (Kafka DescribeGroups).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupDescription {
+    pub group: String,
+    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty`,
+    /// `Dead` or `Unknown`.
+    pub state: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a group and the partitions it was given.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+    /// `(topic, partition)` pairs assigned to the member.
+    pub assignment: Vec<(String, i32)>,
+}
+
+impl GroupDescription {
+    /// True while the group is between generations: joining or syncing.
+    pub fn rebalancing(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "PreparingRebalance" | "CompletingRebalance"
+        )
+    }
+
+    /// True when the broker knows nothing of the group: no members and no
+    /// state beyond `Dead`/`Unknown` (a group with only committed offsets is
+    /// `Empty`, and exists).
+    pub fn unknown(&self) -> bool {
+        self.members.is_empty() && matches!(self.state.as_str(), "Dead" | "Unknown")
+    }
+
+    /// Members holding no partition.
+    pub fn unassigned_members(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.assignment.is_empty())
+            .count()
+    }
+
+    /// What is wrong with the group, judged from one look: `None` when it is
+    /// stable with every member assigned, or has no members at all.
+    pub fn trouble(&self) -> Option<String> {
+        if self.rebalancing() {
+            return Some(format!(
+                "{} with {} member(s)",
+                self.state,
+                self.members.len()
+            ));
+        }
+        let idle = self.unassigned_members();
+        if self.state == "Stable" && idle > 0 && idle == self.members.len() {
+            return Some(format!(
+                "{idle} member(s) and no partition assigned to any of them"
+            ));
+        }
+        None
+    }
+}
+
+/// The C string at `ptr`, or "" for NULL.
+///
+/// # Safety
+/// `ptr` is NULL or points at a NUL-terminated string that outlives the call.
+unsafe fn c_text(ptr: *const std::os::raw::c_char) -> String {
+    if ptr.is_null() {
+        String::new()
+    } else {
+        std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned()
+    }
+}
+
+/// Describes `groups` with librdkafka's DescribeConsumerGroups admin call
+/// (rust-rdkafka does not wrap it), through the client behind `rk`.
+/// Blocking; waits at most `timeout`.
+fn describe_groups(
+    rk: *mut rdkafka::bindings::rd_kafka_t,
+    groups: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<GroupDescription>> {
+    use rdkafka::bindings as rd;
+    let names: Vec<std::ffi::CString> = groups
+        .iter()
+        .map(|g| std::ffi::CString::new(g.as_str()))
+        .collect::<Result<_, _>>()
+        .context("a group name holds a NUL byte")?;
+    let mut pointers: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: every pointer handed to librdkafka is valid for the call
+    // (names and pointers outlive it); the queue and the event are destroyed
+    // once, after their contents have been copied out.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        rd::rd_kafka_DescribeConsumerGroups(
+            rk,
+            pointers.as_mut_ptr(),
+            pointers.len(),
+            std::ptr::null(),
+            queue,
+        );
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms);
+        rd::rd_kafka_queue_destroy(queue);
+        if event.is_null() {
+            bail!("the broker did not describe the group within {timeout:?}");
+        }
+        let result = (|| {
+            if rd::rd_kafka_event_error(event)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                bail!("{}", c_text(rd::rd_kafka_event_error_string(event)));
+            }
+            let described = rd::rd_kafka_event_DescribeConsumerGroups_result(event);
+            if described.is_null() {
+                bail!("the broker answered something other than a group description");
+            }
+            let mut count = 0usize;
+            let list = rd::rd_kafka_DescribeConsumerGroups_result_groups(described, &mut count);
+            let mut out = Vec::with_capacity(count);
+            for i in 0..count {
+                let group = *list.add(i);
+                let name = c_text(rd::rd_kafka_ConsumerGroupDescription_group_id(group));
+                let error = rd::rd_kafka_ConsumerGroupDescription_error(group);
+                if !error.is_null() {
+                    bail!(
+                        "describing group {name}: {}",
+                        c_text(rd::rd_kafka_error_string(error))
+                    );
+                }
+                let state = c_text(rd::rd_kafka_consumer_group_state_name(
+                    rd::rd_kafka_ConsumerGroupDescription_state(group),
+                ));
+                let mut members = Vec::new();
+                for m in 0..rd::rd_kafka_ConsumerGroupDescription_member_count(group) {
+                    let member = rd::rd_kafka_ConsumerGroupDescription_member(group, m);
+                    let mut assignment = Vec::new();
+                    let assigned = rd::rd_kafka_MemberDescription_assignment(member);
+                    let partitions = if assigned.is_null() {
+                        std::ptr::null()
+                    } else {
+                        rd::rd_kafka_MemberAssignment_partitions(assigned)
+                    };
+                    if !partitions.is_null() {
+                        let partitions = &*partitions;
+                        for p in 0..usize::try_from(partitions.cnt).unwrap_or(0) {
+                            let element = &*partitions.elems.add(p);
+                            assignment.push((c_text(element.topic), element.partition));
+                        }
+                    }
+                    members.push(GroupMember {
+                        member_id: c_text(rd::rd_kafka_MemberDescription_consumer_id(member)),
+                        client_id: c_text(rd::rd_kafka_MemberDescription_client_id(member)),
+                        host: c_text(rd::rd_kafka_MemberDescription_host(member)),
+                        assignment,
+                    });
+                }
+                out.push(GroupDescription {
+                    group: name,
+                    state,
+                    members,
+                });
+            }
+            Ok(out)
+        })();
+        rd::rd_kafka_event_destroy(event);
+        result
+    }
+}
+
 /// Read-only questions to the cluster: topics, offsets, groups, lag.
 ///
 /// These are blocking librdkafka calls; async callers run them on
 /// `spawn_blocking`.
 pub struct Cluster {
     consumer: rdkafka::consumer::BaseConsumer,
+    group: String,
     timeout: Duration,
 }
 
@@ -377,6 +550,7 @@ impl Cluster {
             .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
         Ok(Cluster {
             consumer,
+            group: group.to_string(),
             timeout: Duration::from_secs(10),
         })
     }
@@ -456,54 +630,109 @@ impl Cluster {
         Ok(groups)
     }
 
-    /// This cluster's group's lag on `topics` (every topic it has committed
-    /// on, when `topics` is empty).
-    pub fn lag(&self, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+    /// Describes `groups` as their coordinators see them: state, members
+    /// and each member's assignment.
+    pub fn describe_groups(&self, groups: &[String]) -> anyhow::Result<Vec<GroupDescription>> {
+        use rdkafka::consumer::Consumer;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        describe_groups(self.consumer.client().native_ptr(), groups, self.timeout)
+            .context("describing consumer groups")
+    }
+
+    /// The committed offset of this cluster's group on every partition of
+    /// `topics` (`None` where it never committed).
+    fn committed(
+        &self,
+        topics: &[&(String, Vec<i32>)],
+    ) -> anyhow::Result<Vec<(String, i32, Option<i64>)>> {
         use rdkafka::consumer::Consumer;
         use rdkafka::{Offset, TopicPartitionList};
-        let all = self.topic_names()?;
-        let wanted: Vec<&(String, Vec<i32>)> = all
+        let mut tpl = TopicPartitionList::new();
+        for (name, partitions) in topics {
+            for &p in partitions {
+                tpl.add_partition(name, p);
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, self.timeout)
+            .context("reading the group's committed offsets")?;
+        Ok(committed
+            .elements()
             .iter()
-            .filter(|(name, _)| topics.is_empty() || topics.contains(name))
-            .collect();
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_string(), e.partition(), offset)
+            })
+            .collect())
+    }
+
+    /// Whether the broker knows `group`: it has members or a live state, or
+    /// has committed an offset on some partition.
+    pub fn group_exists(&self, group: &str) -> anyhow::Result<bool> {
+        let described = self.describe_groups(&[group.to_string()])?;
+        if described
+            .iter()
+            .any(|d| !d.members.is_empty() || d.state == "Stable" || d.rebalancing())
+        {
+            return Ok(true);
+        }
+        let all = self.topic_names()?;
+        let every: Vec<&(String, Vec<i32>)> = all.iter().collect();
+        Ok(self.committed(&every)?.iter().any(|(_, _, c)| c.is_some()))
+    }
+
+    /// This cluster's group's lag on every partition of `topics`; when
+    /// `topics` is empty, of every topic the group has committed on or has
+    /// a partition of assigned to a member (all their partitions, committed
+    /// or not).
+    pub fn lag(&self, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+        use rdkafka::consumer::Consumer;
+        let all = self.topic_names()?;
         if let Some(missing) = topics
             .iter()
             .find(|t| !all.iter().any(|(name, _)| name == *t))
         {
             bail!("no topic {missing:?} on the broker");
         }
-        let mut tpl = TopicPartitionList::new();
-        for (name, partitions) in &wanted {
-            for &p in partitions {
-                tpl.add_partition(name, p);
-            }
+        let chosen: Vec<&(String, Vec<i32>)> = all
+            .iter()
+            .filter(|(name, _)| topics.is_empty() || topics.contains(name))
+            .collect();
+        let mut committed = self.committed(&chosen)?;
+        if topics.is_empty() {
+            let assigned: Vec<String> = self
+                .describe_groups(std::slice::from_ref(&self.group))?
+                .into_iter()
+                .flat_map(|d| d.members)
+                .flat_map(|m| m.assignment)
+                .map(|(topic, _)| topic)
+                .collect();
+            let wanted: Vec<String> = committed
+                .iter()
+                .filter(|(_, _, c)| c.is_some())
+                .map(|(t, _, _)| t.clone())
+                .chain(assigned)
+                .collect();
+            committed.retain(|(t, _, _)| wanted.contains(t));
         }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, self.timeout)
-            .context("reading the group's committed offsets")?;
-        let mut rows = Vec::new();
-        for element in committed.elements() {
-            let committed = match element.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            if topics.is_empty() && committed.is_none() {
-                continue;
-            }
+        let mut rows = Vec::with_capacity(committed.len());
+        for (topic, partition, committed) in committed {
             let (low, end) = self
                 .consumer
-                .fetch_watermarks(element.topic(), element.partition(), self.timeout)
-                .with_context(|| {
-                    format!(
-                        "reading offsets of {}/{}",
-                        element.topic(),
-                        element.partition()
-                    )
-                })?;
+                .fetch_watermarks(&topic, partition, self.timeout)
+                .with_context(|| format!("reading offsets of {topic}/{partition}"))?;
             rows.push(PartitionLag {
-                topic: element.topic().to_string(),
-                partition: element.partition(),
+                topic,
+                partition,
                 committed,
                 end,
                 lag: (end - committed.unwrap_or(low)).max(0),
@@ -512,6 +741,97 @@ impl Cluster {
         rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(rows)
     }
+}
+
+/// Notes whether the group has given this consumer its assignment yet.
+/// Shared by a consumer's context and [`leave_group`].
+#[derive(Debug, Clone, Default)]
+pub struct Membership {
+    assigned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Membership {
+    /// Called from `post_rebalance` on an assignment (even an empty one).
+    pub fn note_assigned(&self) {
+        self.assigned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once the group has answered this member's join with an assignment.
+    pub fn assigned(&self) -> bool {
+        self.assigned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A consumer context that only tracks [`Membership`].
+#[derive(Debug, Clone, Default)]
+pub struct MembershipContext {
+    pub membership: Membership,
+}
+
+impl rdkafka::ClientContext for MembershipContext {}
+
+impl ConsumerContext for MembershipContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            self.membership.note_assigned();
+        }
+    }
+}
+
+/// The session timeout a consumer of `kafka` asks for.
+fn session_timeout(kafka: &KafkaConfig) -> Duration {
+    let ms = kafka
+        .options
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "session.timeout.ms")
+        .map_or(DEFAULT_SESSION_TIMEOUT_MS, |(_, value)| value.as_str());
+    Duration::from_millis(ms.parse().unwrap_or(6000))
+}
+
+/// Leaves the consumer group cleanly, on every exit path of a subscribed
+/// consumer; the caller drops the consumer right after (its drop closes it,
+/// which sends LeaveGroup).
+///
+/// A consumer closed while its JoinGroup is still in flight sends
+/// LeaveGroup before the broker has answered the join; the broker then
+/// completes the join anyway and keeps the gone member as the group's
+/// leader. Tansu never expires it: every later member waits for a SyncGroup
+/// that never comes (`no partitions assigned … after 60s`). So a consumer
+/// that has not been assigned yet first waits for the join to finish
+/// (bounded by the session timeout and five seconds more), polling without
+/// storing anything, and only then unsubscribes.
+pub async fn leave_group<C: ConsumerContext + 'static>(
+    kafka: &KafkaConfig,
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    membership: &Membership,
+) {
+    use rdkafka::consumer::Consumer;
+    if !membership.assigned() {
+        let patience = session_timeout(kafka) + Duration::from_secs(5);
+        tracing::info!(
+            "leaving the group: waiting up to {}s for the join in progress to finish",
+            patience.as_secs()
+        );
+        let deadline = tokio::time::Instant::now() + patience;
+        while !membership.assigned() && tokio::time::Instant::now() < deadline {
+            // Polling serves the rebalance callbacks; a message received
+            // here is dropped, its offset not stored.
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+        if !membership.assigned() {
+            tracing::warn!(
+                "leaving the group before the broker answered the join; if later members \
+                 of the group get no partitions, see `payctl groups delete`"
+            );
+        }
+    }
+    consumer.unsubscribe();
 }
 
 /// Where a scan starts in each partition.
@@ -538,14 +858,47 @@ pub struct Scan {
     pub wait: Duration,
 }
 
+/// What a scan's visitor did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Used (printed, say): its offset may be committed; read on.
+    Next,
+    /// Used, and the last one wanted.
+    Last,
+    /// Not used (the reader went away before it was written): its offset
+    /// is not committed; stop.
+    Refused,
+}
+
 impl Scan {
     /// Reads until `visit` says stop, the topic goes quiet (unless
     /// following) or `shutdown`. Returns how many messages were visited.
+    /// `true` from `visit` reads on; `false` stops after that message.
     pub async fn run(
         &self,
         kafka: &KafkaConfig,
         shutdown: &tokio_util::sync::CancellationToken,
         mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<u64> {
+        self.read(kafka, shutdown, |message| {
+            Ok(if visit(message)? {
+                Taken::Next
+            } else {
+                Taken::Last
+            })
+        })
+        .await
+    }
+
+    /// Like [`Scan::run`], with the visitor saying whether it used each
+    /// message. As a group, only the offsets of used messages are stored,
+    /// each after `visit` returns, and those are committed on the way out:
+    /// the next read of the group starts right after the last one used.
+    pub async fn read(
+        &self,
+        kafka: &KafkaConfig,
+        shutdown: &tokio_util::sync::CancellationToken,
+        visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<Taken>,
     ) -> anyhow::Result<u64> {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::{Offset, TopicPartitionList};
@@ -565,6 +918,7 @@ impl Scan {
                     "false"
                 },
             )
+            .set("enable.auto.offset.store", "false")
             .set(
                 "auto.offset.reset",
                 if self.start == StartAt::End {
@@ -574,9 +928,11 @@ impl Scan {
                 },
             )
             .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS);
-        let consumer: StreamConsumer = kafka
+        let context = MembershipContext::default();
+        let membership = context.membership.clone();
+        let consumer: StreamConsumer<MembershipContext> = kafka
             .with_overrides(config)
-            .create()
+            .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {}", kafka.brokers))?;
         let metadata = consumer
             .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
@@ -590,37 +946,61 @@ impl Scan {
         if partitions.is_empty() {
             bail!("no topic {:?} on the broker", self.topic);
         }
-        let mut grace = Duration::ZERO;
         if self.group.is_some() {
             consumer.subscribe(&[&self.topic]).context("subscribing")?;
-            // Joining a group takes a while; do not call the topic quiet before that.
-            grace = Duration::from_secs(10);
-        } else {
-            let mut tpl = TopicPartitionList::new();
-            for &p in &partitions {
-                if self.partition.is_some_and(|only| only != p) {
-                    continue;
-                }
-                let offset = match self.start {
-                    StartAt::Beginning => Offset::Beginning,
-                    StartAt::End => Offset::End,
-                    StartAt::Offset(o) => Offset::Offset(o),
-                };
-                tpl.add_partition_offset(&self.topic, p, offset)?;
-            }
-            if let (0, Some(partition)) = (tpl.count(), self.partition) {
-                bail!("topic {:?} has no partition {partition}", self.topic);
-            }
-            consumer.assign(&tpl).context("assigning partitions")?;
+            // Every way out, errors included, leaves the group cleanly.
+            let result = self.consume(&consumer, shutdown, visit).await;
+            leave_group(kafka, &consumer, &membership).await;
+            return result;
         }
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            if self.partition.is_some_and(|only| only != p) {
+                continue;
+            }
+            let offset = match self.start {
+                StartAt::Beginning => Offset::Beginning,
+                StartAt::End => Offset::End,
+                StartAt::Offset(o) => Offset::Offset(o),
+            };
+            tpl.add_partition_offset(&self.topic, p, offset)?;
+        }
+        if tpl.count() == 0 {
+            match self.partition {
+                Some(p) => bail!(
+                    "topic {:?} has no partition {p} (it has {})",
+                    self.topic,
+                    partitions.len()
+                ),
+                None => bail!("topic {:?} has no partitions", self.topic),
+            }
+        }
+        consumer.assign(&tpl).context("assigning partitions")?;
+        self.consume(&consumer, shutdown, visit).await
+    }
 
+    /// The read loop, on an assigned or subscribed consumer.
+    async fn consume(
+        &self,
+        consumer: &rdkafka::consumer::StreamConsumer<MembershipContext>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<Taken>,
+    ) -> anyhow::Result<u64> {
+        use rdkafka::consumer::Consumer;
+        // Joining a group takes a while; do not call the topic quiet before that.
+        let grace = if self.group.is_some() {
+            Duration::from_secs(10)
+        } else {
+            Duration::ZERO
+        };
         let mut seen = 0u64;
+        let mut stored = 0u64;
         let mut quiet_after = self.wait + grace;
-        loop {
+        let outcome = loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break Ok(()),
                 received = consumer.recv() => received,
-                _ = tokio::time::sleep(quiet_after), if !self.follow => break,
+                _ = tokio::time::sleep(quiet_after), if !self.follow => break Ok(()),
             };
             let message = match message {
                 Ok(m) => m,
@@ -631,15 +1011,70 @@ impl Scan {
             };
             seen += 1;
             quiet_after = self.wait;
-            if !visit(&message)? {
-                break;
+            let taken = match visit(&message) {
+                Ok(taken) => taken,
+                Err(e) => break Err(e),
+            };
+            if taken == Taken::Refused {
+                break Ok(());
             }
-        }
-        if self.group.is_some() && seen > 0 {
+            if self.group.is_some() {
+                // Stored only now that the message has been used: the
+                // commit covers exactly what was used.
+                consumer
+                    .store_offset_from_message(&message)
+                    .context("storing the offset of a message read")?;
+                stored += 1;
+            }
+            if taken == Taken::Last {
+                break Ok(());
+            }
+        };
+        if self.group.is_some() && stored > 0 {
             if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
                 tracing::warn!("committing the group's offsets: {e}");
             }
         }
-        Ok(seen)
+        outcome.map(|()| seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(state: &str, assignments: &[usize]) -> GroupDescription {
+        GroupDescription {
+            group: "g".into(),
+            state: state.into(),
+            members: assignments
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| GroupMember {
+                    member_id: format!("m{i}"),
+                    client_id: "payctl".into(),
+                    host: "/127.0.0.1".into(),
+                    assignment: (0..n as i32).map(|p| ("t".to_string(), p)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_group_is_in_trouble_while_rebalancing_or_when_no_member_holds_a_partition() {
+        assert_eq!(group("Stable", &[2, 1]).trouble(), None);
+        assert_eq!(group("Stable", &[3, 0]).trouble(), None);
+        assert_eq!(group("Empty", &[]).trouble(), None);
+        assert_eq!(
+            group("CompletingRebalance", &[0]).trouble().as_deref(),
+            Some("CompletingRebalance with 1 member(s)")
+        );
+        assert!(group("PreparingRebalance", &[1]).rebalancing());
+        assert_eq!(
+            group("Stable", &[0, 0]).trouble().as_deref(),
+            Some("2 member(s) and no partition assigned to any of them")
+        );
+        assert!(group("Dead", &[]).unknown());
+        assert!(!group("Empty", &[]).unknown());
     }
 }

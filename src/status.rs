@@ -1,8 +1,9 @@
 //! `payctl status`: is the pipeline healthy?
 //!
 //! Checks that the broker and Redis answer and that the pipeline's topics
-//! and their dead-letter topics exist; reports each worker group's lag and
-//! each DLQ's waiting messages. Exits 1 when a check fails.
+//! and their dead-letter topics exist; reports each worker group's state
+//! (failing on one stuck in a rebalance), its lag, and each DLQ's waiting
+//! messages. Exits 1 when a check fails.
 
 use std::time::Duration;
 
@@ -19,22 +20,8 @@ use crate::output::{self, Output, Rendered, Report};
   payctl status --output json | jq '.checks[] | select(.ok | not)'
   payctl status --max-lag 10000 --max-dead-letters 0   # also fail on lag or dead letters")]
 pub struct Args {
-    #[arg(
-        long,
-        env = "PAYCTL_TRANSFER_GROUP",
-        default_value = "payctl-transfer-process"
-    )]
-    pub transfer_group: String,
-    #[arg(long, env = "PAYCTL_NOTIFY_GROUP", default_value = "payctl-notify")]
-    pub notify_group: String,
-    #[arg(long, env = "PAYCTL_RATES_GROUP", default_value = "payctl-rates-serve")]
-    pub rates_group: String,
-    #[arg(
-        long,
-        env = "PAYCTL_PAYMENTS_GROUP",
-        default_value = "payctl-payments-save"
-    )]
-    pub payments_group: String,
+    #[command(flatten)]
+    pub workers: crate::groups::WorkerGroups,
     /// Fail when a worker group is further behind than this.
     #[arg(long)]
     pub max_lag: Option<i64>,
@@ -132,15 +119,35 @@ pub async fn run(
                     checks.push(check(format!("topic {name}"), ok, detail));
                 }
             }
+            let workers = &args.workers;
             let groups = [
-                (&args.transfer_group, vec![topics.transfers.clone()]),
+                (&workers.transfer_group, vec![topics.transfers.clone()]),
                 (
-                    &args.notify_group,
+                    &workers.notify_group,
                     vec![topics.transactions.clone(), topics.rate_changes.clone()],
                 ),
-                (&args.rates_group, vec![topics.conversions.clone()]),
-                (&args.payments_group, vec![topics.payments.clone()]),
+                (&workers.rates_group, vec![topics.conversions.clone()]),
+                (&workers.payments_group, vec![topics.payments.clone()]),
             ];
+            let names = workers.names();
+            match crate::groups::list::describe_all(kafka, names.clone(), Vec::new()).await {
+                Ok(described) => {
+                    for (group, trouble) in described {
+                        if !names.contains(&group.group) {
+                            continue;
+                        }
+                        let detail = trouble.clone().unwrap_or_else(|| {
+                            format!("{}, {} member(s)", group.state, group.members.len())
+                        });
+                        checks.push(check(
+                            format!("group {}", group.group),
+                            trouble.is_none(),
+                            detail,
+                        ));
+                    }
+                }
+                Err(e) => checks.push(check("groups", false, format!("{e:#}"))),
+            }
             for (group, inputs) in groups {
                 let inputs: Vec<String> = inputs.into_iter().filter(|t| exists(t)).collect();
                 if inputs.is_empty() {

@@ -21,8 +21,6 @@
 //! change nothing twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -40,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics, WorkerLimits};
 use crate::failure::{classify, Class, FatalError};
-use crate::kafka::{enqueue, Acks, Outgoing};
+use crate::kafka::{enqueue, Acks, Membership, Outgoing};
 use crate::output::{self, Rendered, Report};
 
 /// One consumed message, detached from the consumer.
@@ -339,7 +337,7 @@ impl WorkerArgs {
 /// Notes partition assignment, so idle time counts only once the group has
 /// given this worker something to read.
 struct GroupContext {
-    assigned: Arc<AtomicBool>,
+    membership: Membership,
 }
 
 impl ClientContext for GroupContext {}
@@ -349,7 +347,7 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
-                self.assigned.store(true, Ordering::SeqCst);
+                self.membership.note_assigned();
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
@@ -375,11 +373,11 @@ pub async fn run<H: BatchHandler>(
     handler: &mut H,
     shutdown: CancellationToken,
 ) -> anyhow::Result<WorkerSummary> {
-    let assigned = Arc::new(AtomicBool::new(false));
+    let membership = Membership::default();
     let consumer: StreamConsumer<GroupContext> = kafka.consumer(
         &spec.group,
         GroupContext {
-            assigned: assigned.clone(),
+            membership: membership.clone(),
         },
     )?;
     check_topics_exist(&consumer, spec)?;
@@ -387,6 +385,21 @@ pub async fn run<H: BatchHandler>(
     consumer
         .subscribe(&inputs)
         .with_context(|| format!("subscribing to {}", spec.inputs.join(", ")))?;
+    // Every way out, errors included, leaves the group cleanly.
+    let result = consume(kafka, spec, handler, shutdown, &consumer, &membership).await;
+    crate::kafka::leave_group(kafka, &consumer, &membership).await;
+    result
+}
+
+/// The cycle itself, on a subscribed consumer.
+async fn consume<H: BatchHandler>(
+    kafka: &KafkaConfig,
+    spec: &WorkerSpec,
+    handler: &mut H,
+    shutdown: CancellationToken,
+    consumer: &StreamConsumer<GroupContext>,
+    membership: &Membership,
+) -> anyhow::Result<WorkerSummary> {
     let producer = kafka.ordered_producer()?;
     handler.prepare().await?;
     tracing::info!(group = %spec.group, topics = %spec.inputs.join(","), "worker started");
@@ -404,7 +417,7 @@ pub async fn run<H: BatchHandler>(
     let mut last_input: Option<Instant> = None;
     let batch_size = spec.limits.batch_size.max(1);
     let mut cycle = Cycle {
-        consumer: &consumer,
+        consumer,
         producer: &producer,
         handler,
         shutdown: &shutdown,
@@ -458,7 +471,7 @@ pub async fn run<H: BatchHandler>(
                 }
                 received = consumer.recv() => received,
                 _ = tokio::time::sleep(TICK) => {
-                    if assigned.load(Ordering::SeqCst) {
+                    if membership.assigned() {
                         let since = *last_input.get_or_insert_with(Instant::now);
                         if spec.limits.until_idle.is_some_and(|idle| since.elapsed() >= idle) {
                             summary.stopped = StopReason::Idle;

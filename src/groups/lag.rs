@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
+use crate::exit::refuse;
 use crate::kafka::{Cluster, PartitionLag};
 use crate::output::{self, Output, Rendered, Report};
 
@@ -13,7 +14,8 @@ use crate::output::{self, Output, Rendered, Report};
   payctl groups lag payctl-notify --topic payment_transactions --output json")]
 pub struct Args {
     pub group: String,
-    /// Only these topics (default: every topic the group has committed on).
+    /// Only these topics (default: every topic the group has committed on or
+    /// has assigned to a member, with all their partitions).
     #[arg(long = "topic")]
     pub topics: Vec<String>,
 }
@@ -68,5 +70,20 @@ pub async fn group_lag(
 }
 
 pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
+    // Without --topic there is nothing to show for a group the broker does
+    // not know: say so (exit 1) rather than print an empty table. With
+    // --topic, a group yet to commit is shown as everything waiting.
+    let (config, name) = (kafka.clone(), args.group.clone());
+    let exists = !args.topics.is_empty()
+        || tokio::task::spawn_blocking(move || {
+            Cluster::connect(&config, &name)?.group_exists(&name)
+        })
+        .await??;
+    if !exists {
+        return Err(refuse(format!(
+            "no consumer group {:?} on the broker: it has no members and has committed no offsets",
+            args.group
+        )));
+    }
     output.emit(&group_lag(kafka, &args.group, args.topics).await?)
 }

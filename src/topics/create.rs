@@ -70,7 +70,7 @@ pub fn replication_factor(requested: i32, brokers: usize) -> (i32, Option<String
 }
 
 /// How many brokers the cluster's metadata lists.
-async fn broker_count(kafka: &KafkaConfig) -> anyhow::Result<usize> {
+pub(super) async fn broker_count(kafka: &KafkaConfig) -> anyhow::Result<usize> {
     let admin = kafka.admin()?;
     let brokers = kafka.brokers.clone();
     tokio::task::spawn_blocking(move || {

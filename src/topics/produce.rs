@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
+use crate::config::KafkaConfig;
 use crate::kafka::{produce_all, Outgoing};
 use crate::output::{self, Output, Rendered, Report};
 
-/// Produce one message per input line; waits for every ack.
+/// Produce one message per input line; waits for every ack. The topic must
+/// exist (a broker such as Tansu would otherwise create it on first write),
+/// unless --create says to make it.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   echo '{\"transaction_id\":\"t1\",\"user_id\":\"alice\",\"status\":\"completed\"}' | payctl topics produce payment_transactions --key-field user_id
@@ -29,6 +32,13 @@ pub struct Args {
     /// A header for every message, repeatable: -H source=replay.
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
     pub headers: Vec<String>,
+    /// Create the topic when it is missing (with --partitions partitions,
+    /// replicated as `topics create` does) instead of refusing.
+    #[arg(long)]
+    pub create: bool,
+    /// Partitions of a topic made by --create.
+    #[arg(long, default_value_t = 3, requires = "create")]
+    pub partitions: i32,
 }
 
 #[derive(Serialize)]
@@ -65,8 +75,39 @@ fn key_of(line: &str, number: usize, args: &Args) -> anyhow::Result<Option<Strin
 
 const CHUNK: usize = 10_000;
 
+/// Makes sure `topic` exists before anything is written to it: refused with
+/// a hint when missing, or created with `create`.
+async fn ensure_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    create: bool,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let name = topic.to_string();
+    let exists = super::ask(kafka, move |cluster| {
+        Ok(cluster.topic_names()?.iter().any(|(t, _)| *t == name))
+    })
+    .await?;
+    if exists {
+        return Ok(());
+    }
+    if !create {
+        bail!("missing topic: {topic} (create it: payctl topics create {topic}, or add --create)");
+    }
+    anyhow::ensure!(partitions >= 1, "--partitions must be at least 1");
+    let brokers = super::create::broker_count(kafka).await?;
+    let (factor, capped) = super::create::replication_factor(3, brokers);
+    if let Some(capped) = capped {
+        tracing::info!("{capped}");
+    }
+    crate::kafka::create_topics(kafka, &[topic.to_string()], partitions, factor).await?;
+    tracing::info!("created topic {topic} with {partitions} partitions");
+    Ok(())
+}
+
 pub async fn run(
     args: Args,
+    kafka: &KafkaConfig,
     producer: &rdkafka::producer::FutureProducer,
     output: Output,
     show_progress: bool,
@@ -105,6 +146,7 @@ pub async fn run(
             headers: headers.clone(),
         });
     }
+    ensure_topic(kafka, &args.topic, args.create, args.partitions).await?;
     let progress = output::progress_bar(records.len() as u64, show_progress);
     for chunk in records.chunks(CHUNK) {
         produce_all(producer, chunk).await?;

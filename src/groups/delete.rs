@@ -1,0 +1,107 @@
+//! `payctl groups delete`: remove a consumer group and its committed offsets.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::AdminOptions;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+use crate::exit::refuse;
+use crate::output::{Output, Rendered, Report};
+
+/// Delete a consumer group (Kafka DeleteGroups): its committed offsets go,
+/// and the next worker of that name starts as a new group (at the start of
+/// each partition). Refused while the group has members. The way out of a
+/// group stuck in a rebalance (see `payctl groups list`).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  payctl groups delete payctl-transfer-process          # asks first, at a terminal
+  payctl groups delete nightly-audit --yes              # in a script")]
+pub struct Args {
+    pub group: String,
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    group: String,
+    deleted: bool,
+}
+
+impl Report for Deleted {
+    fn render(&self) -> Rendered {
+        Rendered::Line(format!("group {} deleted", self.group))
+    }
+}
+
+/// Asks at the terminal; `false` unless the answer starts with y.
+fn confirmed(group: &str) -> anyhow::Result<bool> {
+    eprint!("delete consumer group {group} and its committed offsets? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(answer.trim().to_ascii_lowercase().starts_with('y'))
+}
+
+pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
+    let group = args.group.clone();
+    let described = crate::topics::ask(kafka, move |cluster| {
+        cluster.describe_groups(std::slice::from_ref(&group))
+    })
+    .await?;
+    if let Some(d) = described.first() {
+        // Tansu describes a live group as Stable with no members listed:
+        // the state alone says someone is there.
+        if !d.members.is_empty() || d.state == "Stable" || d.rebalancing() {
+            return Err(refuse(format!(
+                "group {} is {} with {} member(s) listed: stop its consumers first",
+                args.group,
+                d.state,
+                d.members.len()
+            )));
+        }
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "deleting group {} needs --yes when stdin is not a terminal",
+                args.group
+            );
+        }
+        if !confirmed(&args.group)? {
+            return Err(refuse(format!("group {} left as it is", args.group)));
+        }
+    }
+    let admin = kafka.admin()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .delete_groups(&[args.group.as_str()], &options)
+        .await
+        .with_context(|| format!("deleting group {} on {}", args.group, kafka.brokers))?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((name, RDKafkaErrorCode::GroupIdNotFound)) => {
+                return Err(refuse(format!("no consumer group {name} on the broker")))
+            }
+            Err((name, RDKafkaErrorCode::NonEmptyGroup)) => {
+                return Err(refuse(format!(
+                    "group {name} has active members: stop them first"
+                )))
+            }
+            Err((name, code)) => return Err(anyhow!("deleting group {name}: {code}")),
+        }
+    }
+    output.emit(&Deleted {
+        group: args.group,
+        deleted: true,
+    })
+}
