@@ -6,6 +6,8 @@
 //! so tests never see each other's data.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
