@@ -5,6 +5,9 @@
 #   scripts/stack.sh up       install what is missing, start, create topics (safe to run twice)
 #   scripts/stack.sh down     stop both (Redis with SHUTDOWN: its append-only file is flushed)
 #   scripts/stack.sh status   what is running where
+#   scripts/stack.sh profile  save a `local` payctl profile for this stack
+#                             (`up` does it too once payctl is built; an
+#                             existing `local` profile is left alone)
 #
 # Redis is durable: it writes an append-only file in the state directory
 # (appendonlydir/, fsync once a second by default), so balances and records
@@ -157,6 +160,30 @@ create_topics() {
   say "topics ready: ${topics[*]} (and .dlq of each)"
 }
 
+# The newest payctl build, if any (the profile is written by payctl itself).
+payctl_bin() {
+  local newest="" candidate
+  for candidate in "$root/target/release/payctl" "$root/target/debug/payctl"; do
+    [ -x "$candidate" ] || continue
+    if [ -z "$newest" ] || [ "$candidate" -nt "$newest" ]; then newest=$candidate; fi
+  done
+  [ -n "$newest" ] && echo "$newest"
+}
+
+write_profile() {
+  local bin
+  if ! bin=$(payctl_bin); then
+    say "payctl is not built yet: after building, run scripts/stack.sh profile to save the local profile"
+    return
+  fi
+  # Only XDG_CONFIG_HOME/HOME decide where it goes: the stack's own
+  # addresses, whatever the environment says.
+  env -u KAFKA_BOOTSTRAP_SERVERS -u REDIS_URL -u PAYCTL_KAFKA_OPTIONS -u PAYCTL_PROFILE \
+    "$bin" profile create local --if-missing \
+    --brokers "127.0.0.1:$kafka_port" --redis-url "redis://127.0.0.1:$redis_port/0" >&2 \
+    || say "could not save the local profile (payctl profile create local failed)"
+}
+
 stop_pid() {
   local file=$1 name=$2
   [ -f "$file" ] || return 0
@@ -178,6 +205,10 @@ case "${1:-}" in
     start_redis
     start_tansu
     create_topics
+    write_profile
+    ;;
+  profile)
+    write_profile
     ;;
   down)
     stop_pid "$state/tansu.pid" tansu
@@ -190,7 +221,7 @@ case "${1:-}" in
     exit $rc
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|profile" >&2
     exit 2
     ;;
 esac

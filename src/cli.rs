@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, RedisConfig, Topics};
 use crate::output::{Format, Output};
-use crate::{accounts, groups, notify, payments, rates, status, topics, transactions, transfer};
+use crate::profile::create::GivenFlags;
+use crate::profile::Profiles;
+use crate::{
+    accounts, groups, notify, payments, profile, rates, status, topics, transactions, transfer,
+};
 
 /// payctl: run a payment pipeline on Kafka and Redis.
 #[derive(Debug, Parser)]
@@ -32,12 +36,32 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, global = true, help_heading = "Global options", env = "KAFKA_BOOTSTRAP_SERVERS", default_value = KafkaConfig::DEFAULT_BROKERS)]
-    pub brokers: String,
-    /// Redis URL.
-    #[arg(long, global = true, help_heading = "Global options", env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
-    pub redis_url: String,
+    /// Kafka bootstrap servers [default: the profile's, else localhost:9092].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    pub brokers: Option<String>,
+    /// Redis URL; a password in it is never printed [default: the profile's,
+    /// else redis://127.0.0.1:6379/0].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Saved connection profile to use instead of the current one (see `payctl profile`).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "PAYCTL_PROFILE"
+    )]
+    pub profile: Option<String>,
     /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
     /// PAYCTL_KAFKA_OPTIONS holds more, space-separated; -X wins over it.
     #[arg(
@@ -115,6 +139,10 @@ pub struct GlobalArgs {
         default_value = "conversion_requests"
     )]
     pub topic_conversions: String,
+    /// The connection flags that came from the command line itself (not
+    /// the environment), for `profile create`.
+    #[arg(skip)]
+    pub given: GivenFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +197,12 @@ pub enum Command {
     Transactions(TransactionsCommand),
     /// Is the pipeline healthy? Broker, Redis, topics, lag, DLQs.
     Status(status::Args),
+    /// Saved connection profiles: brokers, Redis URL and -X options by name.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl profile create prod --brokers b1:9093 -X security.protocol=SASL_SSL --use\n  payctl profile use local\n  payctl profile list"
+    )]
+    Profile(ProfileCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  payctl completions bash > /etc/bash_completion.d/payctl\n  payctl completions zsh > \"${fpath[1]}/_payctl\"\n  payctl completions fish > ~/.config/fish/completions/payctl.fish"
@@ -177,6 +211,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    Create(profile::create::Args),
+    Use(profile::select::Args),
+    List(profile::list::Args),
+    Show(profile::show::Args),
+    Delete(profile::delete::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +301,8 @@ pub struct App {
     pub output: Output,
     pub progress: bool,
     pub shutdown: CancellationToken,
+    /// Connection flags typed on the command line, for `profile create`.
+    pub given: GivenFlags,
     producer: OnceLock<FutureProducer>,
     ordered_producer: OnceLock<FutureProducer>,
 }
@@ -287,13 +332,62 @@ impl App {
     }
 }
 
-impl GlobalArgs {
-    /// Validates the global flags.
+/// A setting's value from its flag or environment variable; empty counts
+/// as not given (`REDIS_URL= payctl …` falls back to the profile).
+fn given(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.trim().is_empty())
+}
+
+impl Cli {
+    /// Parses the command line (exiting with clap's message on a usage
+    /// error), noting which connection flags were typed rather than taken
+    /// from the environment.
+    pub fn parse_command_line() -> Cli {
+        use clap::parser::ValueSource;
+        use clap::FromArgMatches as _;
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        cli.global.given = GivenFlags {
+            brokers: given(&cli.global.brokers).filter(|_| typed("brokers")),
+            redis_url: given(&cli.global.redis_url).filter(|_| typed("redis_url")),
+            kafka_options: cli.global.kafka_option.clone(),
+        };
+        cli
+    }
+
+    /// The validated configuration of this run. Profile commands do not
+    /// apply a profile (they must work while the current one is broken).
     pub fn app(&self, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let with_profile = !matches!(self.command, Command::Profile(_));
+        self.global.app(shutdown, with_profile)
+    }
+}
+
+impl GlobalArgs {
+    /// Validates the global flags, filling what they leave out from the
+    /// selected profile (when `with_profile`) and then the defaults.
+    pub fn app(&self, shutdown: CancellationToken, with_profile: bool) -> anyhow::Result<App> {
+        let saved = match with_profile {
+            true => {
+                let path = Profiles::path()?;
+                let profiles = Profiles::load(&path)?;
+                let selected = profiles.selected(self.profile.as_deref(), &path)?;
+                selected.map(|(name, profile, _)| {
+                    tracing::debug!("using profile {name} from {}", path.display());
+                    profile.clone()
+                })
+            }
+            false => None,
+        }
+        .unwrap_or_default();
         let from_env = std::env::var(KAFKA_OPTIONS_ENV).unwrap_or_default();
-        let options = from_env
-            .split_whitespace()
+        // Later options win: the profile's, then the environment's, then -X.
+        let options = saved
+            .kafka_options
+            .iter()
             .map(String::from)
+            .chain(from_env.split_whitespace().map(String::from))
             .chain(self.kafka_option.iter().cloned())
             .filter(|o| !o.trim().is_empty())
             .map(|option| {
@@ -303,13 +397,17 @@ impl GlobalArgs {
                     .ok_or_else(|| anyhow::anyhow!("-X {option:?}: expected KEY=VALUE"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(App {
+        let app = App {
             kafka: KafkaConfig {
-                brokers: self.brokers.clone(),
+                brokers: given(&self.brokers)
+                    .or(saved.brokers)
+                    .unwrap_or_else(|| KafkaConfig::DEFAULT_BROKERS.into()),
                 options,
             },
             redis: RedisConfig {
-                url: self.redis_url.clone(),
+                url: given(&self.redis_url)
+                    .or(saved.redis_url)
+                    .unwrap_or_else(|| RedisConfig::DEFAULT_URL.into()),
             },
             topics: Topics {
                 transfers: self.topic_transfers.clone(),
@@ -321,9 +419,12 @@ impl GlobalArgs {
             output: Output::new(self.output),
             progress: !self.quiet,
             shutdown,
+            given: self.given.clone(),
             producer: OnceLock::new(),
             ordered_producer: OnceLock::new(),
-        })
+        };
+        crate::config::register_secrets(&app.kafka, &app.redis);
+        Ok(app)
     }
 }
 
@@ -517,6 +618,13 @@ impl Command {
             Command::Topics(TopicsCommand::Create(args)) => {
                 topics::create::run(args, &app.kafka, out).await
             }
+            Command::Profile(command) => match command {
+                ProfileCommand::Create(args) => profile::create::run(args, &app.given, out),
+                ProfileCommand::Use(args) => profile::select::run(args, out),
+                ProfileCommand::List(args) => profile::list::run(args, out),
+                ProfileCommand::Show(args) => profile::show::run(args, out),
+                ProfileCommand::Delete(args) => profile::delete::run(args, out),
+            },
         }
     }
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 /// Where the Kafka brokers are and any raw librdkafka options (`-X k=v`).
-#[derive(Debug, Clone)]
+/// Its `Debug` form masks secret options (see [`is_secret_option`]).
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
     pub brokers: String,
@@ -16,8 +17,137 @@ impl KafkaConfig {
     pub const DEFAULT_BROKERS: &'static str = "localhost:9092";
 }
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(key, value)| masked_option(key, value))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+/// True for a librdkafka setting whose value is a secret: passwords,
+/// client secrets, tokens, private keys. Such values are stored where the
+/// user put them but never printed.
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "oauthbearer.config",
+        "key.pem",
+        "ssl_key",
+        "jaas",
+    ]
+    .iter()
+    .any(|part| key.contains(part))
+}
+
+/// `key=value` for printing, with a secret value replaced by `***`.
+pub fn masked_option(key: &str, value: &str) -> String {
+    if is_secret_option(key) {
+        format!("{key}={MASK}")
+    } else {
+        format!("{key}={value}")
+    }
+}
+
+/// What a secret is printed as.
+pub const MASK: &str = "***";
+
+/// The secret values of this run (passwords, secret `-X` options), kept so
+/// that anything written to stderr can be scrubbed of them: a last guard
+/// behind masking where a value is printed, for the texts payctl does not
+/// write itself (librdkafka's and the Redis client's error messages).
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shortest value scrubbed: shorter ones would turn common words into `***`.
+const SHORTEST_SCRUBBED: usize = 4;
+
+/// Remembers a secret value for [`scrub`].
+pub fn register_secret(value: &str) {
+    if value.len() < SHORTEST_SCRUBBED {
+        return;
+    }
+    if let Ok(mut secrets) = SECRETS.write() {
+        if !secrets.iter().any(|s| s == value) {
+            secrets.push(value.to_string());
+            // Longest first, so a secret containing another is replaced whole.
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+}
+
+/// Remembers the secrets of a run's settings: secret `-X` values and the
+/// Redis URL's password (as typed and percent-decoded).
+pub fn register_secrets(kafka: &KafkaConfig, redis: &RedisConfig) {
+    for (key, value) in &kafka.options {
+        if is_secret_option(key) {
+            register_secret(value);
+        }
+    }
+    if let Ok(url) = url::Url::parse(&redis.url) {
+        // A user name alone may be a password typed in the wrong place
+        // (as `masked_url` assumes too); beside a password it is a name.
+        let secret = url.password().unwrap_or(url.username());
+        register_secret(secret);
+        // `url` keeps userinfo percent-encoded; the server sees it decoded.
+        if let Ok(decoded) = percent_encoding::percent_decode_str(secret).decode_utf8() {
+            register_secret(&decoded);
+        }
+    }
+}
+
+/// `text` with every registered secret replaced by `***`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(secrets) = SECRETS.read() else {
+        return text.into();
+    };
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for secret in secrets.iter() {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), MASK).into();
+        }
+    }
+    text
+}
+
+/// A URL for printing: its password (or a user name given without one,
+/// which may be a password put in the wrong place) replaced by `***`.
+/// A URL too malformed to parse keeps nothing of what precedes its last `@`.
+pub fn masked_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let masked = if parsed.password().is_some() {
+                parsed.set_password(Some(MASK))
+            } else if !parsed.username().is_empty() {
+                parsed.set_username(MASK)
+            } else {
+                Ok(())
+            };
+            match masked {
+                Ok(()) => parsed.to_string(),
+                Err(()) => format!("{}://{MASK}", parsed.scheme()),
+            }
+        }
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}{MASK}{}", &url[..scheme + 3], &url[at..])
+            }
+            (None, Some(at)) => format!("{MASK}{}", &url[at..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+/// How to reach Redis. Its `Debug` form masks the URL's password.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// A `redis://` URL; may carry a password, so it is never printed whole.
     pub url: String,
@@ -29,12 +159,15 @@ impl RedisConfig {
 
     /// The URL with any password replaced by `***`, for messages.
     pub fn display_url(&self) -> String {
-        match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &self.url[..scheme + 3], &self.url[at..])
-            }
-            _ => self.url.clone(),
-        }
+        masked_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.display_url())
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,11 +256,55 @@ mod tests {
         let with = RedisConfig {
             url: "redis://user:secret@host:6379/0".into(),
         };
-        assert_eq!(with.display_url(), "redis://***@host:6379/0");
+        assert_eq!(with.display_url(), "redis://user:***@host:6379/0");
+        assert!(!format!("{with:?}").contains("secret"));
         let without = RedisConfig {
             url: RedisConfig::DEFAULT_URL.into(),
         };
         assert_eq!(without.display_url(), RedisConfig::DEFAULT_URL);
+        for (url, shown) in [
+            ("redis://:secret@host/0", "redis://:***@host/0"),
+            ("rediss://secret@host:6380", "rediss://***@host:6380"),
+            ("redis://us er:secret@host", "redis://us%20er:***@host"),
+            ("redis://user:secret@[bad", "redis://***@[bad"),
+            ("secret@host", "***@host"),
+        ] {
+            assert_eq!(masked_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn scrubs_registered_secrets() {
+        register_secrets(
+            &KafkaConfig {
+                brokers: "b".into(),
+                options: vec![("sasl.password".into(), "pa55word-x".into())],
+            },
+            &RedisConfig {
+                url: "redis://payctl:s%40cret-y@host/0".into(),
+            },
+        );
+        let text = "failed for pa55word-x and s@cret-y and s%40cret-y";
+        assert_eq!(scrub(text), "failed for *** and *** and ***");
+        assert_eq!(scrub("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn hides_secret_kafka_options() {
+        let kafka = KafkaConfig {
+            brokers: "b:9093".into(),
+            options: vec![
+                ("sasl.password".into(), "hunter2".into()),
+                ("sasl.oauthbearer.client.secret".into(), "s3".into()),
+                ("ssl.key.password".into(), "k3y".into()),
+                ("security.protocol".into(), "SASL_SSL".into()),
+            ],
+        };
+        let shown = format!("{kafka:?}");
+        for secret in ["hunter2", "s3", "k3y"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - `groups`: consumer groups and their lag.
 //! - `transactions`: the transaction outcome log.
 //! - `status`: the pipeline health check.
+//! - `profile`: saved connection profiles (brokers, Redis URL, librdkafka options) by name.
 
 pub mod accounts;
 pub mod cli;
@@ -37,6 +38,7 @@ pub mod money;
 pub mod notify;
 pub mod output;
 pub mod payments;
+pub mod profile;
 pub mod rates;
 pub mod status;
 pub mod store;

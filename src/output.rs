@@ -110,7 +110,10 @@ impl Output {
         self.format
     }
 
-    /// Prints one report. A closed pipe (`| head`) is not an error.
+    /// Prints one report. A closed pipe (`| head`) is not an error. This
+    /// run's secrets are scrubbed from it (a report may quote an error of
+    /// librdkafka's, which names the setting it refused and its value);
+    /// records a command passes through (`topics consume`) are not reports.
     pub fn emit<R: Report + ?Sized>(&self, report: &R) -> anyhow::Result<()> {
         let text = match self.format {
             Format::Json => serde_json::to_string(report)?,
@@ -122,7 +125,7 @@ impl Output {
                 }
             },
         };
-        line(&text).map(|_| ())
+        line(&crate::config::scrub(&text)).map(|_| ())
     }
 }
 

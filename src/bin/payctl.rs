@@ -2,23 +2,23 @@
 
 use std::io::{IsTerminal, Write};
 
-use clap::Parser;
 use payctl::cli::{
     Cli, Command, NotifyCommand, PaymentsCommand, RatesCommand, TopicsCommand, TransactionsCommand,
     TransferCommand,
 };
+use payctl::config::scrub;
 use payctl::exit::{exit_for, Exit};
 use payctl::kafka::REACH_TIMEOUT;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_command_line();
     init_logging(cli.global.verbose, cli.global.quiet);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let kafka = kafka_use(&cli.command);
-    let app = cli.global.app(shutdown);
+    let app = cli.app(shutdown);
     let result = match &app {
         Ok(app) => {
             let checked = match kafka {
@@ -48,7 +48,8 @@ async fn main() {
             };
             // stderr may be closed (`2>&-`) or full (`2>/dev/full`): the
             // exit code still tells.
-            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&error));
+            let text = error_text(&error);
+            let _ = writeln!(std::io::stderr(), "error: {}", scrub(&text));
             exit_for(&error)
         }
     };
@@ -103,6 +104,7 @@ fn kafka_use(command: &Command) -> KafkaUse {
         | Command::Notify(_)
         | Command::Rates(_)
         | Command::Payments(_)
+        | Command::Profile(_)
         | Command::Completions { .. } => KafkaUse::Never,
     }
 }
@@ -154,9 +156,26 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(librdkafka_quiet(level, verbose)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// stderr for logs, with this run's secrets replaced by `***`: librdkafka's
+/// and the Redis client's messages are not payctl's to word. tracing's fmt
+/// layer writes each event whole, so a secret is never split across writes.
+struct ScrubbedStderr;
+
+impl Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// librdkafka reports every reconnect attempt, and payctl reports what

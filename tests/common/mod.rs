@@ -57,6 +57,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// An empty config directory for this test process, given to every payctl
+/// run as `XDG_CONFIG_HOME`, so the profiles of whoever runs the tests never
+/// reach them (a test that is about profiles passes its own).
+pub fn config_home() -> std::path::PathBuf {
+    static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = std::env::temp_dir().join(unique("payctl-config"));
+        std::fs::create_dir_all(&dir).expect("test config dir");
+        dir
+    })
+    .clone()
+}
+
 /// What a run of `payctl` did.
 pub struct Run {
     pub code: i32,
@@ -186,6 +199,8 @@ impl Pipeline {
             .env("PAYCTL_TRANSFER_GROUP", &self.group)
             .env("PAYCTL_NOTIFY_GROUP", &self.group)
             .env("PAYCTL_RATES_GROUP", &self.group)
+            .env("XDG_CONFIG_HOME", config_home())
+            .env_remove("PAYCTL_PROFILE")
             .env_remove("PAYCTL_OUTPUT")
             .env_remove("RUST_LOG");
         for (k, v) in env {
