@@ -38,6 +38,55 @@ pub struct GlobalArgs {
     /// Redis URL.
     #[arg(long, global = true, help_heading = "Global options", env = "REDIS_URL", hide_env_values = true, default_value = RedisConfig::DEFAULT_URL)]
     pub redis_url: String,
+    /// Redis ACL user, when the URL names none. The password comes from
+    /// REDIS_PASSWORD (environment only), --redis-password-file or the URL:
+    /// exactly one of them.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_USERNAME",
+        value_name = "USER"
+    )]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (a trailing newline is ignored).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for
+    /// rediss:// URLs (default: the system's trusted roots).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for rediss:// servers that ask for one
+    /// (with --redis-key-file).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_CERT_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --redis-cert-file.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_key_file: Option<std::path::PathBuf>,
     /// Raw librdkafka option, repeatable (as kcat's -X): -X session.timeout.ms=10000.
     /// PAYCTL_KAFKA_OPTIONS holds more, space-separated; -X wins over it.
     #[arg(
@@ -310,6 +359,14 @@ impl GlobalArgs {
             },
             redis: RedisConfig {
                 url: self.redis_url.clone(),
+                username: self.redis_username.clone(),
+                password: crate::config::RedisPassword::from_env()?,
+                password_file: self.redis_password_file.clone(),
+                tls: crate::config::RedisTls {
+                    ca_file: self.redis_ca_file.clone(),
+                    cert_file: self.redis_cert_file.clone(),
+                    key_file: self.redis_key_file.clone(),
+                },
             },
             topics: Topics {
                 transfers: self.topic_transfers.clone(),
