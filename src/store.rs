@@ -498,8 +498,8 @@ mod tests {
             let message = refusal(&bad);
             assert!(message.contains(why), "{message}");
             assert!(
-                !message.contains("one") || !message.contains("two"),
-                "{message}"
+                !message.contains("two"),
+                "the file's content shows: {message}"
             );
         }
         let missing = RedisConfig {
