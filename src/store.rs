@@ -245,7 +245,11 @@ impl RedisConfig {
         // The redis crate words these its own way ("Password authentication
         // failed - AuthenticationFailed"); say what the server meant.
         let refused = if e.kind() == redis::ErrorKind::AuthenticationFailed {
-            Some("WRONGPASS the user or password is wrong, or the user is disabled".to_string())
+            Some(
+                "the server refused this user and password (a wrong password, an unknown or \
+                 disabled user, or a server without passwords)"
+                    .to_string(),
+            )
         } else if text.contains("Authentication required") {
             Some(format!(
                 "NOAUTH the server wants a password: set {}, --redis-password-file or put it in the URL",
@@ -259,7 +263,9 @@ impl RedisConfig {
         if let Some(refused) = refused {
             return anyhow::anyhow!("Redis authentication failed at {url}: {refused}");
         }
-        let hint = if tls && text.contains("invalid peer certificate") {
+        let hint = if tls && text.contains("CertificateRequired") {
+            Some("the server asks for a client certificate: give --redis-cert-file and --redis-key-file")
+        } else if tls && text.contains("invalid peer certificate") {
             Some("the server's certificate is not trusted (is --redis-ca-file the CA that signed it?)")
         } else if tls && (text.contains("corrupt message") || text.contains("InvalidContentType")) {
             Some("the server does not speak TLS (for a plaintext port, use redis://)")
@@ -301,12 +307,28 @@ impl RedisTls {
                 let client_cert = read_certificates(cert, "--redis-cert-file")?;
                 let client_key = std::fs::read(key)
                     .with_context(|| format!("reading --redis-key-file {}", key.display()))?;
-                PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| {
+                let parsed = PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| {
                     anyhow::anyhow!(
                         "--redis-key-file {} holds no PEM private key: {e}",
                         key.display()
                     )
                 })?;
+                // rustls refuses some pairs (a v1 certificate, a key of
+                // another certificate) only when the connection is set up.
+                let chain = CertificateDer::pem_slice_iter(&client_cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("--redis-cert-file {}: {e}", cert.display()))?;
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_client_auth_cert(chain, parsed)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "--redis-cert-file {} with --redis-key-file {} is not a usable \
+                             client certificate: {e}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
                 Some(ClientTlsConfig {
                     client_cert,
                     client_key,

@@ -46,10 +46,16 @@ struct TlsRedis {
     certs: TestCerts,
     server: Child,
     dir: PathBuf,
+    /// The server refuses clients without a certificate its CA signed.
+    asks_for_client_certificates: bool,
 }
 
 impl TlsRedis {
     fn start() -> TlsRedis {
+        TlsRedis::start_with(false)
+    }
+
+    fn start_with(asks_for_client_certificates: bool) -> TlsRedis {
         let certs = TestCerts::new("redis");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -73,7 +79,11 @@ impl TlsRedis {
             "--tls-ca-cert-file",
             &path(&certs.ca),
             "--tls-auth-clients",
-            "no",
+            if asks_for_client_certificates {
+                "yes"
+            } else {
+                "no"
+            },
             "--save",
             "",
             "--appendonly",
@@ -112,6 +122,7 @@ impl TlsRedis {
             certs,
             server,
             dir,
+            asks_for_client_certificates,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -138,11 +149,22 @@ impl TlsRedis {
         let client = redis::Client::build_with_tls(
             format!("rediss://{user}:{password}@127.0.0.1:{}/0", self.port).as_str(),
             redis::TlsCertificates {
-                client_tls: None,
+                client_tls: self
+                    .asks_for_client_certificates
+                    .then(|| self.client_certificate()),
                 root_cert: Some(std::fs::read(&self.certs.ca).unwrap()),
             },
         )?;
         client.get_connection()
+    }
+
+    /// A certificate the server's CA signed: the server's own pair, since
+    /// the server trusts what its CA signed, whatever the name.
+    fn client_certificate(&self) -> redis::ClientTlsConfig {
+        redis::ClientTlsConfig {
+            client_cert: std::fs::read(&self.certs.server_cert).unwrap(),
+            client_key: std::fs::read(&self.certs.server_key).unwrap(),
+        }
     }
 
     fn admin(&self) -> redis::Connection {
@@ -350,7 +372,10 @@ fn bad_credentials_and_wrong_schemes_are_one_line() {
     );
     one_error_line(
         &run,
-        &["Redis authentication failed at rediss://", "WRONGPASS"],
+        &[
+            "Redis authentication failed at rediss://",
+            "refused this user and password",
+        ],
     );
     assert!(!run.stderr.contains(wrong), "{}", run.stderr);
 
@@ -557,4 +582,53 @@ fn a_permission_revoked_mid_run_stops_the_worker() {
     };
     assert_eq!(balance(&alice), "90.00");
     assert_eq!(balance(&bob), "10.00");
+}
+
+#[test]
+fn client_certificates_for_servers_that_ask() {
+    let redis = TlsRedis::start_with(true);
+    let p = Pipeline::new();
+    let url = format!("rediss://payctl:{PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let env = [("REDIS_URL", url.as_str()), ("REDIS_CA_FILE", redis.ca())];
+    let list = ["accounts", "list", "-o", "json"];
+
+    let run = run_within(&p, &list, &env, LIMIT);
+    one_error_line(
+        &run,
+        &["connecting to Redis at rediss://", "--redis-cert-file"],
+    );
+
+    let (cert, key) = (&redis.certs.server_cert, &redis.certs.server_key);
+    let with_certificate = [
+        &list[..],
+        &[
+            "--redis-cert-file",
+            cert.to_str().unwrap(),
+            "--redis-key-file",
+            key.to_str().unwrap(),
+        ],
+    ]
+    .concat();
+    let listed = p.payctl_env(&with_certificate, &env).expect(0).json();
+    assert_eq!(listed, serde_json::json!([]));
+
+    // A key that is not the certificate's: named before connecting.
+    let other_key = redis.certs.dir().join("other.key");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let mismatched = [
+        &list[..],
+        &[
+            "--redis-cert-file",
+            cert.to_str().unwrap(),
+            "--redis-key-file",
+            other_key.to_str().unwrap(),
+        ],
+    ]
+    .concat();
+    let run = run_within(&p, &mismatched, &env, LIMIT);
+    one_error_line(&run, &["is not a usable client certificate"]);
 }
