@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let redis_config = RedisConfig {
         url: std::env::var("REDIS_URL").unwrap_or_else(|_| RedisConfig::DEFAULT_URL.into()),
+        ..RedisConfig::default()
     };
     let topics = Topics::default();
     let mut redis = redis_config.connect().await?;

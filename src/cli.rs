@@ -44,8 +44,8 @@ pub struct GlobalArgs {
         env = "KAFKA_BOOTSTRAP_SERVERS"
     )]
     pub brokers: Option<String>,
-    /// Redis URL; a password in it is never printed [default: the profile's,
-    /// else redis://127.0.0.1:6379/0].
+    /// Redis URL (rediss:// for TLS); a password in it is never printed
+    /// [default: the profile's, else redis://127.0.0.1:6379/0].
     #[arg(
         long,
         global = true,
@@ -54,6 +54,55 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// Redis ACL user, when the URL names none. The password comes from
+    /// REDIS_PASSWORD (environment only), --redis-password-file or the URL:
+    /// exactly one of them.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_USERNAME",
+        value_name = "USER"
+    )]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (a trailing newline is ignored).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for
+    /// rediss:// URLs (default: the system's trusted roots).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for rediss:// servers that ask for one
+    /// (with --redis-key-file).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_CERT_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --redis-cert-file.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "REDIS_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_key_file: Option<std::path::PathBuf>,
     /// Saved connection profile to use instead of the current one (see `payctl profile`).
     #[arg(
         long,
@@ -348,10 +397,18 @@ impl Cli {
         let matches = Cli::command().get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let global = &cli.global;
+        let typed_path =
+            |id: &str, value: &Option<std::path::PathBuf>| value.clone().filter(|_| typed(id));
         cli.global.given = GivenFlags {
-            brokers: given(&cli.global.brokers).filter(|_| typed("brokers")),
-            redis_url: given(&cli.global.redis_url).filter(|_| typed("redis_url")),
-            kafka_options: cli.global.kafka_option.clone(),
+            brokers: given(&global.brokers).filter(|_| typed("brokers")),
+            redis_url: given(&global.redis_url).filter(|_| typed("redis_url")),
+            kafka_options: global.kafka_option.clone(),
+            redis_username: given(&global.redis_username).filter(|_| typed("redis_username")),
+            redis_password_file: typed_path("redis_password_file", &global.redis_password_file),
+            redis_ca_file: typed_path("redis_ca_file", &global.redis_ca_file),
+            redis_cert_file: typed_path("redis_cert_file", &global.redis_cert_file),
+            redis_key_file: typed_path("redis_key_file", &global.redis_key_file),
         };
         cli
     }
@@ -397,6 +454,20 @@ impl GlobalArgs {
                     .ok_or_else(|| anyhow::anyhow!("-X {option:?}: expected KEY=VALUE"))
             })
             .collect::<anyhow::Result<_>>()?;
+        let redis_url = given(&self.redis_url)
+            .or(saved.redis_url)
+            .unwrap_or_else(|| RedisConfig::DEFAULT_URL.into());
+        let redis_password = crate::config::RedisPassword::from_env()?;
+        // A profile's password file stands in only for a password given
+        // nowhere else: the environment, a flag or the URL in use win.
+        let parsed = url::Url::parse(&redis_url).ok();
+        let url_has_password = parsed.as_ref().is_some_and(|u| u.password().is_some());
+        let url_has_user = parsed.as_ref().is_some_and(|u| !u.username().is_empty());
+        let redis_password_file = match (&self.redis_password_file, &redis_password) {
+            (Some(file), _) => Some(file.clone()),
+            (None, None) if !url_has_password => saved.redis_password_file,
+            (None, _) => None,
+        };
         let app = App {
             kafka: KafkaConfig {
                 brokers: given(&self.brokers)
@@ -405,9 +476,16 @@ impl GlobalArgs {
                 options,
             },
             redis: RedisConfig {
-                url: given(&self.redis_url)
-                    .or(saved.redis_url)
-                    .unwrap_or_else(|| RedisConfig::DEFAULT_URL.into()),
+                url: redis_url,
+                username: given(&self.redis_username)
+                    .or(saved.redis_username.filter(|_| !url_has_user)),
+                password: redis_password,
+                password_file: redis_password_file,
+                tls: crate::config::RedisTls {
+                    ca_file: self.redis_ca_file.clone().or(saved.redis_ca_file),
+                    cert_file: self.redis_cert_file.clone().or(saved.redis_cert_file),
+                    key_file: self.redis_key_file.clone().or(saved.redis_key_file),
+                },
             },
             topics: Topics {
                 transfers: self.topic_transfers.clone(),

@@ -1,5 +1,6 @@
 //! Validated runtime configuration. Library code sees these, never clap.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the Kafka brokers are and any raw librdkafka options (`-X k=v`).
@@ -92,6 +93,9 @@ pub fn register_secrets(kafka: &KafkaConfig, redis: &RedisConfig) {
             register_secret(value);
         }
     }
+    if let Some(RedisPassword(password)) = &redis.password {
+        register_secret(password);
+    }
     if let Ok(url) = url::Url::parse(&redis.url) {
         // A user name alone may be a password typed in the wrong place
         // (as `masked_url` assumes too); beside a password it is a name.
@@ -146,11 +150,65 @@ pub fn masked_url(url: &str) -> String {
     }
 }
 
-/// How to reach Redis. Its `Debug` form masks the URL's password.
-#[derive(Clone)]
+/// How to reach Redis, as whom, and whom to trust. Its `Debug` form masks
+/// the URL's password.
+#[derive(Clone, Default)]
 pub struct RedisConfig {
-    /// A `redis://` URL; may carry a password, so it is never printed whole.
+    /// A `redis://` or `rediss://` (TLS) URL; may carry a user and a
+    /// password, so it is never printed whole.
     pub url: String,
+    /// The ACL user, when the URL does not name one (`REDIS_USERNAME`).
+    pub username: Option<String>,
+    /// The password from the environment (`REDIS_PASSWORD`), kept out of
+    /// the command line, where `ps` would show it.
+    pub password: Option<RedisPassword>,
+    /// A file holding the password (`--redis-password-file`), read when
+    /// connecting: one trailing newline is not part of it.
+    pub password_file: Option<PathBuf>,
+    /// TLS settings for `rediss://` URLs.
+    pub tls: RedisTls,
+}
+
+/// A Redis password. Its `Debug` prints `***`, so no log line or error
+/// that shows a config can show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(pub String);
+
+impl RedisPassword {
+    /// The environment variable that holds it: never a flag, which `ps`
+    /// and shell histories would show.
+    pub const ENV: &'static str = "REDIS_PASSWORD";
+
+    /// The password in `REDIS_PASSWORD`, if set and not empty.
+    pub fn from_env() -> anyhow::Result<Option<RedisPassword>> {
+        match std::env::var(Self::ENV) {
+            Ok(password) if password.is_empty() => Ok(None),
+            Ok(password) => Ok(Some(RedisPassword(password))),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{} is not valid UTF-8", Self::ENV)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(***)")
+    }
+}
+
+/// Whom a `rediss://` connection trusts, and what it shows the server.
+/// Without a CA file, the system's trusted roots verify the server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// PEM certificates of the CA(s) that signed the server's certificate,
+    /// trusted instead of the system roots (`--redis-ca-file`).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain), for servers that ask for one.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -167,7 +225,11 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.display_url())
-            .finish_non_exhaustive()
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -255,11 +317,13 @@ mod tests {
     fn hides_redis_passwords() {
         let with = RedisConfig {
             url: "redis://user:secret@host:6379/0".into(),
+            ..RedisConfig::default()
         };
         assert_eq!(with.display_url(), "redis://user:***@host:6379/0");
         assert!(!format!("{with:?}").contains("secret"));
         let without = RedisConfig {
             url: RedisConfig::DEFAULT_URL.into(),
+            ..RedisConfig::default()
         };
         assert_eq!(without.display_url(), RedisConfig::DEFAULT_URL);
         for (url, shown) in [
@@ -282,6 +346,7 @@ mod tests {
             },
             &RedisConfig {
                 url: "redis://payctl:s%40cret-y@host/0".into(),
+                ..RedisConfig::default()
             },
         );
         let text = "failed for pa55word-x and s@cret-y and s%40cret-y";

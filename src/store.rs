@@ -1,12 +1,18 @@
-//! Redis: connecting, the key names the seeds and payctl share, and Lua
+//! Redis: connecting (TLS, ACL users), the key names the seeds and payctl share, and Lua
 //! scripts loaded once and called by SHA.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
+};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisPassword, RedisTls};
 
 /// Key names. Seed formats (`transfer:{id}`, `notifications:{user}`) must not change.
 pub mod keys {
@@ -87,24 +93,292 @@ pub fn check_id(field: &str, id: &str) -> Result<(), String> {
 /// A live Redis connection that reconnects by itself after Redis comes back.
 pub type Redis = ConnectionManager;
 
+/// How long connecting (TCP, TLS, AUTH, SELECT) may take in all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl RedisConfig {
-    /// Connects, failing fast with the URL (password hidden) if Redis is down.
+    /// Connects, failing fast with the URL (password hidden) if Redis is
+    /// down, refuses the credentials, or cannot be trusted.
     pub async fn connect(&self) -> anyhow::Result<Redis> {
-        let context = || format!("connecting to Redis at {}", self.display_url());
-        let client = redis::Client::open(self.url.as_str()).with_context(context)?;
+        let client = self.client()?;
+        let tls = is_tls(client.get_connection_info().addr());
+        let authenticates = client
+            .get_connection_info()
+            .redis_settings()
+            .password()
+            .is_some();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_number_of_retries(1);
-        tokio::time::timeout(
-            Duration::from_secs(5),
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
             ConnectionManager::new_with_config(client, config),
         )
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after 5s"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(context)
+        .await;
+        let mut redis = match connected {
+            Ok(Ok(redis)) => redis,
+            Ok(Err(e)) => return Err(self.connect_error(e, tls)),
+            Err(_) => {
+                // A plaintext server reads a TLS hello as the start of a
+                // command line and waits for the rest of it.
+                let hint = if tls {
+                    " (if the port does not speak TLS, use redis://)"
+                } else {
+                    ""
+                };
+                anyhow::bail!(
+                    "connecting to Redis at {}: timed out after {}s{hint}",
+                    self.display_url(),
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            }
+        };
+        if !authenticates {
+            // Without a password nothing was sent yet: a server that wants
+            // one says NOAUTH here, in the words of a connection error,
+            // rather than at the command's first read.
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(CONNECT_TIMEOUT, ping.query_async::<()>(&mut redis)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.connect_error(e, tls)),
+                Err(_) => anyhow::bail!(
+                    "connecting to Redis at {}: PING timed out after {}s",
+                    self.display_url(),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            }
+        }
+        Ok(redis)
     }
+
+    /// The client this config describes, without contacting Redis: the URL
+    /// parsed, the password taken from exactly one place, and for
+    /// `rediss://` the trusted roots and any client certificate read.
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        let url = self.display_url();
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .with_context(|| format!("reading the Redis URL {url}"))?;
+        if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+            // The redis crate would accept any certificate: anyone on the
+            // path could read the payment pipeline's data and its password.
+            anyhow::bail!(
+                "{url}: #insecure would skip checking the Redis server's certificate, \
+                 which payctl refuses; trust the CA that signed it with --redis-ca-file"
+            );
+        }
+        let settings = self.credentials(info.redis_settings().clone())?;
+        let info = info.set_redis_settings(settings);
+        if !is_tls(info.addr()) {
+            if let Some(flag) = self.tls.flag_given() {
+                anyhow::bail!(
+                    "{flag} is for TLS, but {url} is not a TLS URL: use rediss:// to connect with TLS"
+                );
+            }
+            return redis::Client::open(info)
+                .with_context(|| format!("reading the Redis URL {url}"));
+        }
+        // The one crypto provider this build has; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = self.tls.certificates()?;
+        redis::Client::build_with_tls(info, certificates)
+            .with_context(|| format!("setting up TLS for Redis at {url}"))
+    }
+
+    /// The URL's settings with the user and password payctl was given.
+    /// A password given in two places is refused rather than one silently
+    /// winning: an operator who sets REDIS_PASSWORD expects it to be used.
+    fn credentials(
+        &self,
+        mut settings: RedisConnectionInfo,
+    ) -> anyhow::Result<RedisConnectionInfo> {
+        let username = self.username.as_deref().filter(|u| !u.is_empty());
+        match (settings.username(), username) {
+            (Some(in_url), Some(given)) if in_url != given => anyhow::bail!(
+                "the Redis user is given twice, {in_url:?} in the URL and {given:?} in \
+                 --redis-username (REDIS_USERNAME): give one"
+            ),
+            (None, Some(given)) => settings = settings.set_username(given),
+            _ => {}
+        }
+        let in_url = settings.password().is_some();
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the Redis password is given twice, in {} and --redis-password-file \
+                 (REDIS_PASSWORD_FILE): give one",
+                RedisPassword::ENV
+            ),
+            (Some(_), None) if in_url => anyhow::bail!(
+                "the Redis password is given twice, in the URL and in {}: give one",
+                RedisPassword::ENV
+            ),
+            (None, Some(_)) if in_url => anyhow::bail!(
+                "the Redis password is given twice, in the URL and in --redis-password-file \
+                 (REDIS_PASSWORD_FILE): give one"
+            ),
+            (Some(password), None) => Some(password.clone()),
+            (None, Some(path)) => Some(read_password_file(path)?),
+            (None, None) => None,
+        };
+        if let Some(password) = password {
+            settings = settings.set_password(password.0);
+        }
+        if let (Some(user), None) = (settings.username(), settings.password()) {
+            // The redis crate would send no AUTH at all and run as `default`.
+            anyhow::bail!(
+                "Redis user {user:?} has no password: set {} or --redis-password-file, \
+                 or put it in the URL",
+                RedisPassword::ENV
+            );
+        }
+        Ok(settings)
+    }
+
+    /// A connection failure in one line that says what to check, with the
+    /// Redis error kept in the chain for [`crate::failure::classify`].
+    fn connect_error(&self, e: redis::RedisError, tls: bool) -> anyhow::Error {
+        let url = self.display_url();
+        let text = e.to_string();
+        // The redis crate words these its own way ("Password authentication
+        // failed - AuthenticationFailed"); say what the server meant.
+        let refused = if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            Some(
+                "the server refused this user and password (a wrong password, an unknown or \
+                 disabled user, or a server without passwords)"
+                    .to_string(),
+            )
+        } else if text.contains("Authentication required") {
+            Some(format!(
+                "NOAUTH the server wants a password: set {}, --redis-password-file or put it in the URL",
+                RedisPassword::ENV
+            ))
+        } else if let Some(code @ ("WRONGPASS" | "NOPERM")) = e.code() {
+            Some(format!("{code} {}", e.detail().unwrap_or_default()))
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            return anyhow::anyhow!("Redis authentication failed at {url}: {refused}");
+        }
+        let hint = if tls && text.contains("CertificateRequired") {
+            Some("the server asks for a client certificate: give --redis-cert-file and --redis-key-file")
+        } else if tls && text.contains("invalid peer certificate") {
+            Some("the server's certificate is not trusted (is --redis-ca-file the CA that signed it?)")
+        } else if tls && (text.contains("corrupt message") || text.contains("InvalidContentType")) {
+            Some("the server does not speak TLS (for a plaintext port, use redis://)")
+        } else if !tls && !e.is_connection_refusal() && e.is_connection_dropped() {
+            Some("the server closed the connection (if it only speaks TLS, use rediss://)")
+        } else {
+            None
+        };
+        let e = anyhow::Error::new(e);
+        let e = match hint {
+            Some(hint) => e.context(hint),
+            None => e,
+        };
+        e.context(format!("connecting to Redis at {url}"))
+    }
+}
+
+impl RedisTls {
+    /// The first TLS flag given, for a message when the URL is not TLS.
+    fn flag_given(&self) -> Option<&'static str> {
+        [
+            (&self.ca_file, "--redis-ca-file (REDIS_CA_FILE)"),
+            (&self.cert_file, "--redis-cert-file (REDIS_CERT_FILE)"),
+            (&self.key_file, "--redis-key-file (REDIS_KEY_FILE)"),
+        ]
+        .into_iter()
+        .find_map(|(path, flag)| path.as_ref().map(|_| flag))
+    }
+
+    /// The PEM files, read and checked so a wrong file is named now, not
+    /// found out as a failed handshake.
+    fn certificates(&self) -> anyhow::Result<TlsCertificates> {
+        let root_cert = match &self.ca_file {
+            Some(path) => Some(read_certificates(path, "--redis-ca-file")?),
+            None => None,
+        };
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let client_cert = read_certificates(cert, "--redis-cert-file")?;
+                let client_key = std::fs::read(key)
+                    .with_context(|| format!("reading --redis-key-file {}", key.display()))?;
+                let parsed = PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--redis-key-file {} holds no PEM private key: {e}",
+                        key.display()
+                    )
+                })?;
+                // rustls refuses some pairs (a v1 certificate, a key of
+                // another certificate) only when the connection is set up.
+                let chain = CertificateDer::pem_slice_iter(&client_cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("--redis-cert-file {}: {e}", cert.display()))?;
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_client_auth_cert(chain, parsed)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "--redis-cert-file {} with --redis-key-file {} is not a usable \
+                             client certificate: {e}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
+                Some(ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("--redis-cert-file and --redis-key-file go together: give both"),
+        };
+        Ok(TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+}
+
+/// True for a `rediss://` address.
+fn is_tls(addr: &ConnectionAddr) -> bool {
+    matches!(addr, ConnectionAddr::TcpTls { .. })
+}
+
+/// A PEM file's bytes, once it is known to hold at least one certificate.
+fn read_certificates(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        anyhow::bail!("{flag} {} holds no PEM certificate", path.display());
+    }
+    Ok(pem)
+}
+
+/// The password in a file: its one line, without the newline an editor or
+/// `echo` adds. The content never appears in a message.
+fn read_password_file(path: &Path) -> anyhow::Result<RedisPassword> {
+    let context = || format!("reading --redis-password-file {}", path.display());
+    let text = std::fs::read_to_string(path).with_context(context)?;
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.is_empty() {
+        anyhow::bail!("--redis-password-file {} is empty", path.display());
+    }
+    if line.contains(['\n', '\r']) {
+        anyhow::bail!(
+            "--redis-password-file {} holds more than one line; it must hold only the password",
+            path.display()
+        );
+    }
+    crate::config::register_secret(line);
+    Ok(RedisPassword(line.to_string()))
 }
 
 /// A Lua script that is loaded once and then called by SHA inside pipelines.
@@ -155,4 +429,169 @@ pub async fn run_pipeline<T: redis::FromRedisValue>(
         return Ok(Vec::new());
     }
     pipe.query_async(redis).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        }
+    }
+
+    fn temp_file(name: &str, content: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("payctl-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn settings(config: &RedisConfig) -> RedisConnectionInfo {
+        config
+            .client()
+            .unwrap()
+            .get_connection_info()
+            .redis_settings()
+            .clone()
+    }
+
+    fn refusal(config: &RedisConfig) -> String {
+        format!("{:#}", config.client().unwrap_err())
+    }
+
+    #[test]
+    fn the_password_comes_from_one_place() {
+        let from_url = config("redis://payctl:in-url@host:6379/0");
+        assert_eq!(settings(&from_url).username(), Some("payctl"));
+        assert_eq!(settings(&from_url).password(), Some("in-url"));
+
+        let from_env = RedisConfig {
+            username: Some("payctl".into()),
+            password: Some(RedisPassword("from-env".into())),
+            ..config("redis://host:6379/0")
+        };
+        assert_eq!(settings(&from_env).username(), Some("payctl"));
+        assert_eq!(settings(&from_env).password(), Some("from-env"));
+
+        let twice = RedisConfig {
+            password: Some(RedisPassword("from-env".into())),
+            ..from_url.clone()
+        };
+        let message = refusal(&twice);
+        assert!(message.contains("given twice"), "{message}");
+        assert!(!message.contains("in-url") && !message.contains("from-env"));
+
+        let file = temp_file("password", "from-file\n");
+        let env_and_file = RedisConfig {
+            password_file: Some(file.clone()),
+            ..from_env.clone()
+        };
+        assert!(refusal(&env_and_file).contains("given twice"));
+        let url_and_file = RedisConfig {
+            password_file: Some(file),
+            ..from_url
+        };
+        assert!(refusal(&url_and_file).contains("given twice"));
+    }
+
+    #[test]
+    fn a_password_file_holds_one_line() {
+        for (content, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3 cret", "s3 cret"),
+        ] {
+            let from_file = RedisConfig {
+                password_file: Some(temp_file("password", content)),
+                ..config("redis://payctl@host:6379/0")
+            };
+            assert_eq!(settings(&from_file).password(), Some(want));
+        }
+        for (content, why) in [("\n", "is empty"), ("one\ntwo\n", "more than one line")] {
+            let bad = RedisConfig {
+                password_file: Some(temp_file("password", content)),
+                ..config("redis://host:6379/0")
+            };
+            let message = refusal(&bad);
+            assert!(message.contains(why), "{message}");
+            assert!(
+                !message.contains("two"),
+                "the file's content shows: {message}"
+            );
+        }
+        let missing = RedisConfig {
+            password_file: Some("/nonexistent/payctl-password".into()),
+            ..config("redis://host:6379/0")
+        };
+        assert!(refusal(&missing).starts_with("reading --redis-password-file"));
+    }
+
+    #[test]
+    fn a_user_without_a_password_is_refused() {
+        let message = refusal(&RedisConfig {
+            username: Some("payctl".into()),
+            ..config("redis://host:6379/0")
+        });
+        assert!(message.contains("has no password"), "{message}");
+        let message = refusal(&RedisConfig {
+            username: Some("other".into()),
+            ..config("redis://payctl:pw@host:6379/0")
+        });
+        assert!(message.contains("user is given twice"), "{message}");
+    }
+
+    #[test]
+    fn tls_is_verified_or_refused() {
+        let message = refusal(&config("rediss://host:6380/0#insecure"));
+        assert!(
+            message.contains("#insecure") && message.contains("refuses"),
+            "{message}"
+        );
+
+        let plain_with_ca = RedisConfig {
+            tls: RedisTls {
+                ca_file: Some("/etc/hostname".into()),
+                ..RedisTls::default()
+            },
+            ..config("redis://host:6379/0")
+        };
+        assert!(refusal(&plain_with_ca).contains("use rediss://"));
+
+        let not_pem = RedisConfig {
+            tls: RedisTls {
+                ca_file: Some(temp_file("ca.pem", "not a certificate\n")),
+                ..RedisTls::default()
+            },
+            ..config("rediss://host:6380/0")
+        };
+        assert!(refusal(&not_pem).contains("holds no PEM certificate"));
+
+        let half = RedisConfig {
+            tls: RedisTls {
+                key_file: Some("/etc/hostname".into()),
+                ..RedisTls::default()
+            },
+            ..config("rediss://host:6380/0")
+        };
+        assert!(refusal(&half).contains("go together"));
+
+        // System roots by default.
+        let system = config("rediss://host:6380/0").client().unwrap();
+        assert!(is_tls(system.get_connection_info().addr()));
+    }
+
+    #[test]
+    fn a_password_never_shows_in_debug() {
+        let with = RedisConfig {
+            password: Some(RedisPassword("hunter2".into())),
+            ..config("redis://host:6379/0")
+        };
+        assert!(!format!("{with:?}").contains("hunter2"));
+    }
 }

@@ -103,6 +103,36 @@ fn secrets_never_appear_in_help_logs_errors_status_or_json() {
         ]);
     }
 
+    // A Redis password from the environment or a file, at every verbosity.
+    let file = std::path::Path::new(&config).join("redis-password");
+    std::fs::write(&file, format!("{KEY_SECRET}\n")).unwrap();
+    let plain_url = common::redis_url();
+    for verbosity in ["-q", "-v", "-vv"] {
+        for env in [
+            [
+                ("REDIS_PASSWORD", REDIS_SECRET),
+                ("REDIS_USERNAME", "payctl"),
+            ],
+            [
+                ("REDIS_PASSWORD_FILE", file.to_str().unwrap()),
+                ("REDIS_USERNAME", "payctl"),
+            ],
+        ] {
+            let mut env = env.to_vec();
+            env.extend([
+                ("XDG_CONFIG_HOME", config.as_str()),
+                ("REDIS_URL", plain_url.as_str()),
+            ]);
+            for args in [&["accounts", "list"][..], &["status", "--output", "json"]] {
+                let mut args = args.to_vec();
+                args.push(verbosity);
+                let out = p.payctl_env(&args, &env);
+                assert_ne!(out.code, 0, "the stack's Redis has no user payctl");
+                seen.push_str(&printed(&args.join(" "), &out));
+            }
+        }
+    }
+
     // Profiles keep secrets, and never show them.
     let create = run(&[
         "profile",

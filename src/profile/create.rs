@@ -7,16 +7,19 @@ use serde::Serialize;
 use super::{check_name, Profile, Profiles};
 use crate::output::{Output, Rendered, Report};
 
-/// Save a connection profile from the --brokers, --redis-url and -X flags
-/// given on this command line (not from the environment). Secrets in -X
-/// options or the Redis URL are stored in the profiles file, which only
-/// its owner may read; they are printed as ***.
+/// Save a connection profile from the connection flags given on this
+/// command line (not from the environment): --brokers, -X, --redis-url and
+/// the other --redis-* flags. Secrets in -X options or the Redis URL are
+/// stored in the profiles file, which only its owner may read; they are
+/// printed as ***. For the Redis password, prefer --redis-password-file:
+/// the profile keeps the file's path, not the password.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   payctl profile create prod --brokers b1.example.com:9093,b2.example.com:9093 \\
       -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512 \\
       -X sasl.username=payctl -X sasl.password=\"$KAFKA_PASSWORD\" \\
-      --redis-url rediss://payctl@redis.example.com:6380/0 --use
+      --redis-url rediss://redis.example.com:6380/0 --redis-username payctl \\
+      --redis-password-file /run/secrets/redis-password --redis-ca-file /etc/ssl/redis-ca.pem --use
   payctl profile create local --brokers 127.0.0.1:9092 --redis-url redis://127.0.0.1:6379/0 --if-missing")]
 pub struct Args {
     /// The profile's name: letters, digits, '.', '_' or '-'.
@@ -32,13 +35,9 @@ pub struct Args {
     pub if_missing: bool,
 }
 
-/// The connection settings given as flags on the command line.
-#[derive(Debug, Clone, Default)]
-pub struct GivenFlags {
-    pub brokers: Option<String>,
-    pub redis_url: Option<String>,
-    pub kafka_options: Vec<String>,
-}
+/// The connection settings given as flags on the command line: a
+/// profile's settings, but for relative paths (made absolute when saved).
+pub type GivenFlags = Profile;
 
 #[derive(Serialize)]
 struct Created {
@@ -89,17 +88,24 @@ pub fn run(args: Args, given: &GivenFlags, output: Output) -> anyhow::Result<()>
             path.display()
         );
     }
-    if given.brokers.is_none() && given.redis_url.is_none() && given.kafka_options.is_empty() {
-        bail!("nothing to save: give --brokers, --redis-url or -X KEY=VALUE on the command line");
+    if given == &Profile::default() {
+        bail!("nothing to save: give --brokers, --redis-url, -X KEY=VALUE or a --redis-* flag on the command line");
     }
-    profiles.profiles.insert(
-        args.name.clone(),
-        Profile {
-            brokers: given.brokers.clone(),
-            redis_url: given.redis_url.clone(),
-            kafka_options: given.kafka_options.clone(),
-        },
-    );
+    // A profile is used from any directory: its files by absolute path.
+    let absolute = |path: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+        path.as_deref()
+            .map(std::path::absolute)
+            .transpose()
+            .map_err(Into::into)
+    };
+    let profile = Profile {
+        redis_password_file: absolute(&given.redis_password_file)?,
+        redis_ca_file: absolute(&given.redis_ca_file)?,
+        redis_cert_file: absolute(&given.redis_cert_file)?,
+        redis_key_file: absolute(&given.redis_key_file)?,
+        ..given.clone()
+    };
+    profiles.profiles.insert(args.name.clone(), profile);
     if args.select || profiles.current.is_none() {
         profiles.current = Some(args.name.clone());
     }

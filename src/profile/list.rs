@@ -26,6 +26,7 @@ struct Entry {
     brokers: Option<String>,
     redis_url: Option<String>,
     kafka_options: Vec<String>,
+    redis: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Report for Listed {
@@ -62,6 +63,7 @@ pub fn run(_args: Args, output: Output) -> anyhow::Result<()> {
             brokers: profile.brokers.clone(),
             redis_url: profile.redis_url.as_deref().map(masked_url),
             kafka_options: profile.masked_options(),
+            redis: profile.redis_rows().into_iter().collect(),
         })
         .collect();
     output.emit(&Listed {

@@ -38,9 +38,38 @@ pub struct Profile {
     /// and the command line's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kafka_options: Vec<String>,
+    /// The Redis ACL user, when the URL names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_username: Option<String>,
+    /// A file holding the Redis password (the path is saved, not the password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// The CA that signed the Redis server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for Redis servers that ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_key_file: Option<PathBuf>,
 }
 
 impl Profile {
+    /// The Redis settings other than the URL, as `(flag, value)` rows.
+    pub fn redis_rows(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            ("redis-username", self.redis_username.clone()),
+            ("redis-password-file", path(&self.redis_password_file)),
+            ("redis-ca-file", path(&self.redis_ca_file)),
+            ("redis-cert-file", path(&self.redis_cert_file)),
+            ("redis-key-file", path(&self.redis_key_file)),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|v| (flag, v)))
+        .collect()
+    }
+
     /// The librdkafka options, secret values masked.
     pub fn masked_options(&self) -> Vec<String> {
         self.kafka_options
@@ -201,6 +230,8 @@ mod tests {
                     "security.protocol=SASL_SSL".into(),
                     "sasl.password=hunter2".into(),
                 ],
+                redis_ca_file: Some("/etc/ssl/redis-ca.pem".into()),
+                ..Profile::default()
             },
         );
         profiles.current = Some("prod".into());

@@ -25,6 +25,8 @@ struct Shown {
     brokers: Option<String>,
     redis_url: Option<String>,
     kafka_options: Vec<String>,
+    /// The other Redis settings by flag name (`redis-ca-file` …).
+    redis: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Report for Shown {
@@ -36,6 +38,11 @@ impl Report for Shown {
         ];
         rows.extend(self.brokers.clone().map(|b| ("brokers", b)));
         rows.extend(self.redis_url.clone().map(|u| ("redis-url", u)));
+        rows.extend(
+            self.redis
+                .iter()
+                .map(|(flag, value)| (*flag, value.clone())),
+        );
         rows.extend(self.kafka_options.iter().map(|o| ("-X", o.clone())));
         Rendered::Table(record_table(rows))
     }
@@ -56,6 +63,7 @@ pub fn run(args: Args, output: Output) -> anyhow::Result<()> {
         brokers: profile.brokers.clone(),
         redis_url: profile.redis_url.as_deref().map(masked_url),
         kafka_options: profile.masked_options(),
+        redis: profile.redis_rows().into_iter().collect(),
         name,
     })
 }

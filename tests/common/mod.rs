@@ -203,6 +203,18 @@ impl Pipeline {
             .env_remove("PAYCTL_PROFILE")
             .env_remove("PAYCTL_OUTPUT")
             .env_remove("RUST_LOG");
+        // Redis credentials and TLS settings of the shell that runs the
+        // tests are not the stack's; a test that wants them passes `env`.
+        for secured in [
+            "REDIS_USERNAME",
+            "REDIS_PASSWORD",
+            "REDIS_PASSWORD_FILE",
+            "REDIS_CA_FILE",
+            "REDIS_CERT_FILE",
+            "REDIS_KEY_FILE",
+        ] {
+            command.env_remove(secured);
+        }
         for (k, v) in env {
             command.env(k, v);
         }
