@@ -43,7 +43,7 @@ use crate::exit::PartlyDone;
 use crate::kafka::produce_each;
 use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
-use crate::payments::processor::{Answer, HttpProcessor, Processor, Simulator};
+use crate::payments::processor::{Answer, Failure, HttpProcessor, Processor, Simulator};
 use crate::payments::{
     check_id, check_plan, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus,
 };
@@ -55,6 +55,7 @@ use crate::store::{run_pipeline, Redis, Script};
   payctl payments process                                   # one pass, built-in simulator
   payctl payments process --seed 42 --accept-rate 0.7 --decline-rate 0.2 --latency-ms 20
   payctl payments process --processor-url http://127.0.0.1:5001/execute_transaction --timeout 2 --retries 3
+  payctl payments process --processor-url https://pay.internal/execute_transaction --processor-ca-file ca.pem
   payctl payments process --until-idle 10                   # keep going until nothing new for 10 s
 
 A payment goes to the processor only when its user has no other payment
@@ -62,9 +63,14 @@ with the processor and no paid, active subscription; a refund only when the
 subscription is active and no other refund of it is with the processor.
 Later requests become `duplicated`, with the reason in their detail.")]
 pub struct Args {
-    /// POST payments to this http:// URL instead of using the simulator.
-    #[arg(long, env = "PAYCTL_PROCESSOR_URL")]
+    /// POST payments to this http:// or https:// URL instead of using the
+    /// simulator (HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply).
+    #[arg(long, env = "PAYCTL_PROCESSOR_URL", hide_env_values = true)]
     pub processor_url: Option<String>,
+    /// PEM file of CA certificates to trust for the processor, in addition
+    /// to the system's roots.
+    #[arg(long, env = "PAYCTL_PROCESSOR_CA_FILE", value_name = "PATH")]
+    pub processor_ca_file: Option<std::path::PathBuf>,
     /// Seconds to wait for one processor answer (0.001 to one year).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -197,7 +203,14 @@ impl Settings {
             );
         }
         let processor = match &args.processor_url {
-            Some(url) => Processor::Http(HttpProcessor::new(url, timeout)?),
+            Some(url) => Processor::Http(HttpProcessor::new(
+                url,
+                args.processor_ca_file.as_deref(),
+                timeout,
+            )?),
+            None if args.processor_ca_file.is_some() => {
+                bail!("--processor-ca-file is for --processor-url: the simulator uses no TLS")
+            }
             None => Processor::Simulator(Simulator::new(
                 args.seed,
                 args.accept_rate,
@@ -393,13 +406,26 @@ impl Pass<'_> {
             return Ok(0);
         }
         let bar = output::progress_bar(claimed.len() as u64, progress);
+        // Set when the processor turns out to be misconfigured: no further
+        // call starts, and the answers already had are still stored.
+        let stop = halt.child_token();
+        let misconfigured: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let answers: Vec<(Payment, Option<Answer>, u64)> = futures::stream::iter(claimed)
             .map(|payment| {
                 let bar = bar.clone();
+                let (stop, misconfigured) = (&stop, &misconfigured);
                 async move {
-                    let (answer, calls) =
-                        call(&settings.processor, &payment, settings.retries, halt).await;
+                    let (outcome, calls) =
+                        call(&settings.processor, &payment, settings.retries, stop).await;
                     bar.inc(1);
+                    let answer = match outcome {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            stop.cancel();
+                            misconfigured.lock().expect("failure slot").get_or_insert(e);
+                            None
+                        }
+                    };
                     (payment, answer, calls)
                 }
             })
@@ -436,6 +462,13 @@ impl Pass<'_> {
                 *self.summary.answered.entry(status.as_str()).or_default() += 1;
                 answered += 1;
             }
+        }
+        if let Some(e) = misconfigured.into_inner().expect("failure slot") {
+            // Nothing reached the processor on the failed calls (TLS failed
+            // before a request, or it redirected without acting).
+            return Err(e.context(
+                "stopped: payments still in_processing are sent by the next run, once it is fixed",
+            ));
         }
         Ok(answered)
     }
@@ -500,14 +533,16 @@ fn answer_command(payment: &Payment) -> anyhow::Result<redis::Cmd> {
 }
 
 /// One payment through the processor, retrying passing failures with
-/// backoff; no call starts once `halt` is set (shutdown, or the lock lost).
-/// Returns the answer, if any, and how many calls were made.
+/// backoff; no call starts once `halt` is set (shutdown, the lock lost, or
+/// another call found the processor misconfigured). Returns the answer, if
+/// any, or why the processor cannot work as configured (never retried),
+/// and how many calls were made.
 async fn call(
     processor: &Processor,
     payment: &Payment,
     retries: u32,
     halt: &CancellationToken,
-) -> (Option<Answer>, u64) {
+) -> (anyhow::Result<Option<Answer>>, u64) {
     let mut backoff = Duration::from_millis(200);
     let mut calls = 0;
     for attempt in 0..=retries {
@@ -516,8 +551,11 @@ async fn call(
         }
         calls += 1;
         match processor.execute(payment).await {
-            Ok(answer) => return (Some(answer), calls),
-            Err(e) => tracing::warn!(payment = %payment.payment_id, attempt, "no answer: {e:#}"),
+            Ok(answer) => return (Ok(Some(answer)), calls),
+            Err(Failure::Misconfigured(e)) => return (Err(e), calls),
+            Err(Failure::Passing(e)) => {
+                tracing::warn!(payment = %payment.payment_id, attempt, "no answer: {e:#}")
+            }
         }
         if attempt < retries {
             tokio::select! {
@@ -527,7 +565,7 @@ async fn call(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-    (None, calls)
+    (Ok(None), calls)
 }
 
 /// The lock that keeps `payments process` runs one at a time, renewed in
@@ -655,6 +693,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
+    if let Processor::Http(processor) = &settings.processor {
+        processor.check().await?;
+    }
     for script in [&*CLAIM, &*ANSWER, &*RENEW_LOCK, &*RELEASE_LOCK] {
         script.load(redis).await?;
     }
