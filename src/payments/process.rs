@@ -12,7 +12,10 @@
 //! 3. sends every claimed payment to the processor (retrying passing
 //!    failures; one that still has no answer stays `in_processing` with
 //!    payment status `unknown`, keeps its claim, and is sent again on the
-//!    next pass);
+//!    next pass). A processor that cannot work as configured (a
+//!    certificate not trusted, a redirect) is never retried: a request
+//!    that charges nothing finds it before any payment is claimed, and if
+//!    a call still meets it, no further call starts and the run stops;
 //! 4. stores each answer, atomically with its subscription change, its
 //!    place in the announce queue and the release of its claim
 //!    (`answer.lua`), then produces its outcome event to
@@ -55,7 +58,7 @@ use crate::store::{run_pipeline, Redis, Script};
   payctl payments process                                   # one pass, built-in simulator
   payctl payments process --seed 42 --accept-rate 0.7 --decline-rate 0.2 --latency-ms 20
   payctl payments process --processor-url http://127.0.0.1:5001/execute_transaction --timeout 2 --retries 3
-  payctl payments process --processor-url https://pay.internal/execute_transaction --processor-ca-file ca.pem
+  payctl payments process --processor-url https://pay.internal/charge --processor-ca-file ca.pem
   payctl payments process --until-idle 10                   # keep going until nothing new for 10 s
 
 A payment goes to the processor only when its user has no other payment
@@ -466,8 +469,8 @@ impl Pass<'_> {
         if let Some(e) = misconfigured.into_inner().expect("failure slot") {
             // Nothing reached the processor on the failed calls (TLS failed
             // before a request, or it redirected without acting).
-            return Err(e.context(
-                "stopped: payments still in_processing are sent by the next run, once it is fixed",
+            return Err(anyhow!(
+                "{e:#}; stopped: payments still in_processing are sent by the next run, once that is fixed"
             ));
         }
         Ok(answered)

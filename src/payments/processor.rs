@@ -230,7 +230,7 @@ impl HttpProcessor {
             Ok(Err(e)) => self.failure(e),
         };
         match failure {
-            Failure::Misconfigured(e) => Err(e.context("no payment was claimed")),
+            Failure::Misconfigured(e) => Err(anyhow::anyhow!("{e:#}; no payment was claimed")),
             Failure::Passing(e) => {
                 tracing::warn!(
                     "the processor at {} does not answer now, payments are tried as usual: {e:#}",
