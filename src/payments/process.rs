@@ -467,8 +467,9 @@ impl Pass<'_> {
             }
         }
         if let Some(e) = misconfigured.into_inner().expect("failure slot") {
-            // Nothing reached the processor on the failed calls (TLS failed
-            // before a request, or it redirected without acting).
+            // A TLS failure comes before any request is sent; a redirect
+            // names no outcome. Either way the payment stays unknown and
+            // goes again, with the same Idempotency-Key, on the next run.
             return Err(anyhow!(
                 "{e:#}; stopped: payments still in_processing are sent by the next run, once that is fixed"
             ));
