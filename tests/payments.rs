@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::processor::{Serve, TestProcessor};
 use common::{read_topic, unique, Pipeline, Run};
+use hyper::StatusCode;
 use serde_json::Value;
 
 /// A pipeline whose Redis is database `db`, emptied.
@@ -278,71 +277,39 @@ fn accept_decline_and_error_outcomes() {
 
 /// A processor on loopback that answers each request with the next of `replies`
 /// (`None`: accept the connection and say nothing).
-fn processor(replies: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>) {
+fn processor(replies: Vec<Option<&'static str>>) -> TestProcessor {
     processor_with(replies, None, Duration::ZERO)
 }
 
 /// A processor that accepts every payment; it counts the requests it gets.
-fn accepting_processor() -> (String, Arc<AtomicUsize>) {
+fn accepting_processor() -> TestProcessor {
     processor_with(Vec::new(), Some(ACCEPTED), Duration::ZERO)
 }
 
 const ACCEPTED: &str = r#"{"status": "accepted"}"#;
 
-/// A processor on loopback, one request at a time: the n-th request gets
-/// `replies[n]`, later ones `rest` (`None`: accept the connection and say
-/// nothing), each after `delay`. The counter counts requests read.
+/// A processor on loopback: the n-th payment gets `replies[n]`, later ones
+/// `rest`, each after `delay`. A reply is a JSON body (answered with 200)
+/// or a status line ("503 Service Unavailable", answered with no body);
+/// `None`: say nothing.
 fn processor_with(
     replies: Vec<Option<&'static str>>,
     rest: Option<&'static str>,
     delay: Duration,
-) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/execute_transaction",
-        listener.local_addr().unwrap()
-    );
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        for (stream, reply) in listener
-            .incoming()
-            .zip(replies.into_iter().chain(std::iter::repeat(rest)))
-        {
-            let mut stream = stream.unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            // Read the whole request (its JSON body ends the message).
-            let mut request = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !request.ends_with(b"}") {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
-                }
-            }
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(delay);
-            match reply {
-                Some(body) => {
-                    let code = if body.starts_with('{') {
-                        "200 OK"
-                    } else {
-                        body
-                    };
-                    let body = if body.starts_with('{') { body } else { "" };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {code}\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-                None => std::thread::sleep(Duration::from_secs(3)),
-            }
+) -> TestProcessor {
+    let reply = move |n: usize, _: &Value| {
+        let reply = replies.get(n).copied().unwrap_or(rest)?;
+        if reply.starts_with('{') {
+            return Some((StatusCode::OK, reply.to_string()));
         }
-    });
-    (url, seen)
+        let code = reply.split_whitespace().next().unwrap().parse().unwrap();
+        Some((StatusCode::from_u16(code).unwrap(), String::new()))
+    };
+    let serve = Serve {
+        delay,
+        ..Serve::default()
+    };
+    TestProcessor::start(serve, Arc::new(reply))
 }
 
 #[test]
@@ -353,7 +320,7 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
     t.save();
 
     // 503 twice, then silence: no answer, so the payment waits, status unknown.
-    let (url, seen) = processor(vec![
+    let silent = processor(vec![
         Some("503 Service Unavailable"),
         Some("503 Service Unavailable"),
         None,
@@ -364,7 +331,7 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
             "payments",
             "process",
             "--processor-url",
-            &url,
+            &silent.url,
             "--timeout",
             "0.5",
             "--retries",
@@ -375,7 +342,7 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
         .expect(3)
         .json();
     assert_eq!(summary["unanswered"], 1, "{summary}");
-    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert_eq!(silent.requests(), 3);
     let waiting = t.payment(&id);
     assert_eq!(
         (
@@ -387,11 +354,18 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
     assert!(read_topic(&t.p.transactions).is_empty());
 
     // Next run: the processor answers (after one more 503) and the payment goes through.
-    let (url, _) = processor(vec![
+    let busy = processor(vec![
         Some("503 Service Unavailable"),
         Some(r#"{"status": "accepted"}"#),
     ]);
-    let summary = t.process(&["--processor-url", &url, "--timeout", "2", "--retries", "3"]);
+    let summary = t.process(&[
+        "--processor-url",
+        &busy.url,
+        "--timeout",
+        "2",
+        "--retries",
+        "3",
+    ]);
     assert_eq!(summary["answered"]["accepted"], 1, "{summary}");
     assert_eq!(t.payment(&id)["payment_status"], "accepted");
 
@@ -399,8 +373,8 @@ fn a_failing_or_silent_processor_never_loses_a_payment() {
     let erin = unique("erin");
     let refused = t.submit(&erin, "30.00");
     t.save();
-    let (url, _) = processor(vec![Some("400 Bad Request")]);
-    t.process(&["--processor-url", &url, "--retries", "0"]);
+    let refusing = processor(vec![Some("400 Bad Request")]);
+    t.process(&["--processor-url", &refusing.url, "--retries", "0"]);
     assert_eq!(t.payment(&refused)["payment_status"], "error");
 }
 
@@ -411,8 +385,8 @@ fn pair(processing: &str, payment: &str) -> (String, String) {
 #[test]
 fn one_charge_and_one_refund_per_subscription_whichever_pass_saved_the_request() {
     let t = Payments::new(6);
-    let (url, calls) = accepting_processor();
-    let process = || t.process(&["--processor-url", &url, "--retries", "0"]);
+    let accepting = accepting_processor();
+    let process = || t.process(&["--processor-url", &accepting.url, "--retries", "0"]);
     let frank = unique("frank");
     // Both requests are accepted by submit: no subscription is active yet.
     let p1 = t.submit(&frank, "9.99");
@@ -436,11 +410,7 @@ fn one_charge_and_one_refund_per_subscription_whichever_pass_saved_the_request()
         (Some(0), Some(1), Some(0)),
         "{second}"
     );
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "the processor must be called once"
-    );
+    assert_eq!(accepting.requests(), 1, "the processor must be called once");
     assert_eq!(t.statuses(&p1), pair("processed", "accepted"));
     assert_eq!(t.statuses(&p2), pair("duplicated", "unknown"));
     let detail = t.payment(&p2)["detail"].as_str().unwrap().to_string();
@@ -459,7 +429,7 @@ fn one_charge_and_one_refund_per_subscription_whichever_pass_saved_the_request()
         (Some(1), Some(0)),
         "{fourth}"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one charge and one refund");
+    assert_eq!(accepting.requests(), 2, "one charge and one refund");
     assert_eq!(t.statuses(&r1), pair("processed", "accepted"));
     assert_eq!(t.statuses(&r2), pair("duplicated", "unknown"));
     assert_eq!(t.payment(&r2)["detail"], "no active subscription to refund");
@@ -794,13 +764,13 @@ fn a_run_that_loses_its_lock_stops_before_the_next_processor_call() {
     assert_eq!(t.save()["outcomes"]["saved"], 8);
 
     // A processor that takes a second per answer, one call at a time.
-    let (url, calls) = processor_with(Vec::new(), Some(ACCEPTED), Duration::from_secs(1));
+    let slow = processor_with(Vec::new(), Some(ACCEPTED), Duration::from_secs(1));
     let run = t.p.spawn(
         &[
             "payments",
             "process",
             "--processor-url",
-            &url,
+            &slow.url,
             "--timeout",
             "5",
             "--concurrency",
@@ -816,7 +786,7 @@ fn a_run_that_loses_its_lock_stops_before_the_next_processor_call() {
         .unwrap()
         .get_connection()
         .unwrap();
-    while calls.load(Ordering::SeqCst) == 0 {
+    while slow.requests() == 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Another run takes the lock (as after an expiry).
@@ -826,7 +796,7 @@ fn a_run_that_loses_its_lock_stops_before_the_next_processor_call() {
         .query(&mut con)
         .unwrap();
     let stopped = common::finish(run).expect(2);
-    let sent = calls.load(Ordering::SeqCst);
+    let sent = slow.requests();
     assert!(sent < 8, "{sent} processor calls after the lock was lost");
     let lines: Vec<&str> = stopped
         .stderr
@@ -868,8 +838,8 @@ fn a_run_that_loses_its_lock_stops_before_the_next_processor_call() {
         .arg("payments:process-lock")
         .query(&mut con)
         .unwrap();
-    let (url, _) = accepting_processor();
-    let rest = t.process(&["--processor-url", &url]);
+    let accepting = accepting_processor();
+    let rest = t.process(&["--processor-url", &accepting.url]);
     assert_eq!(
         (
             rest["answered"]["accepted"].as_u64(),

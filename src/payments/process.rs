@@ -12,7 +12,10 @@
 //! 3. sends every claimed payment to the processor (retrying passing
 //!    failures; one that still has no answer stays `in_processing` with
 //!    payment status `unknown`, keeps its claim, and is sent again on the
-//!    next pass);
+//!    next pass). A processor that cannot work as configured (a
+//!    certificate not trusted, a redirect) is never retried: a request
+//!    that charges nothing finds it before any payment is claimed, and if
+//!    a call still meets it, no further call starts and the run stops;
 //! 4. stores each answer, atomically with its subscription change, its
 //!    place in the announce queue and the release of its claim
 //!    (`answer.lua`), then produces its outcome event to
@@ -43,7 +46,7 @@ use crate::exit::PartlyDone;
 use crate::kafka::produce_each;
 use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
-use crate::payments::processor::{Answer, HttpProcessor, Processor, Simulator};
+use crate::payments::processor::{Answer, Failure, HttpProcessor, Processor, Simulator};
 use crate::payments::{
     check_id, check_plan, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus,
 };
@@ -55,6 +58,7 @@ use crate::store::{run_pipeline, Redis, Script};
   payctl payments process                                   # one pass, built-in simulator
   payctl payments process --seed 42 --accept-rate 0.7 --decline-rate 0.2 --latency-ms 20
   payctl payments process --processor-url http://127.0.0.1:5001/execute_transaction --timeout 2 --retries 3
+  payctl payments process --processor-url https://pay.internal/charge --processor-ca-file ca.pem
   payctl payments process --until-idle 10                   # keep going until nothing new for 10 s
 
 A payment goes to the processor only when its user has no other payment
@@ -62,9 +66,14 @@ with the processor and no paid, active subscription; a refund only when the
 subscription is active and no other refund of it is with the processor.
 Later requests become `duplicated`, with the reason in their detail.")]
 pub struct Args {
-    /// POST payments to this http:// URL instead of using the simulator.
-    #[arg(long, env = "PAYCTL_PROCESSOR_URL")]
+    /// POST payments to this http:// or https:// URL instead of using the
+    /// simulator (HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply).
+    #[arg(long, env = "PAYCTL_PROCESSOR_URL", hide_env_values = true)]
     pub processor_url: Option<String>,
+    /// PEM file of CA certificates to trust for the processor, in addition
+    /// to the system's roots.
+    #[arg(long, env = "PAYCTL_PROCESSOR_CA_FILE", value_name = "PATH")]
+    pub processor_ca_file: Option<std::path::PathBuf>,
     /// Seconds to wait for one processor answer (0.001 to one year).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -197,7 +206,14 @@ impl Settings {
             );
         }
         let processor = match &args.processor_url {
-            Some(url) => Processor::Http(HttpProcessor::new(url, timeout)?),
+            Some(url) => Processor::Http(HttpProcessor::new(
+                url,
+                args.processor_ca_file.as_deref(),
+                timeout,
+            )?),
+            None if args.processor_ca_file.is_some() => {
+                bail!("--processor-ca-file is for --processor-url: the simulator uses no TLS")
+            }
             None => Processor::Simulator(Simulator::new(
                 args.seed,
                 args.accept_rate,
@@ -393,13 +409,26 @@ impl Pass<'_> {
             return Ok(0);
         }
         let bar = output::progress_bar(claimed.len() as u64, progress);
+        // Set when the processor turns out to be misconfigured: no further
+        // call starts, and the answers already had are still stored.
+        let stop = halt.child_token();
+        let misconfigured: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let answers: Vec<(Payment, Option<Answer>, u64)> = futures::stream::iter(claimed)
             .map(|payment| {
                 let bar = bar.clone();
+                let (stop, misconfigured) = (&stop, &misconfigured);
                 async move {
-                    let (answer, calls) =
-                        call(&settings.processor, &payment, settings.retries, halt).await;
+                    let (outcome, calls) =
+                        call(&settings.processor, &payment, settings.retries, stop).await;
                     bar.inc(1);
+                    let answer = match outcome {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            stop.cancel();
+                            misconfigured.lock().expect("failure slot").get_or_insert(e);
+                            None
+                        }
+                    };
                     (payment, answer, calls)
                 }
             })
@@ -436,6 +465,14 @@ impl Pass<'_> {
                 *self.summary.answered.entry(status.as_str()).or_default() += 1;
                 answered += 1;
             }
+        }
+        if let Some(e) = misconfigured.into_inner().expect("failure slot") {
+            // A TLS failure comes before any request is sent; a redirect
+            // names no outcome. Either way the payment stays unknown and
+            // goes again, with the same Idempotency-Key, on the next run.
+            return Err(anyhow!(
+                "{e:#}; stopped: payments still in_processing are sent by the next run, once that is fixed"
+            ));
         }
         Ok(answered)
     }
@@ -500,14 +537,16 @@ fn answer_command(payment: &Payment) -> anyhow::Result<redis::Cmd> {
 }
 
 /// One payment through the processor, retrying passing failures with
-/// backoff; no call starts once `halt` is set (shutdown, or the lock lost).
-/// Returns the answer, if any, and how many calls were made.
+/// backoff; no call starts once `halt` is set (shutdown, the lock lost, or
+/// another call found the processor misconfigured). Returns the answer, if
+/// any, or why the processor cannot work as configured (never retried),
+/// and how many calls were made.
 async fn call(
     processor: &Processor,
     payment: &Payment,
     retries: u32,
     halt: &CancellationToken,
-) -> (Option<Answer>, u64) {
+) -> (anyhow::Result<Option<Answer>>, u64) {
     let mut backoff = Duration::from_millis(200);
     let mut calls = 0;
     for attempt in 0..=retries {
@@ -516,8 +555,11 @@ async fn call(
         }
         calls += 1;
         match processor.execute(payment).await {
-            Ok(answer) => return (Some(answer), calls),
-            Err(e) => tracing::warn!(payment = %payment.payment_id, attempt, "no answer: {e:#}"),
+            Ok(answer) => return (Ok(Some(answer)), calls),
+            Err(Failure::Misconfigured(e)) => return (Err(e), calls),
+            Err(Failure::Passing(e)) => {
+                tracing::warn!(payment = %payment.payment_id, attempt, "no answer: {e:#}")
+            }
         }
         if attempt < retries {
             tokio::select! {
@@ -527,7 +569,7 @@ async fn call(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-    (None, calls)
+    (Ok(None), calls)
 }
 
 /// The lock that keeps `payments process` runs one at a time, renewed in
@@ -655,6 +697,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
+    if let Processor::Http(processor) = &settings.processor {
+        processor.check().await?;
+    }
     for script in [&*CLAIM, &*ANSWER, &*RENEW_LOCK, &*RELEASE_LOCK] {
         script.load(redis).await?;
     }

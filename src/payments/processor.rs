@@ -1,15 +1,16 @@
 //! Payment processors: a deterministic simulator and an HTTP processor.
 //!
-//! A processor either answers (`accepted`, `decline`, `error`) or fails for
+//! A processor either answers (`accepted`, `decline`, `error`), fails for
 //! a passing reason (timeout, connection refused, 5xx): then the payment
-//! stays `unknown` and is tried again.
+//! stays `unknown` and is tried again, or cannot work as configured (an
+//! untrusted certificate, a redirect): then the run stops.
 
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::payments::{Payment, PaymentStatus};
 
@@ -27,8 +28,8 @@ pub enum Processor {
 }
 
 impl Processor {
-    /// One attempt. `Err` is a passing failure: no answer was had.
-    pub async fn execute(&self, payment: &Payment) -> anyhow::Result<Answer> {
+    /// One attempt; `Err` says why no answer was had.
+    pub async fn execute(&self, payment: &Payment) -> Result<Answer, Failure> {
         match self {
             Processor::Simulator(s) => Ok(s.execute(payment).await),
             Processor::Http(h) => h.execute(payment).await,
@@ -108,14 +109,37 @@ impl Simulator {
     }
 }
 
-/// POSTs the payment as JSON to an `http://` URL and reads
+/// Why one attempt got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// Timeout, refused connection, 5xx, 429, an unreadable answer: the
+    /// payment stays `unknown` and is tried again.
+    Passing(anyhow::Error),
+    /// The processor cannot work as configured (a certificate payctl does
+    /// not trust, TLS to a port that does not speak it, a URL that
+    /// redirects): retrying cannot help, so the run stops.
+    Misconfigured(anyhow::Error),
+}
+
+/// The most of an answer payctl reads: a processor's answer is a few
+/// fields, and nothing that arrives is trusted to be small.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// POSTs the payment as JSON to an `http://` or `https://` URL and reads
 /// `{"status": "accepted"|"decline"|"error"}` (or seed 003's
 /// `{"success": true|false}`) back.
+///
+/// One client per run: its pool keeps connections alive between payments
+/// (HTTP/1.1 keep-alive, or HTTP/2 where the processor offers it). Proxies
+/// come from `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`.
 #[derive(Debug, Clone)]
 pub struct HttpProcessor {
-    host: String,
-    port: u16,
-    path: String,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    /// The URL as messages show it: no user, password or query, which may
+    /// hold credentials.
+    shown: String,
+    /// The most one attempt may take, answer included.
     pub timeout: Duration,
 }
 
@@ -130,81 +154,230 @@ struct ProcessorRequest<'a> {
 }
 
 impl HttpProcessor {
-    /// Parses an `http://host[:port][/path]` URL.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<HttpProcessor> {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("processor URL {url:?} must start with http://"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
+    /// Checks the URL and builds the run's client. `ca_file`: PEM
+    /// certificates trusted in addition to the system's roots.
+    pub fn new(
+        url: &str,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpProcessor> {
+        // The URL is not echoed: it may carry a password or a token.
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("--processor-url is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!(
+                "--processor-url must start with http:// or https://, not {}://",
+                url.scheme()
+            );
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            bail!("--processor-url has no host");
+        }
+        let shown = shown(&url);
+        let extra_roots = match ca_file {
+            Some(path) => read_ca_file(path)?,
+            None => Vec::new(),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .with_context(|| format!("bad port in {url:?}"))?,
-            ),
-            None => (authority, 80),
+        // reqwest is built without a crypto provider of its own (aws-lc);
+        // ring is. Installing fails only when one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!("payctl/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(timeout)
+            // A redirected POST is a payment sent where nobody configured
+            // it, or turned into a GET: never follow one (see `redirected`).
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = if url.scheme() == "https" {
+            // The system's roots (SSL_CERT_FILE and SSL_CERT_DIR are
+            // honoured) plus the private CA.
+            extra_roots
+                .into_iter()
+                .fold(builder, reqwest::ClientBuilder::add_root_certificate)
+        } else {
+            // No TLS with the processor: a machine without system roots
+            // (a bare container) must still reach an http:// processor.
+            builder.tls_certs_only(extra_roots)
         };
-        anyhow::ensure!(!host.is_empty(), "no host in processor URL {url:?}");
+        let client = builder
+            .build()
+            .map_err(|e| anyhow::Error::new(e.without_url()))
+            .context("setting up the processor's HTTP client")?;
         Ok(HttpProcessor {
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
+            client,
+            url,
+            shown,
             timeout,
         })
     }
 
-    async fn execute(&self, payment: &Payment) -> anyhow::Result<Answer> {
+    /// The URL as messages show it.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// One request that charges nothing (HEAD), made before any payment is
+    /// claimed: a processor that cannot work as configured stops the run
+    /// while every payment is still as it was. One that does not answer
+    /// now is only logged: payments are claimed and retried as usual.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let probe = self.client.head(self.url.clone()).send();
+        let failure = match tokio::time::timeout(self.timeout, probe).await {
+            Err(_) => Failure::Passing(anyhow::anyhow!("no answer within {:?}", self.timeout)),
+            Ok(Ok(response)) if response.status().is_redirection() => {
+                Failure::Misconfigured(self.redirected(&response))
+            }
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => self.failure(e),
+        };
+        match failure {
+            Failure::Misconfigured(e) => Err(anyhow::anyhow!("{e:#}; no payment was claimed")),
+            Failure::Passing(e) => {
+                tracing::warn!(
+                    "the processor at {} does not answer now, payments are tried as usual: {e:#}",
+                    self.shown
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn execute(&self, payment: &Payment) -> Result<Answer, Failure> {
         // The id goes into a header: never let CR/LF or the like through,
         // whoever wrote the record (`payments process` checks it first).
-        crate::payments::check_id("payment_id", &payment.payment_id).map_err(anyhow::Error::msg)?;
-        let body = serde_json::to_vec(&ProcessorRequest {
+        crate::payments::check_id("payment_id", &payment.payment_id)
+            .map_err(|e| Failure::Passing(anyhow::Error::msg(e)))?;
+        let request = ProcessorRequest {
             payment_id: &payment.payment_id,
             user_id: &payment.user_id,
             plan: &payment.plan,
             amount: payment.amount,
             currency: &payment.currency,
             kind: payment.kind,
-        })?;
-        let exchange = async {
-            let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
-            let head = format!(
-                "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nIdempotency-Key: {}\r\nConnection: close\r\n\r\n",
-                self.path,
-                self.host,
-                self.port,
-                body.len(),
-                payment.payment_id
-            );
-            let mut request = head.into_bytes();
-            request.extend_from_slice(&body);
-            stream.write_all(&request).await?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await?;
-            anyhow::Ok(response)
         };
-        let response = tokio::time::timeout(self.timeout, exchange)
+        let exchange = async {
+            let mut response = self
+                .client
+                .post(self.url.clone())
+                .header("Idempotency-Key", &payment.payment_id)
+                .json(&request)
+                .send()
+                .await
+                .map_err(|e| self.failure(e))?;
+            let code = response.status();
+            if code.is_redirection() {
+                return Err(Failure::Misconfigured(self.redirected(&response)));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| self.failure(e))? {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(Failure::Passing(anyhow::anyhow!(
+                        "the processor's answer is over {MAX_ANSWER_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse_answer(code.as_u16(), &body).map_err(Failure::Passing)
+        };
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| anyhow::anyhow!("processor did not answer within {:?}", self.timeout))?
-            .with_context(|| format!("calling the processor at {}:{}", self.host, self.port))?;
-        parse_response(&response)
+            .unwrap_or_else(|_| {
+                Err(Failure::Passing(anyhow::anyhow!(
+                    "processor did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+
+    /// Sorts a failed exchange: TLS failing is configuration, the rest
+    /// (refused, reset, DNS, a broken body) passes.
+    fn failure(&self, error: reqwest::Error) -> Failure {
+        // reqwest's message names the URL; ours names it without secrets.
+        let error = error.without_url();
+        match tls_failure(&error) {
+            Some(rustls::Error::InvalidCertificate(why)) => {
+                Failure::Misconfigured(anyhow::anyhow!(
+                "the processor at {} presented a TLS certificate payctl does not trust ({why:?}); \
+                 trust its CA with --processor-ca-file",
+                self.shown
+            ))
+            }
+            Some(tls) => Failure::Misconfigured(anyhow::anyhow!(
+                "TLS with the processor at {} failed ({tls}); check the URL's scheme and port",
+                self.shown
+            )),
+            None => Failure::Passing(
+                anyhow::Error::new(error)
+                    .context(format!("calling the processor at {}", self.shown)),
+            ),
+        }
+    }
+
+    /// The error for an answer that sends the payment elsewhere.
+    fn redirected(&self, response: &reqwest::Response) -> anyhow::Error {
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| self.url.join(l).ok())
+            .map_or_else(|| "elsewhere".to_string(), |u| shown(&u));
+        anyhow::anyhow!(
+            "the processor at {} redirects (HTTP {}) to {to}: set --processor-url to where it should go",
+            self.shown,
+            response.status().as_u16()
+        )
     }
 }
 
-/// Reads an HTTP response: 2xx with a status → an answer; 5xx, 429 or an
-/// unreadable body → a passing failure; other 4xx → `error`.
-fn parse_response(response: &[u8]) -> anyhow::Result<Answer> {
-    let text = String::from_utf8_lossy(response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("processor sent no HTTP response")?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("processor sent no HTTP status")?;
+/// A URL without its user, password, query and fragment.
+fn shown(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    // Only URLs that cannot have a user (`data:`) refuse these; ours can.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+/// The certificates of a PEM file, at least one.
+fn read_ca_file(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading --processor-ca-file {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("--processor-ca-file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "--processor-ca-file {} holds no PEM certificate",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// The TLS error somewhere in an error's chain. tokio-rustls wraps it in an
+/// `io::Error`, whose `source()` skips what it wraps: look inside those.
+fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if let Some(tls) = tls_failure(inner) {
+                return Some(tls);
+            }
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// Reads an answer: 2xx with a status → an answer; 5xx, 429 or an
+/// unreadable body → `Err`, a passing failure; other 4xx → `error`.
+fn parse_answer(code: u16, body: &[u8]) -> anyhow::Result<Answer> {
     if code >= 500 || code == 429 {
         bail!("processor answered HTTP {code}");
     }
@@ -214,8 +387,12 @@ fn parse_response(response: &[u8]) -> anyhow::Result<Answer> {
             detail: Some(format!("processor refused the request: HTTP {code}")),
         });
     }
-    let value: serde_json::Value = serde_json::from_str(body.trim())
-        .with_context(|| format!("processor answered {body:?}, not JSON"))?;
+    let value: serde_json::Value = serde_json::from_slice(body).with_context(|| {
+        format!(
+            "processor answered {:?}, not JSON",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )
+    })?;
     let status = match (
         value.get("status").and_then(|s| s.as_str()),
         value.get("success"),
@@ -268,31 +445,79 @@ mod tests {
     }
 
     #[test]
-    fn reads_processor_responses() {
-        let ok = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\n{\"status\":\"accepted\"}",
-        )
-        .unwrap();
-        assert_eq!(ok.status, PaymentStatus::Accepted);
-        let seed = parse_response(b"HTTP/1.0 200 OK\r\n\r\n{\"success\": false}").unwrap();
+    fn reads_processor_answers() {
+        let ok = parse_answer(200, br#"{"status":"accepted","message":"fine"}"#).unwrap();
+        assert_eq!(
+            ok,
+            Answer {
+                status: PaymentStatus::Accepted,
+                detail: Some("fine".into())
+            }
+        );
+        // Seed 003's answer.
+        let seed = parse_answer(200, br#"{"success": false}"#).unwrap();
         assert_eq!(seed.status, PaymentStatus::Error);
-        assert!(parse_response(b"HTTP/1.1 503 Busy\r\n\r\n").is_err());
-        let refused = parse_response(b"HTTP/1.1 400 Bad\r\n\r\n").unwrap();
-        assert_eq!(refused.status, PaymentStatus::Error);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nnot json").is_err());
+        assert_eq!(
+            parse_answer(201, br#"{"success": true}"#).unwrap().status,
+            PaymentStatus::Accepted
+        );
+        assert_eq!(
+            parse_answer(200, br#"{"status":"declined"}"#)
+                .unwrap()
+                .status,
+            PaymentStatus::Decline
+        );
+        // Passing: the processor is busy, or said something unreadable.
+        for (code, body) in [
+            (503, &b""[..]),
+            (500, br#"{"status":"accepted"}"#),
+            (429, b""),
+            (200, b"not json"),
+            (200, b""),
+            (200, br#"{"status":"maybe"}"#),
+        ] {
+            assert!(parse_answer(code, body).is_err(), "{code} {body:?}");
+        }
+        // Refused outright: the payment's answer is `error`.
+        for code in [400, 404, 422] {
+            let refused = parse_answer(code, b"").unwrap();
+            assert_eq!(refused.status, PaymentStatus::Error, "{code}");
+        }
     }
 
     #[test]
-    fn parses_processor_urls() {
+    fn checks_processor_urls_and_hides_their_secrets() {
+        let timeout = Duration::from_secs(1);
+        let p =
+            HttpProcessor::new("http://127.0.0.1:5001/execute_transaction", None, timeout).unwrap();
+        assert_eq!(p.url(), "http://127.0.0.1:5001/execute_transaction");
         let p = HttpProcessor::new(
-            "http://127.0.0.1:5001/execute_transaction",
-            Duration::from_secs(1),
+            "https://user:s3cret@pay.example:8443/charge?token=t0k#x",
+            None,
+            timeout,
         )
         .unwrap();
-        assert_eq!(
-            (p.host.as_str(), p.port, p.path.as_str()),
-            ("127.0.0.1", 5001, "/execute_transaction")
+        assert_eq!(p.url(), "https://pay.example:8443/charge");
+        for (bad, why) in [
+            (
+                "ftp://x/y",
+                "must start with http:// or https://, not ftp://",
+            ),
+            ("localhost:5001/pay", "must start with http:// or https://"),
+            ("127.0.0.1:5001/pay", "is not a URL"),
+            ("http://", "is not a URL"),
+            ("no url at all", "is not a URL"),
+        ] {
+            let e = format!("{:#}", HttpProcessor::new(bad, None, timeout).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = HttpProcessor::new("https://u:s3cret@/x", None, timeout).unwrap_err();
+        assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
+        let missing = Path::new("/nonexistent/ca.pem");
+        let e = HttpProcessor::new("https://x/", Some(missing), timeout).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("reading --processor-ca-file /nonexistent/ca.pem"),
+            "{e:#}"
         );
-        assert!(HttpProcessor::new("https://x", Duration::from_secs(1)).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! so tests never see each other's data.
 #![allow(dead_code)]
 
+pub mod processor;
 pub mod tls;
 
 use std::net::TcpStream;
