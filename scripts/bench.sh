@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 n="${1:-100000}"
+scripts/build-deps.sh
 scripts/stack.sh up
 cargo build --release --quiet
 payctl="$PWD/target/release/payctl"

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+scripts/build-deps.sh
 scripts/stack.sh up
 cargo build --release --quiet
 payctl=target/release/payctl

@@ -20,6 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PAYCTL_FAULT_SCALE="${PAYCTL_FAULT_SCALE:-100000}"
 log=$(mktemp "${TMPDIR:-/tmp}/payctl-faults.XXXXXX")
 
+scripts/build-deps.sh
 echo "faults: building (release) and running with PAYCTL_FAULT_SCALE=$PAYCTL_FAULT_SCALE; full output in $log" >&2
 set +e
 cargo test --release --test faults -- --test-threads=1 --nocapture "$@" 2>&1 \

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: brings the local stack up (installing Redis and Tansu if
+# Runs every test: installs the build's system packages if missing
+# (scripts/build-deps.sh), brings the local stack up (installing Redis and Tansu if
 # missing), then the unit and integration tests against it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+scripts/build-deps.sh
 scripts/stack.sh up
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 # Tests use their own database, so the demo in database 0 stays readable.

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`Class::Passing`] | connection refused or reset, timeouts, `LOADING`, `BUSY`, `TRYAGAIN`, broker transport errors, a full queue | retries the batch with backoff and commits nothing |
 //! | [`Class::Permanent`] | the message's data breaks a script, `WRONGTYPE` on its keys, a record too large for the broker | dead-letters that message and processes its neighbours |
-//! | [`Class::Fatal`] | authentication or authorization refused, a fatal idempotent-producer error, a topic deleted under the worker | commits what is finished, says so in one line, exits non-zero |
+//! | [`Class::Fatal`] | authentication or authorization refused, a failed TLS handshake, a fatal idempotent-producer error, a topic deleted under the worker, a batch that cannot be decoded | commits what is finished, says so in one line, exits non-zero |
 //!
 //! An error payctl does not recognise is permanent: the worker isolates the
 //! one message that causes it and dead-letters it, rather than retrying a
@@ -33,7 +33,10 @@ pub struct FatalError(pub String);
 /// Classifies an error by the first Redis or Kafka error in its chain.
 pub fn classify(error: &anyhow::Error) -> Class {
     for cause in error.chain() {
-        if cause.is::<FatalError>() {
+        if cause.is::<FatalError>()
+            || cause.is::<crate::kafka::AuthFailed>()
+            || cause.is::<crate::kafka::Undecodable>()
+        {
             return Class::Fatal;
         }
         if let Some(e) = cause.downcast_ref::<RedisError>() {
@@ -124,7 +127,8 @@ pub fn classify_kafka_code(code: RDKafkaErrorCode) -> Class {
         | C::ProducerFenced
         | C::InvalidProducerEpoch
         | C::UnsupportedSASLMechanism
-        | C::IllegalSASLState => Class::Fatal,
+        | C::IllegalSASLState
+        | C::SSL => Class::Fatal,
         _ => Class::Passing,
     }
 }

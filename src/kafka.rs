@@ -111,10 +111,59 @@ impl KafkaConfig {
 /// How long payctl waits for any broker to answer before it says the
 /// brokers cannot be reached.
 pub const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long payctl asks the brokers again, after a failure, why they
+/// refused it.
+pub const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How soon a refused connection counts as unreachable: long enough for
 /// librdkafka to try every address a name resolves to (`localhost` is
 /// `::1` and `127.0.0.1`).
 const REFUSED_AFTER: Duration = Duration::from_secs(2);
+
+/// What a client has heard of brokers refusing it, from librdkafka's error
+/// callback and its log. librdkafka reports a failed certificate check
+/// sometimes as `SSL` and sometimes as a plain transport failure (which
+/// also means "broker down"), and a consumer sees only the bare code; the
+/// words of the failure tell them apart, so they are matched here.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    first: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Refusals {
+    /// Notes a librdkafka error; true when it is a refusal.
+    pub fn observe_error(&self, code: Option<RDKafkaErrorCode>, reason: &str) -> bool {
+        let refused = code.is_some_and(is_auth_failure) || is_refusal_text(reason);
+        if refused {
+            if let Ok(mut first) = self.first.lock() {
+                first.get_or_insert_with(|| reason.to_string());
+            }
+        }
+        refused
+    }
+
+    /// Notes a librdkafka log line (`FAIL` lines carry connection failures).
+    pub fn observe_log(&self, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            self.observe_error(None, message);
+        }
+    }
+
+    /// The first refusal heard, in librdkafka's words.
+    pub fn reason(&self) -> Option<String> {
+        self.first.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// True for librdkafka's words for a refused login or an untrusted broker.
+fn is_refusal_text(text: &str) -> bool {
+    [
+        "certificate verify failed",
+        "SASL authentication error",
+        "SASL authentication failed",
+    ]
+    .iter()
+    .any(|marker| text.contains(marker))
+}
 
 /// Keeps what librdkafka reports about the connections of a reachability
 /// check, so the one-line error can say why.
@@ -122,18 +171,28 @@ const REFUSED_AFTER: Duration = Duration::from_secs(2);
 struct Reachability {
     /// The first reason a connection failed.
     reason: std::sync::Mutex<Option<String>>,
+    /// Refused credentials or an untrusted broker.
+    refusals: Refusals,
     /// True once every broker connection is down.
     all_down: std::sync::atomic::AtomicBool,
 }
 
 impl rdkafka::client::ClientContext for Reachability {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::info!(target: "librdkafka", ?level, "{fac}: {message}");
+        self.refusals.observe_log(fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.all_down
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-        } else if let Ok(mut first) = self.reason.lock() {
-            first.get_or_insert_with(|| reason.to_string());
+        } else if !self.refusals.observe_error(code, reason) {
+            if let Ok(mut first) = self.reason.lock() {
+                first.get_or_insert_with(|| reason.to_string());
+            }
         }
     }
 }
@@ -145,7 +204,9 @@ impl KafkaConfig {
     /// answers, fails with one line naming them (`cannot reach the Kafka
     /// brokers at 127.0.0.1:19999 (… Connection refused …)`) instead of
     /// librdkafka retrying in the background. Refused connections fail it
-    /// within seconds; an address that never answers, after `timeout`.
+    /// within seconds; an address that never answers, after `timeout`. A
+    /// broker that refuses the credentials (SASL) or whose certificate is
+    /// not trusted (TLS) fails it at once with [`AuthFailed`].
     /// Blocking: async callers run it on `spawn_blocking`.
     pub fn check_reachable(&self, timeout: Duration) -> anyhow::Result<()> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -161,9 +222,24 @@ impl KafkaConfig {
                 Ok(_) => break Ok(()),
                 Err(e) => e,
             };
-            // Serves the error callbacks that fill in the context.
-            let _ = client.poll(Duration::ZERO);
+            // Serves the error callbacks that fill in the context. A
+            // consumer's errors may come out of the poll instead, as a bare
+            // code; the words are then those librdkafka last logged.
+            while let Some(polled) = client.poll(Duration::ZERO) {
+                if let Some(code) = polled.err().and_then(|e| e.rdkafka_error_code()) {
+                    if is_auth_failure(code) {
+                        client
+                            .context()
+                            .refusals
+                            .observe_error(Some(code), &code.to_string());
+                    }
+                }
+            }
             let context = client.context();
+            // A refusal does not go away by retrying: say so at once.
+            if let Some(reason) = context.refusals.reason() {
+                break Err(anyhow::Error::new(AuthFailed(self.redact(&reason))));
+            }
             let refused = context.all_down.load(std::sync::atomic::Ordering::Relaxed)
                 && started.elapsed() >= REFUSED_AFTER;
             if refused || started.elapsed() >= timeout {
@@ -174,8 +250,9 @@ impl KafkaConfig {
                     .and_then(|r| r.clone())
                     .unwrap_or_else(|| error.to_string());
                 break Err(anyhow!(
-                    "cannot reach the Kafka brokers at {} ({reason})",
-                    self.brokers
+                    "cannot reach the Kafka brokers at {} ({})",
+                    self.brokers,
+                    self.redact(&reason)
                 ));
             }
         };
@@ -183,6 +260,242 @@ impl KafkaConfig {
         std::thread::spawn(move || drop(client));
         outcome
     }
+}
+
+/// A broker refused payctl: wrong SASL credentials, a mechanism it does not
+/// offer, or a TLS handshake that failed (an untrusted certificate, say).
+/// Retrying cannot help, so it is fatal wherever it happens. The reason is
+/// librdkafka's, with every secret payctl was given blanked out.
+#[derive(Debug, thiserror::Error)]
+#[error("broker authentication failed: {0}")]
+pub struct AuthFailed(pub String);
+
+/// True for the librdkafka codes that mean the broker refused payctl's
+/// credentials or the TLS handshake failed. librdkafka reports a refused
+/// SCRAM or PLAIN login as `Authentication` (-169) and a failed TLS
+/// handshake as `SSL` (-181); the broker's own `SaslAuthenticationFailed`
+/// (58) and the SASL protocol errors mean the same.
+pub fn is_auth_failure(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::Authentication
+            | C::SSL
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+    )
+}
+
+/// librdkafka options whose values are secrets: never printed.
+fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "sasl.oauthbearer.config",
+        "sasl.jaas",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+impl KafkaConfig {
+    /// `text` with the value of every secret option (`sasl.password`,
+    /// `ssl.key.password`, …) replaced by `***`, for error lines and logs.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for (key, value) in &self.options {
+            if is_secret_option(key) && !value.is_empty() {
+                text = text.replace(value.as_str(), "***");
+            }
+        }
+        text
+    }
+
+    /// `error` in the words of an authentication failure, when it is one
+    /// whose reason librdkafka did not attach (a consumer's error carries
+    /// only the code): asks the brokers once more, within `timeout`, for the
+    /// reason. Any other error is returned as it is.
+    pub async fn name_auth_failure(
+        &self,
+        error: anyhow::Error,
+        timeout: Duration,
+    ) -> anyhow::Error {
+        let refused = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<KafkaError>()
+                .and_then(KafkaError::rdkafka_error_code)
+                .is_some_and(is_auth_failure)
+        });
+        if !refused || error.downcast_ref::<AuthFailed>().is_some() {
+            return error;
+        }
+        let kafka = self.clone();
+        let checked = tokio::task::spawn_blocking(move || kafka.check_reachable(timeout)).await;
+        let reason = match checked {
+            Ok(Err(e)) => match e.downcast::<AuthFailed>() {
+                Ok(AuthFailed(reason)) => reason,
+                Err(other) => format!("{other:#}"),
+            },
+            // The brokers answer now: the refusal was the error's own.
+            _ => error
+                .chain()
+                .find_map(|c| c.downcast_ref::<KafkaError>().map(ToString::to_string))
+                .unwrap_or_default(),
+        };
+        // First in the line: what the operator must fix.
+        error.context(AuthFailed(self.redact(&reason)))
+    }
+}
+
+/// True for the codes a consumer gets for a batch it cannot decode: a codec
+/// this build lacks (`NotImplemented`), compressed bytes that do not
+/// decompress (`BadCompression`), or a corrupt batch. librdkafka does not
+/// skip such a batch: it fetches it again and again, so a reader that only
+/// logs the error spins forever.
+pub fn is_undecodable(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::NotImplemented
+            | C::BadCompression
+            | C::BadMessage
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::UnsupportedCompressionType
+    )
+}
+
+/// A batch a consumer cannot decode, and where it is. Fatal for the reader:
+/// skipping it would lose its messages, and nothing at or after it is
+/// committed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot decode the batch at topic {topic} partition {partition} offset {offset} ({reason}); \
+     nothing from that offset on was committed"
+)]
+pub struct Undecodable {
+    pub topic: String,
+    pub partition: i32,
+    /// The first offset of the partition not read: the bad batch's.
+    pub offset: String,
+    pub reason: String,
+}
+
+/// How long a probe of one partition waits for its first message or error.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Says which assigned partition of `consumer` holds the batch that failed
+/// with `code`, and at what offset, as an [`Undecodable`] error.
+///
+/// librdkafka's consumer error names the partition and offset, but the
+/// rdkafka crate passes on only the code. The error arrives after every
+/// message before it, so the bad partition's position is the bad batch:
+/// each assigned partition is read afresh from the consumer's position by a
+/// throwaway client (no group, nothing committed), and the one that fails
+/// to decode right there is the one. Blocking, for a few seconds at most;
+/// it runs only on the way out.
+pub fn locate_undecodable<C, K>(
+    kafka: &KafkaConfig,
+    consumer: &K,
+    code: RDKafkaErrorCode,
+) -> anyhow::Error
+where
+    C: ConsumerContext,
+    K: rdkafka::consumer::Consumer<C>,
+{
+    use rdkafka::Offset;
+    let reason = code.to_string();
+    let unknown = |topics: String| {
+        anyhow!("cannot decode a batch on {topics} ({reason}); nothing from it on was committed")
+    };
+    let Ok(positions) = consumer.position() else {
+        return unknown("the topic".into());
+    };
+    let committed = consumer.committed(Duration::from_secs(5)).ok();
+    let mut starts: Vec<(String, i32, Offset)> = Vec::new();
+    for element in positions.elements() {
+        let stored = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(element.topic(), element.partition()))
+            .map(|e| e.offset());
+        let start = match (element.offset(), stored) {
+            (Offset::Offset(o), _) => Offset::Offset(o),
+            (_, Some(Offset::Offset(o))) => Offset::Offset(o),
+            _ => consumer
+                .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                .map_or(Offset::Beginning, |(low, _)| Offset::Offset(low)),
+        };
+        starts.push((element.topic().to_string(), element.partition(), start));
+    }
+    let found = std::thread::scope(|scope| {
+        let probes: Vec<_> = starts
+            .iter()
+            .map(|(topic, partition, start)| {
+                scope.spawn(move || probe_undecodable(kafka, topic, *partition, *start))
+            })
+            .collect();
+        probes
+            .into_iter()
+            .zip(&starts)
+            .find_map(|(probe, (topic, partition, start))| {
+                probe
+                    .join()
+                    .ok()
+                    .flatten()
+                    .map(|()| (topic, partition, start))
+            })
+    });
+    match found {
+        Some((topic, &partition, start)) => anyhow::Error::new(Undecodable {
+            topic: topic.clone(),
+            partition,
+            offset: match start {
+                Offset::Offset(o) => o.to_string(),
+                _ => "of its first batch".to_string(),
+            },
+            reason,
+        }),
+        None => {
+            let mut topics: Vec<&str> = starts.iter().map(|(t, _, _)| t.as_str()).collect();
+            topics.dedup();
+            unknown(format!("topic {}", topics.join(", ")))
+        }
+    }
+}
+
+/// `Some` when reading `topic`/`partition` from `start` fails to decode the
+/// first batch there; `None` when a message, the end, or nothing comes.
+fn probe_undecodable(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    start: rdkafka::Offset,
+) -> Option<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut config = kafka.base();
+    config
+        .set(
+            "group.id",
+            format!("payctl-probe-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let probe: BaseConsumer = kafka.with_overrides(config).create().ok()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, start).ok()?;
+    probe.assign(&tpl).ok()?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        match probe.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => return None,
+            Some(Err(e)) if e.rdkafka_error_code().is_some_and(is_undecodable) => return Some(()),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Produces every record and waits for every ack. All records are in flight
@@ -949,7 +1262,7 @@ impl Scan {
         if self.group.is_some() {
             consumer.subscribe(&[&self.topic]).context("subscribing")?;
             // Every way out, errors included, leaves the group cleanly.
-            let result = self.consume(&consumer, shutdown, visit).await;
+            let result = self.consume(kafka, &consumer, shutdown, visit).await;
             leave_group(kafka, &consumer, &membership).await;
             return result;
         }
@@ -976,12 +1289,13 @@ impl Scan {
             }
         }
         consumer.assign(&tpl).context("assigning partitions")?;
-        self.consume(&consumer, shutdown, visit).await
+        self.consume(kafka, &consumer, shutdown, visit).await
     }
 
     /// The read loop, on an assigned or subscribed consumer.
     async fn consume(
         &self,
+        kafka: &KafkaConfig,
         consumer: &rdkafka::consumer::StreamConsumer<MembershipContext>,
         shutdown: &tokio_util::sync::CancellationToken,
         mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<Taken>,
@@ -1004,10 +1318,19 @@ impl Scan {
             };
             let message = match message {
                 Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("consumer: {e}");
-                    continue;
-                }
+                Err(e) => match e.rdkafka_error_code() {
+                    // Read again, the batch fails again: stop, naming it.
+                    Some(code) if is_undecodable(code) => {
+                        break Err(locate_undecodable(kafka, consumer, code));
+                    }
+                    Some(code) if is_auth_failure(code) => {
+                        break Err(anyhow::Error::new(e).context("consuming"));
+                    }
+                    _ => {
+                        tracing::warn!("consumer: {e}");
+                        continue;
+                    }
+                },
             };
             seen += 1;
             quiet_after = self.wait;
@@ -1035,7 +1358,10 @@ impl Scan {
                 tracing::warn!("committing the group's offsets: {e}");
             }
         }
-        outcome.map(|()| seen)
+        match outcome {
+            Ok(()) => Ok(seen),
+            Err(e) => Err(kafka.name_auth_failure(e, DIAGNOSE_TIMEOUT).await),
+        }
     }
 }
 

@@ -38,7 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics, WorkerLimits};
 use crate::failure::{classify, Class, FatalError};
-use crate::kafka::{enqueue, Acks, Membership, Outgoing};
+use crate::kafka::{
+    enqueue, is_undecodable, locate_undecodable, Acks, AuthFailed, Membership, Outgoing, Refusals,
+    DIAGNOSE_TIMEOUT,
+};
 use crate::output::{self, Rendered, Report};
 
 /// One consumed message, detached from the consumer.
@@ -338,9 +341,22 @@ impl WorkerArgs {
 /// given this worker something to read.
 struct GroupContext {
     membership: Membership,
+    /// Brokers refusing the worker (credentials, certificate): fatal.
+    refusals: Refusals,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::info!(target: "librdkafka", ?level, "{fac}: {message}");
+        self.refusals.observe_log(fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        self.refusals
+            .observe_error(error.rdkafka_error_code(), reason);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -378,6 +394,7 @@ pub async fn run<H: BatchHandler>(
         &spec.group,
         GroupContext {
             membership: membership.clone(),
+            refusals: Refusals::default(),
         },
     )?;
     check_topics_exist(&consumer, spec)?;
@@ -388,7 +405,10 @@ pub async fn run<H: BatchHandler>(
     // Every way out, errors included, leaves the group cleanly.
     let result = consume(kafka, spec, handler, shutdown, &consumer, &membership).await;
     crate::kafka::leave_group(kafka, &consumer, &membership).await;
-    result
+    match result {
+        Ok(summary) => Ok(summary),
+        Err(e) => Err(kafka.name_auth_failure(e, DIAGNOSE_TIMEOUT).await),
+    }
 }
 
 /// The cycle itself, on a subscribed consumer.
@@ -417,6 +437,7 @@ async fn consume<H: BatchHandler>(
     let mut last_input: Option<Instant> = None;
     let batch_size = spec.limits.batch_size.max(1);
     let mut cycle = Cycle {
+        kafka,
         consumer,
         producer: &producer,
         handler,
@@ -581,6 +602,7 @@ struct InFlight {
 
 /// What one turn of the cycle needs.
 struct Cycle<'a, H> {
+    kafka: &'a KafkaConfig,
     consumer: &'a StreamConsumer<GroupContext>,
     producer: &'a FutureProducer,
     handler: &'a mut H,
@@ -838,10 +860,25 @@ impl<H: BatchHandler> Cycle<'_, H> {
     }
 
     /// A consumer error is logged and passes, unless it is fatal: a refused
-    /// login, or an input topic that no longer exists.
+    /// login, a batch that cannot be decoded (librdkafka would fetch it
+    /// again forever), or an input topic that no longer exists.
     fn consumer_error(&self, e: KafkaError) -> Result<(), Stop> {
-        tracing::warn!("consumer: {e}");
         let code = e.rdkafka_error_code();
+        if let Some(code) = code.filter(|&c| is_undecodable(c)) {
+            // Blocks for a few seconds, once, on the way out.
+            return Err(Stop::Fatal(locate_undecodable(
+                self.kafka,
+                self.consumer,
+                code,
+            )));
+        }
+        if let Some(reason) = self.consumer.context().refusals.reason() {
+            // A broker that refuses the worker will go on refusing it.
+            return Err(Stop::Fatal(anyhow::Error::new(AuthFailed(
+                self.kafka.redact(&reason),
+            ))));
+        }
+        tracing::warn!("consumer: {e}");
         if crate::failure::classify_kafka(&e) == Class::Fatal {
             return Err(Stop::Fatal(anyhow::Error::new(e).context("consuming")));
         }
