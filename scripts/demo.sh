@@ -8,6 +8,10 @@ scripts/build-deps.sh
 scripts/stack.sh up
 cargo build --release --quiet
 payctl=target/release/payctl
+# Save the stack's `local` profile (an existing one is left alone) and run
+# the demo on it, whatever profile is current.
+scripts/stack.sh profile
+if "$payctl" profile show local >/dev/null 2>&1; then export PAYCTL_PROFILE=local; fi
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}"
 # Tansu allows a short session timeout, which makes the group join quick.
