@@ -144,6 +144,11 @@ impl Refusals {
     /// Notes a librdkafka log line (`FAIL` lines carry connection failures).
     pub fn observe_log(&self, fac: &str, message: &str) {
         if fac == "FAIL" {
+            // `[thrd:…]: ` names librdkafka's thread: noise in an error line.
+            let message = match message.strip_prefix("[thrd:") {
+                Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
+                None => message,
+            };
             self.observe_error(None, message);
         }
     }

@@ -492,6 +492,12 @@ async fn consume<H: BatchHandler>(
                 }
                 received = consumer.recv() => received,
                 _ = tokio::time::sleep(TICK) => {
+                    // librdkafka may report a refusal only to the error
+                    // callback and log, and go on reconnecting in silence.
+                    if let Some(reason) = consumer.context().refusals.reason() {
+                        fatal = Some(anyhow::Error::new(AuthFailed(kafka.redact(&reason))));
+                        break 'consume;
+                    }
                     if membership.assigned() {
                         let since = *last_input.get_or_insert_with(Instant::now);
                         if spec.limits.until_idle.is_some_and(|idle| since.elapsed() >= idle) {

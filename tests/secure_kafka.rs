@@ -431,7 +431,7 @@ fn a_worker_whose_broker_starts_refusing_it_stops_with_one_line() {
     }
     let create: Vec<&str> = create.iter().map(String::as_str).collect();
     tls(&create).expect(0);
-    let args = broker.args(&ca, &SSL, &["notify", "consume"]);
+    let args = broker.args(&ca, &SSL, &["-vv", "notify", "consume"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let worker = p.spawn(&args, &[]);
     // Running: it consumes what is produced.
@@ -465,7 +465,11 @@ fn a_worker_whose_broker_starts_refusing_it_stops_with_one_line() {
     while worker.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = worker.kill();
-            panic!("the worker kept running against a broker that refuses it");
+            let run = finish(worker);
+            panic!(
+                "the worker kept running against a broker that refuses it:\n{}",
+                run.stderr
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
