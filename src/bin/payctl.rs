@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
+    // OpenSSL (librdkafka's TLS) would otherwise register an exit handler
+    // that frees its state while librdkafka's threads may still use it: a
+    // command that ends on a refused TLS/SASL connection could crash in
+    // `exit` after printing its error. Initialised first, without it.
+    openssl_sys::init();
     let cli = Cli::parse_command_line();
     init_logging(cli.global.verbose, cli.global.quiet);
     let shutdown = CancellationToken::new();
