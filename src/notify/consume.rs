@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, Topics};
 use crate::events::RateChangeEvent;
-use crate::notify::Notification;
 use crate::output::Output;
 use crate::payments;
 use crate::store::{keys, Redis, Script};
@@ -111,58 +110,105 @@ fn json_field(name: &str, value: &str) -> String {
     )
 }
 
+/// The fields of a transaction event a notification is made of; the rest
+/// (amount, counterparty, …) is skipped unread. A field given twice is
+/// refused rather than guessed at.
+#[derive(serde::Deserialize)]
+struct TransactionFields {
+    transaction_id: Option<Value>,
+    user_id: Option<Value>,
+    status: Option<Value>,
+    event_id: Option<Value>,
+    reannounced: Option<Value>,
+    payment_id: Option<Value>,
+}
+
 /// Seed 000: `{transaction_id, user_id, status}` → "Transaction {id} is {status}".
-fn plan_transaction(payload: &[u8]) -> Result<Push, String> {
-    let event: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    let field = |name: &str| {
-        event
-            .get(name)
+/// `now` is the notification's `created_at`.
+fn plan_transaction(payload: &[u8], now: &str) -> Result<Push, String> {
+    let event: TransactionFields =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    fn field<'a>(value: &'a Option<Value>, name: &str) -> Result<&'a Value, String> {
+        value
+            .as_ref()
             .ok_or_else(|| format!("missing field {name:?}"))
-    };
-    let transaction_id =
-        scalar_text(field("transaction_id")?).ok_or("transaction_id must be a string or number")?;
-    let user_id = field("user_id")?.clone();
-    let status = field("status")?
+    }
+    let transaction_id = scalar_text(field(&event.transaction_id, "transaction_id")?)
+        .ok_or("transaction_id must be a string or number")?;
+    let user_id = field(&event.user_id, "user_id")?;
+    let status = field(&event.status, "status")?
         .as_str()
-        .ok_or("status must be a string")?
-        .to_string();
-    for (name, value) in [("transaction_id", &transaction_id), ("status", &status)] {
+        .ok_or("status must be a string")?;
+    for (name, value) in [("transaction_id", transaction_id.as_str()), ("status", status)] {
         if value.is_empty() || value.len() > MAX_FIELD || value.chars().any(char::is_control) {
             return Err(format!(
                 "{name} must be 1 to {MAX_FIELD} bytes without control characters"
             ));
         }
     }
-    let user = user_key(&user_id)?;
-    let event_id = match event.get("event_id") {
+    let user = user_key(user_id)?;
+    let event_id = match &event.event_id {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_FIELD => Some(id.clone()),
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_FIELD => Some(id.as_str()),
         Some(_) => {
             return Err(format!(
                 "event_id must be a string of 1 to {MAX_FIELD} bytes"
             ))
         }
     };
-    let reannounced = event.get("reannounced").and_then(Value::as_bool) == Some(true);
+    let reannounced = event.reannounced.as_ref().and_then(Value::as_bool) == Some(true);
     let message = format!("Transaction {transaction_id} is {status}");
     // Our own first announcements carry an event id and are new by
     // construction; anything else may be a second copy.
-    let mark = match &event_id {
+    let mark = match event_id {
         Some(id) if reannounced => Some(json_field("event_id", id)),
         Some(_) => None,
         None => Some(json_field("message", &message)),
     };
-    let mut notification = Notification::sent(user_id, message, "transaction");
-    notification.event_id = event_id;
+    let json = notification_json(user_id, &message, "transaction", event_id, now);
     Ok(Push {
         user_key: keys::notifications(&user),
-        json: serde_json::to_string(&notification).expect("a notification serializes"),
+        json,
         mark,
         payment_id: event
-            .get("payment_id")
+            .payment_id
+            .as_ref()
             .and_then(Value::as_str)
             .map(String::from),
     })
+}
+
+/// A new notification's JSON, status `sent`, with a fresh uuid v4: the
+/// shape of [`crate::notify::Notification`], written without building one.
+fn notification_json(
+    user_id: &Value,
+    message: &str,
+    kind: &str,
+    event_id: Option<&str>,
+    now: &str,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Sent<'a> {
+        notification_id: &'a str,
+        user_id: &'a Value,
+        message: &'a str,
+        status: &'a str,
+        kind: &'a str,
+        created_at: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<&'a str>,
+    }
+    let mut id = uuid::Uuid::encode_buffer();
+    let sent = Sent {
+        notification_id: uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id),
+        user_id,
+        message,
+        status: "sent",
+        kind,
+        created_at: now,
+        event_id,
+    };
+    serde_json::to_string(&sent).expect("a notification serializes")
 }
 
 fn rate_message(change: &RateChangeEvent) -> String {
@@ -263,11 +309,12 @@ impl BatchHandler for Notifier {
     }
 
     async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+        let now = crate::clock::now_rfc3339();
         let plans: Vec<Plan> = batch
             .iter()
             .map(|d| {
                 if d.topic == self.transactions_topic {
-                    plan_transaction(&d.payload).map(Plan::Transaction)
+                    plan_transaction(&d.payload, &now).map(Plan::Transaction)
                 } else {
                     plan_rate_change(&d.payload).map(Plan::RateChange)
                 }
@@ -283,59 +330,66 @@ impl BatchHandler for Notifier {
             .collect();
         let watchers = self.watchers(pairs).await?;
 
-        // Every push of the batch, in message order, in one script call.
-        let mut pushes_per_message = Vec::with_capacity(plans.len());
-        let mut list_keys: Vec<String> = Vec::new();
-        let mut args: Vec<String> = Vec::new();
-        for (delivery, plan) in batch.iter().zip(&plans) {
-            let rate_pushes;
-            let pushes: &[Push] = match plan {
-                Plan::Dead(_) => &[],
-                Plan::Transaction(push) => std::slice::from_ref(push),
+        // Every push of the batch, in message order, in one script call:
+        // the keys first, then five arguments per push.
+        let rate_pushes: Vec<Vec<Push>> = plans
+            .iter()
+            .map(|plan| match plan {
                 Plan::RateChange(change) => {
-                    rate_pushes = watchers
-                        .get(&change.pair)
-                        .into_iter()
-                        .flatten()
+                    let message = rate_message(change);
+                    let users = watchers.get(&change.pair).into_iter().flatten();
+                    users
                         .map(|user| Push {
                             user_key: keys::notifications(user),
-                            json: serde_json::to_string(&Notification::sent(
-                                Value::String(user.clone()),
-                                rate_message(change),
+                            json: notification_json(
+                                &Value::String(user.clone()),
+                                &message,
                                 "rate_change",
-                            ))
-                            .expect("a notification serializes"),
+                                None,
+                                &now,
+                            ),
                             mark: None,
                             payment_id: None,
                         })
-                        .collect::<Vec<_>>();
-                    &rate_pushes
+                        .collect()
                 }
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut pushes_per_message = Vec::with_capacity(plans.len());
+        let mut planned: Vec<(&Delivery, &Push)> = Vec::with_capacity(plans.len());
+        for ((delivery, plan), rate_pushes) in batch.iter().zip(&plans).zip(&rate_pushes) {
+            let pushes: &[Push] = match plan {
+                Plan::Dead(_) => &[],
+                Plan::Transaction(push) => std::slice::from_ref(push),
+                Plan::RateChange(_) => rate_pushes,
             };
             pushes_per_message.push(pushes.len());
-            let partition = format!("{}/{}", delivery.topic, delivery.partition);
-            for push in pushes {
-                list_keys.push(push.user_key.clone());
-                args.extend([
-                    partition.clone(),
-                    delivery.offset.to_string(),
-                    delivery.timestamp_ms.unwrap_or(-1).to_string(),
-                    push.json.clone(),
-                    push.mark.clone().unwrap_or_default(),
-                ]);
-            }
+            planned.extend(pushes.iter().map(|push| (delivery, push)));
         }
-        let pushed: Vec<i64> = if list_keys.is_empty() {
+        let pushed: Vec<i64> = if planned.is_empty() {
             Vec::new()
         } else {
             let mut call = NOTIFY.call(
                 &std::iter::once(keys::NOTIFY_APPLIED)
-                    .chain(list_keys.iter().map(String::as_str))
+                    .chain(planned.iter().map(|(_, push)| push.user_key.as_str()))
                     .collect::<Vec<_>>(),
             );
             call.arg(self.dedup_window)
-                .arg(if self.replay { "1" } else { "0" })
-                .arg(&args);
+                .arg(if self.replay { "1" } else { "0" });
+            let mut field = String::new();
+            for (delivery, push) in &planned {
+                field.clear();
+                {
+                    use std::fmt::Write as _;
+                    let _ = write!(field, "{}/{}", delivery.topic, delivery.partition);
+                }
+                call.arg(field.as_str())
+                    .arg(delivery.offset)
+                    .arg(delivery.timestamp_ms.unwrap_or(-1))
+                    .arg(push.json.as_str())
+                    .arg(push.mark.as_deref().unwrap_or(""));
+            }
             call.query_async(&mut self.redis)
                 .await
                 .context("storing notifications")?
@@ -391,10 +445,15 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    const NOW: &str = "2026-11-23T13:45:00.123Z";
+
     #[test]
     fn seed_000_events_become_seed_000_notifications() {
         let push =
-            plan_transaction(br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#)
+            plan_transaction(
+                br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#,
+                NOW,
+            )
                 .unwrap();
         assert_eq!(push.user_key, "notifications:42");
         assert_eq!(
@@ -411,15 +470,28 @@ mod tests {
                 .get_version_num(),
             4
         );
+        assert_eq!(n["created_at"], NOW);
+        assert_eq!(n["kind"], "transaction");
+        // The stored shape is the one `notify list` reads back.
+        let read: crate::notify::Notification = serde_json::from_str(&push.json).unwrap();
+        assert_eq!(read.message, "Transaction t1 is completed");
+        assert_eq!(read.event_id, None);
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_not_guessed() {
+        let twice = br#"{"transaction_id":"t1","user_id":"alice","user_id":"mallory","status":"completed"}"#;
+        let error = plan_transaction(twice, NOW).unwrap_err();
+        assert!(error.contains("duplicate field"), "{error}");
     }
 
     #[test]
     fn malformed_events_say_why() {
-        assert!(plan_transaction(b"{oops")
+        assert!(plan_transaction(b"{oops", NOW)
             .unwrap_err()
             .starts_with("not JSON"));
         assert_eq!(
-            plan_transaction(br#"{"transaction_id":"t","status":"x"}"#)
+            plan_transaction(br#"{"transaction_id":"t","status":"x"}"#, NOW)
                 .err()
                 .as_deref(),
             Some("missing field \"user_id\"")

@@ -26,21 +26,6 @@ pub struct Notification {
     pub event_id: Option<String>,
 }
 
-impl Notification {
-    /// A new notification, status `sent`, with a fresh uuid v4.
-    pub fn sent(user_id: serde_json::Value, message: String, kind: &str) -> Notification {
-        Notification {
-            notification_id: uuid::Uuid::new_v4().to_string(),
-            user_id,
-            message,
-            status: "sent".into(),
-            kind: Some(kind.into()),
-            created_at: Some(crate::clock::now_rfc3339()),
-            event_id: None,
-        }
-    }
-}
-
 /// A user's notifications, newest first.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]

@@ -10,49 +10,76 @@
 -- broker that lost its topics): it is applied, and the partition's record
 -- starts again from it. An outcome that may have been announced before (a
 -- re-announcement, or a producer that gives no event id) is also looked
--- for among the user's last `window` notifications.
+-- for among the user's last `window` notifications, and among those this
+-- call is about to push.
 --
 -- KEYS: 1 the applied-offsets hash, then one notifications list per push.
 -- ARGV: 1 window (notifications searched), 2 replay ('1': ignore applied
 --       offsets), then five per push: partition field ("topic/partition"),
 --       offset, timestamp (ms, -1 if none), notification JSON, and the text
 --       that marks an earlier copy in the list ('' to skip the search).
+--       The pushes of one message are consecutive.
 -- Returns 1 for each notification pushed, 0 for each already there.
+--
+-- Cost: one TYPE and one RPUSH per distinct list, not per push; a batch's
+-- pushes to one list go in order in one RPUSH.
 local window = tonumber(ARGV[1])
 local replay = ARGV[2] == '1'
-local applied, changed, seen = {}, {}, {}
+local applied, changed = {}, {}
 
 local function read(field)
-  if applied[field] == nil then
+  local state = applied[field]
+  if state == nil then
     local stored = redis.call('HGET', KEYS[1], field)
     local offset, ts = nil, nil
     if stored then offset, ts = string.match(stored, '^(%d+):(%-?%d+)$') end
-    applied[field] = {tonumber(offset) or -1, tonumber(ts) or -1}
+    state = {tonumber(offset) or -1, tonumber(ts) or -1}
+    applied[field] = state
   end
-  return applied[field]
+  return state
 end
 
 local pushes = (#ARGV - 2) / 5
 -- Every check before the first write: a list key of another type fails the
 -- whole call, with nothing pushed, so the worker can find its message.
-for i = 1, pushes do
-  local kind = redis.call('TYPE', KEYS[i + 1]).ok
-  if kind ~= 'list' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i + 1] .. ' holds a ' .. kind .. ', not a list')
+local queued, order = {}, {}
+for i = 2, pushes + 1 do
+  local list = KEYS[i]
+  if queued[list] == nil then
+    local kind = redis.call('TYPE', list).ok
+    if kind ~= 'list' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE ' .. list .. ' holds a ' .. kind .. ', not a list')
+    end
+    queued[list] = {}
+    order[#order + 1] = list
   end
 end
 
+-- Is `mark` in the list's last `window` items, or queued for it already?
+local function copied(list, mark)
+  local pending = queued[list]
+  for j = #pending, 1, -1 do
+    if string.find(pending[j], mark, 1, true) then return true end
+  end
+  local wanted = window - #pending
+  if wanted <= 0 then return false end
+  for _, item in ipairs(redis.call('LRANGE', list, -wanted, -1)) do
+    if string.find(item, mark, 1, true) then return true end
+  end
+  return false
+end
+
 local pushed = {}
+local last_field, last_offset, fresh = nil, nil, false
 for i = 1, pushes do
   local base = 2 + (i - 1) * 5
-  local field, offset, ts = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local json, mark = ARGV[base + 4], ARGV[base + 5]
-  local list = KEYS[i + 1]
-  local message = field .. '@' .. ARGV[base + 2]
-  -- All pushes of one message share its decision.
-  if seen[message] == nil then
+  local field, offset_text = ARGV[base + 1], ARGV[base + 2]
+  -- All pushes of one message (consecutive) share its decision.
+  if field ~= last_field or offset_text ~= last_offset then
+    last_field, last_offset = field, offset_text
+    local offset, ts = tonumber(offset_text), tonumber(ARGV[base + 3])
     local state = read(field)
-    local fresh = true
+    fresh = true
     if not replay and offset <= state[1] then
       if ts < 0 or ts <= state[2] then
         fresh = false
@@ -65,19 +92,23 @@ for i = 1, pushes do
       if ts > state[2] then state[2] = ts end
       changed[field] = true
     end
-    seen[message] = fresh
   end
-  local push = seen[message]
-  if push and mark ~= '' then
-    for _, item in ipairs(redis.call('LRANGE', list, -window, -1)) do
-      if string.find(item, mark, 1, true) then push = false break end
-    end
-  end
+  local list, mark = KEYS[i + 1], ARGV[base + 5]
+  local push = fresh
+  if push and mark ~= '' and copied(list, mark) then push = false end
   if push then
-    redis.call('RPUSH', list, json)
+    local pending = queued[list]
+    pending[#pending + 1] = ARGV[base + 4]
     pushed[i] = 1
   else
     pushed[i] = 0
+  end
+end
+for _, list in ipairs(order) do
+  local pending = queued[list]
+  -- unpack is bounded by Lua's stack: push long runs in slices.
+  for from = 1, #pending, 1000 do
+    redis.call('RPUSH', list, unpack(pending, from, math.min(from + 999, #pending)))
   end
 end
 for field in pairs(changed) do
