@@ -10,7 +10,9 @@
 //!    (committed by librdkafka, and once more, synchronously, on the way out).
 //!
 //! While batch N waits for its acks (4), batch N+1 is applied to Redis (2),
-//! so Redis and the broker work at the same time. Batch N+1's records are
+//! so Redis and the broker work at the same time; and while batch N+1 is in
+//! Redis, the messages already fetched for batch N+2 are decoded
+//! ([`BatchHandler::decoder`]), so payctl and Redis work at the same time. Batch N+1's records are
 //! handed over (3) only once batch N's are acknowledged, so events keep
 //! their order, and offsets are stored in batch order.
 //!
@@ -21,6 +23,7 @@
 //! change nothing twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -207,9 +210,28 @@ struct Origin<'a> {
     key: Option<&'a str>,
 }
 
+/// Decodes a batch, one value per message, from the messages' bytes
+/// alone: see [`BatchHandler::decoder`].
+pub type Decoder<D> = Arc<dyn Fn(&[Delivery]) -> Vec<D> + Send + Sync>;
+
+/// The decoder of a handler that does all its work in `apply`.
+pub fn no_decoding() -> Decoder<()> {
+    Arc::new(|batch| vec![(); batch.len()])
+}
+
 /// A worker's domain logic: apply a batch, say what became of each message.
 #[allow(async_fn_in_trait)]
 pub trait BatchHandler {
+    /// What a message is once decoded, before it meets Redis.
+    type Decoded;
+
+    /// Decodes messages from their bytes alone (one value per message, in
+    /// order): no Redis, and nothing that `apply` changes. The worker decodes the next batch while the current
+    /// one is applied (the CPU works while Redis does), so per-message
+    /// parsing and formatting belong here. Decoding the same bytes twice
+    /// must give the same answer: a retried batch keeps its decoded form.
+    fn decoder(&self) -> Decoder<Self::Decoded>;
+
     /// Gets ready to apply batches (loads Lua scripts, say). Called before
     /// the first batch and again before retrying a failed one: a restarted
     /// Redis has forgotten its scripts.
@@ -217,11 +239,16 @@ pub trait BatchHandler {
         Ok(())
     }
 
-    /// Applies `batch` in order and returns one verdict per message.
+    /// Applies `batch` in order and returns one verdict per message;
+    /// `decoded[i]` is what the decoder made of `batch[i]`.
     ///
     /// An `Err` is classified ([`crate::failure`]): a passing one offers the
     /// batch again later, so applying it twice must change nothing twice.
-    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>>;
+    async fn apply(
+        &mut self,
+        batch: &[Delivery],
+        decoded: &[Self::Decoded],
+    ) -> anyhow::Result<Vec<Verdict>>;
 
     /// Called once every record `batch` produced is acknowledged, before its
     /// offsets are stored: a handler may note that in Redis (say, so that a
@@ -447,7 +474,10 @@ async fn consume<H: BatchHandler>(
     };
     // One batch may wait for its acks while the next is applied: Redis and
     // the broker work at the same time, and offsets are still stored in order.
-    let mut in_flight: Option<InFlight> = None;
+    let mut in_flight: Option<InFlight<H::Decoded>> = None;
+    // The batch after the one being applied, read and decoded meanwhile.
+    let mut ahead: Option<Ahead<H::Decoded>> = None;
+    let decoder = cycle.handler.decoder();
     let mut fatal: Option<anyhow::Error> = None;
 
     'consume: loop {
@@ -456,6 +486,8 @@ async fn consume<H: BatchHandler>(
             summary.stopped = StopReason::Signal;
             break;
         }
+        // A batch read ahead is within the bound: it was read with what
+        // remained after the batch before it.
         let taken = summary.processed + in_flight.as_ref().map_or(0, |f| f.batch.len() as u64);
         let remaining = match spec.limits.max_messages {
             Some(max) if taken >= max => {
@@ -468,7 +500,12 @@ async fn consume<H: BatchHandler>(
         let bound = batch_size.min(remaining);
 
         let mut batch = Vec::new();
-        let taking = if in_flight.is_some() {
+        let mut decoded = Vec::new();
+        let taking = if let Some(next) = ahead.take() {
+            batch = next.batch;
+            decoded = next.decoded;
+            next.taking
+        } else if in_flight.is_some() {
             // Something is in flight: take only what is ready, or finish it.
             let taking = cycle.take_ready(&mut batch, bound);
             if taking.is_ok() && batch.is_empty() {
@@ -535,10 +572,27 @@ async fn consume<H: BatchHandler>(
             continue;
         }
         cycle.first_input.get_or_insert_with(Instant::now);
+        if decoded.len() != batch.len() {
+            decoded = decoder(&batch);
+        }
 
         // 2. Apply to Redis (retrying a passing failure) while the previous
-        //    batch's acks arrive.
-        let applied = match cycle.apply(batch, &mut summary).await {
+        //    batch's acks arrive, and read and decode the next batch while
+        //    Redis works.
+        let next_bound = batch_size.min(remaining - batch.len());
+        let (applied, next) = tokio::join!(
+            cycle.apply(batch, decoded, &mut summary),
+            read_ahead(consumer, &decoder, next_bound),
+        );
+        let (next_batch, next_decoded, error) = next;
+        if !next_batch.is_empty() || error.is_some() {
+            ahead = Some(Ahead {
+                taking: error.map_or(Ok(()), |e| cycle.consumer_error(e)),
+                batch: next_batch,
+                decoded: next_decoded,
+            });
+        }
+        let applied = match applied {
             Ok(applied) => applied,
             Err(stop) => {
                 fatal = stop.into_fatal();
@@ -558,6 +612,10 @@ async fn consume<H: BatchHandler>(
     if let Err(stop) = cycle.finish(in_flight.take(), &mut summary).await {
         fatal = fatal.or(stop.into_fatal());
     }
+    // A batch read ahead and never applied is like librdkafka's prefetch:
+    // its offsets were never stored, so it is read again, and it is not
+    // work left undone (`uncommitted`).
+    drop(ahead);
 
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -591,15 +649,53 @@ impl Stop {
     }
 }
 
-/// A batch whose effects are in Redis; its records are not handed over yet.
-struct Applied {
+/// The next batch, read and decoded while the current one was applied.
+struct Ahead<D> {
     batch: Vec<Delivery>,
+    decoded: Vec<D>,
+    /// A consumer error met while reading it.
+    taking: Result<(), Stop>,
+}
+
+/// Takes the messages that are ready now, up to `bound`, without waiting,
+/// and decodes them. Returns what it read and the consumer error, if any,
+/// that stopped it.
+async fn read_ahead<D>(
+    consumer: &StreamConsumer<GroupContext>,
+    decoder: &Decoder<D>,
+    bound: usize,
+) -> (Vec<Delivery>, Vec<D>, Option<KafkaError>) {
+    let mut batch = Vec::new();
+    let mut error = None;
+    while batch.len() < bound {
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
+            Some(Err(e)) => {
+                error = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    let decoded = if batch.is_empty() {
+        Vec::new()
+    } else {
+        decoder(&batch)
+    };
+    (batch, decoded, error)
+}
+
+/// A batch whose effects are in Redis; its records are not handed over yet.
+struct Applied<D> {
+    batch: Vec<Delivery>,
+    decoded: Vec<D>,
     verdicts: Vec<Verdict>,
 }
 
 /// A batch whose records are on their way to the broker.
-struct InFlight {
+struct InFlight<D> {
     batch: Vec<Delivery>,
+    decoded: Vec<D>,
     verdicts: Vec<Verdict>,
     /// For each record handed over, the index of the message it belongs to.
     owners: Vec<usize>,
@@ -626,11 +722,18 @@ impl<H: BatchHandler> Cycle<'_, H> {
     async fn apply(
         &mut self,
         batch: Vec<Delivery>,
+        decoded: Vec<H::Decoded>,
         summary: &mut WorkerSummary,
-    ) -> Result<Applied, Stop> {
+    ) -> Result<Applied<H::Decoded>, Stop> {
         tracing::debug!(size = batch.len(), "applying a batch");
-        let error = match self.attempt(&batch, summary).await? {
-            Ok(verdicts) => return Ok(Applied { batch, verdicts }),
+        let error = match self.attempt(&batch, &decoded, summary).await? {
+            Ok(verdicts) => {
+                return Ok(Applied {
+                    batch,
+                    decoded,
+                    verdicts,
+                })
+            }
             Err(error) => error,
         };
         if batch.len() > 1 {
@@ -640,9 +743,13 @@ impl<H: BatchHandler> Cycle<'_, H> {
             );
         }
         let mut verdicts = Vec::with_capacity(batch.len());
-        for delivery in &batch {
+        for (delivery, decoded) in batch.iter().zip(&decoded) {
             let verdict = match self
-                .attempt(std::slice::from_ref(delivery), summary)
+                .attempt(
+                    std::slice::from_ref(delivery),
+                    std::slice::from_ref(decoded),
+                    summary,
+                )
                 .await?
             {
                 Ok(mut one) => one.pop().expect("one verdict for one message"),
@@ -650,7 +757,11 @@ impl<H: BatchHandler> Cycle<'_, H> {
             };
             verdicts.push(verdict);
         }
-        Ok(Applied { batch, verdicts })
+        Ok(Applied {
+            batch,
+            decoded,
+            verdicts,
+        })
     }
 
     /// Applies `messages`, retrying passing failures. `Ok(Err)`: a
@@ -658,6 +769,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
     async fn attempt(
         &mut self,
         messages: &[Delivery],
+        decoded: &[H::Decoded],
         summary: &mut WorkerSummary,
     ) -> Result<anyhow::Result<Vec<Verdict>>, Stop> {
         let mut backoff = FIRST_BACKOFF;
@@ -667,7 +779,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 if retrying {
                     self.handler.prepare().await?;
                 }
-                let verdicts = self.handler.apply(messages).await?;
+                let verdicts = self.handler.apply(messages, decoded).await?;
                 anyhow::ensure!(
                     verdicts.len() == messages.len(),
                     "handler returned {} verdicts for {} messages",
@@ -697,7 +809,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
     }
 
     /// Hands an applied batch's records to the producer.
-    async fn send(&self, applied: Applied) -> InFlight {
+    async fn send(&self, applied: Applied<H::Decoded>) -> InFlight<H::Decoded> {
         let mut owners = Vec::new();
         let mut records = Vec::new();
         for (owner, verdict) in applied.verdicts.iter().enumerate() {
@@ -709,6 +821,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
         InFlight {
             acks: enqueue(self.producer, &records).await,
             batch: applied.batch,
+            decoded: applied.decoded,
             verdicts: applied.verdicts,
             owners,
         }
@@ -724,11 +837,12 @@ impl<H: BatchHandler> Cycle<'_, H> {
     /// produced.
     async fn finish(
         &mut self,
-        in_flight: Option<InFlight>,
+        in_flight: Option<InFlight<H::Decoded>>,
         summary: &mut WorkerSummary,
     ) -> Result<(), Stop> {
         let Some(InFlight {
-            batch,
+            mut batch,
+            mut decoded,
             mut verdicts,
             mut owners,
             mut acks,
@@ -773,9 +887,15 @@ impl<H: BatchHandler> Cycle<'_, H> {
                     );
                     self.pause(backoff, batch.len(), summary).await?;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    let again = self.apply(batch.clone(), summary).await?;
+                    let again = self.apply(batch, decoded, summary).await?;
                     let again = self.send(again).await;
-                    (verdicts, owners, acks) = (again.verdicts, again.owners, again.acks);
+                    (batch, decoded, verdicts, owners, acks) = (
+                        again.batch,
+                        again.decoded,
+                        again.verdicts,
+                        again.owners,
+                        again.acks,
+                    );
                 }
                 Class::Permanent => {
                     let mut replacements = Vec::new();

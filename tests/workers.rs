@@ -140,3 +140,57 @@ fn a_redis_outage_is_retried_and_nothing_is_lost_or_doubled() {
         ("5.75".into(), "4.25".into())
     );
 }
+
+/// The worker reads the next batch while applying one: a stop at
+/// `--max-messages` applies exactly that many, and what was read ahead but
+/// not applied is read again by the next run, neither lost nor doubled.
+#[test]
+fn a_batch_read_ahead_is_neither_lost_nor_applied_twice() {
+    let p = Pipeline::new();
+    let user = unique("reader");
+    let events: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                r#"{{"transaction_id":"t{i}","user_id":"{user}","status":"completed","event_id":"{user}-e{i}"}}"#
+            )
+        })
+        .collect();
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    // One key: one partition, so the order of the 60 is known.
+    produce_raw(&p.transactions, &user, &events);
+
+    let consume = |extra: &[&str]| {
+        let mut args = vec![
+            "notify",
+            "consume",
+            "--group",
+            &p.group,
+            "--batch-size",
+            "10",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        p.payctl(&args).expect(0).json()
+    };
+    let first = consume(&["--max-messages", "25"]);
+    assert_eq!(first["processed"], 25, "{first}");
+    assert_eq!(first["uncommitted"], 0, "{first}");
+    let rest = consume(&[]);
+    assert_eq!(rest["processed"], 35, "{rest}");
+    assert_eq!(rest["outcomes"]["notified"], 35, "{rest}");
+
+    let stored: Vec<String> = common::redis()
+        .lrange(format!("notifications:{user}"), 0, -1)
+        .unwrap();
+    let messages: Vec<String> = stored
+        .iter()
+        .map(|n| serde_json::from_str::<serde_json::Value>(n).unwrap()["message"].to_string())
+        .collect();
+    let expected: Vec<String> = (0..60)
+        .map(|i| format!("\"Transaction t{i} is completed\""))
+        .collect();
+    assert_eq!(messages, expected, "every event notified once, in order");
+}

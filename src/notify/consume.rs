@@ -301,26 +301,39 @@ impl Notifier {
     }
 }
 
+/// Plans each message of a batch from its bytes: the CPU part of
+/// notifying, done while the previous batch is in Redis.
+fn plan_batch(batch: &[Delivery], transactions_topic: &str) -> Vec<Plan> {
+    let now = crate::clock::now_rfc3339();
+    batch
+        .iter()
+        .map(|d| {
+            if d.topic == transactions_topic {
+                plan_transaction(&d.payload, &now).map(Plan::Transaction)
+            } else {
+                plan_rate_change(&d.payload).map(Plan::RateChange)
+            }
+            .unwrap_or_else(Plan::Dead)
+        })
+        .collect()
+}
+
 impl BatchHandler for Notifier {
+    type Decoded = Plan;
+
+    fn decoder(&self) -> worker::Decoder<Plan> {
+        let topic = self.transactions_topic.clone();
+        std::sync::Arc::new(move |batch| plan_batch(batch, &topic))
+    }
+
     async fn prepare(&mut self) -> anyhow::Result<()> {
         NOTIFY.load(&mut self.redis).await?;
         payments::load_completion(&mut self.redis).await?;
         Ok(())
     }
 
-    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+    async fn apply(&mut self, batch: &[Delivery], plans: &[Plan]) -> anyhow::Result<Vec<Verdict>> {
         let now = crate::clock::now_rfc3339();
-        let plans: Vec<Plan> = batch
-            .iter()
-            .map(|d| {
-                if d.topic == self.transactions_topic {
-                    plan_transaction(&d.payload, &now).map(Plan::Transaction)
-                } else {
-                    plan_rate_change(&d.payload).map(Plan::RateChange)
-                }
-                .unwrap_or_else(Plan::Dead)
-            })
-            .collect();
         let pairs = plans
             .iter()
             .filter_map(|p| match p {
@@ -358,7 +371,7 @@ impl BatchHandler for Notifier {
             .collect();
         let mut pushes_per_message = Vec::with_capacity(plans.len());
         let mut planned: Vec<(&Delivery, &Push)> = Vec::with_capacity(plans.len());
-        for ((delivery, plan), rate_pushes) in batch.iter().zip(&plans).zip(&rate_pushes) {
+        for ((delivery, plan), rate_pushes) in batch.iter().zip(plans).zip(&rate_pushes) {
             let pushes: &[Push] = match plan {
                 Plan::Dead(_) => &[],
                 Plan::Transaction(push) => std::slice::from_ref(push),
@@ -395,12 +408,12 @@ impl BatchHandler for Notifier {
                 .context("storing notifications")?
         };
 
-        self.complete_payments(&plans).await?;
+        self.complete_payments(plans).await?;
 
         let mut pushed = pushed.into_iter();
         let verdicts = batch
             .iter()
-            .zip(&plans)
+            .zip(plans)
             .zip(pushes_per_message)
             .map(|((delivery, plan), count)| {
                 let new: i64 = pushed.by_ref().take(count).sum();

@@ -99,12 +99,22 @@ struct Saver {
 }
 
 impl BatchHandler for Saver {
+    type Decoded = ();
+
+    fn decoder(&self) -> worker::Decoder<()> {
+        worker::no_decoding()
+    }
+
     async fn prepare(&mut self) -> anyhow::Result<()> {
         SAVE.load(&mut self.redis).await?;
         Ok(())
     }
 
-    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+    async fn apply(
+        &mut self,
+        batch: &[Delivery],
+        _decoded: &[()],
+    ) -> anyhow::Result<Vec<Verdict>> {
         let now = crate::clock::now_millis();
         let records: Vec<Result<Payment, String>> = batch
             .iter()

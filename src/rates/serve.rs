@@ -57,12 +57,22 @@ struct ConversionServer {
 }
 
 impl BatchHandler for ConversionServer {
+    type Decoded = ();
+
+    fn decoder(&self) -> worker::Decoder<()> {
+        worker::no_decoding()
+    }
+
     async fn prepare(&mut self) -> anyhow::Result<()> {
         ANSWER.load(&mut self.redis).await?;
         Ok(())
     }
 
-    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+    async fn apply(
+        &mut self,
+        batch: &[Delivery],
+        _decoded: &[()],
+    ) -> anyhow::Result<Vec<Verdict>> {
         let rates = rates::all(&mut self.redis).await?;
         let now = crate::clock::now_rfc3339();
         let mut pipe = redis::pipe();

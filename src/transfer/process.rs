@@ -596,6 +596,12 @@ fn parse_message(payload: &[u8]) -> Result<Transfer, String> {
 }
 
 impl BatchHandler for TransferProcessor {
+    type Decoded = ();
+
+    fn decoder(&self) -> worker::Decoder<()> {
+        worker::no_decoding()
+    }
+
     async fn prepare(&mut self) -> anyhow::Result<()> {
         PROCESS.load(&mut self.redis).await?;
         ANNOUNCED.load(&mut self.redis).await?;
@@ -623,7 +629,11 @@ impl BatchHandler for TransferProcessor {
         Ok(())
     }
 
-    async fn apply(&mut self, batch: &[Delivery]) -> anyhow::Result<Vec<Verdict>> {
+    async fn apply(
+        &mut self,
+        batch: &[Delivery],
+        _decoded: &[()],
+    ) -> anyhow::Result<Vec<Verdict>> {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
         let mut messages = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
