@@ -156,6 +156,12 @@ static RELEASE_LOCK: LazyLock<Script> =
 
 const LOCK_KEY: &str = "payments:process-lock";
 
+/// Payments claimed, sent, answered and announced together: one pipeline
+/// of claims, one of answers and one wait for acks per chunk.
+/// A chunk holds whole users (all of a user's payments in the pass), so
+/// it may be larger when one user has very many.
+const CHUNK: usize = 2000;
+
 /// The most `--retries`.
 const MAX_RETRIES: u32 = 100;
 /// The most `--concurrency`.
@@ -249,23 +255,80 @@ fn usable(id: &str, json: &str) -> Result<Payment, String> {
     Ok(payment)
 }
 
+/// A payment waiting to be claimed: as much of it as ordering needs. The
+/// record itself is read again, a chunk at a time, when it is claimed, so
+/// a run holds a few fields per waiting payment, not its record.
+#[derive(Debug)]
+struct Candidate {
+    id: String,
+    user: String,
+    requested_ms: u64,
+    /// `new`, or `in_processing` for one sent before and still unanswered.
+    from: ProcessingStatus,
+}
+
+/// The order payments are claimed in: user by user (a user's payments are
+/// never split between chunks, so all of them are claimed before any of
+/// them is answered, as in one pass); within a user, those sent before
+/// and unanswered first (they confirm their claim), then the latest
+/// request first.
+fn claim_order(candidates: &mut [Candidate]) {
+    candidates.sort_unstable_by(|a, b| {
+        let waiting = |c: &Candidate| c.from != ProcessingStatus::InProcessing;
+        (&a.user, waiting(a))
+            .cmp(&(&b.user, waiting(b)))
+            .then_with(|| (b.requested_ms, &b.id).cmp(&(a.requested_ms, &a.id)))
+    });
+}
+
+/// Cuts ordered candidates into chunks of about `size`, never splitting a user.
+fn chunks(candidates: &[Candidate], size: usize) -> Vec<&[Candidate]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for at in 1..=candidates.len() {
+        let user_ends = at == candidates.len() || candidates[at].user != candidates[at - 1].user;
+        if at - start >= size && user_ends || at == candidates.len() {
+            chunks.push(&candidates[start..at]);
+            start = at;
+        }
+    }
+    chunks
+}
+
 /// One run's state across passes.
 struct Pass<'a> {
     redis: &'a mut Redis,
     summary: ProcessSummary,
     /// Records skipped as unusable (warned about once each).
     invalid: HashSet<String>,
+    /// An outcome event was not acknowledged this pass: the queue is
+    /// announced again at the end of the pass.
+    unacked: bool,
 }
 
 impl Pass<'_> {
-    /// The usable payments in a set; unusable ones are logged once and counted.
-    async fn read_set(&mut self, set: &str) -> anyhow::Result<Vec<Payment>> {
+    /// Notes a record that cannot be used, once.
+    fn skip(&mut self, id: &str, set: &str, reason: &str) {
+        if self.invalid.insert(id.to_string()) {
+            tracing::warn!(
+                payment = %id.escape_debug(),
+                "payment record in {set} left alone: {reason}"
+            );
+            self.summary.invalid += 1;
+        }
+    }
+
+    /// The ids in a set and their records (`None`: no record), a chunk at a time.
+    async fn read_records(
+        &mut self,
+        set: &str,
+        mut each: impl FnMut(&mut Self, &str, Option<String>),
+    ) -> anyhow::Result<()> {
         let ids: Vec<String> = self
             .redis
             .smembers(set)
             .await
             .with_context(|| format!("reading {set}"))?;
-        let mut payments = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1000) {
             let record_keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
             let stored: Vec<Option<String>> = self
@@ -274,52 +337,122 @@ impl Pass<'_> {
                 .await
                 .context("reading payments")?;
             for (id, json) in chunk.iter().zip(stored) {
-                let Some(json) = json else { continue };
-                match usable(id, &json) {
-                    Ok(payment) => payments.push(payment),
-                    Err(reason) => {
-                        if self.invalid.insert(id.clone()) {
-                            tracing::warn!(
-                                payment = %id.escape_debug(),
-                                "payment record in {set} left alone: {reason}"
-                            );
-                            self.summary.invalid += 1;
-                        }
-                    }
-                }
+                each(self, id, json);
             }
         }
+        Ok(())
+    }
+
+    /// The usable payments in a set; unusable ones are logged once and counted.
+    async fn read_set(&mut self, set: &str) -> anyhow::Result<Vec<Payment>> {
+        let mut payments = Vec::new();
+        self.read_records(set, |pass, id, json| {
+            let Some(json) = json else { return };
+            match usable(id, &json) {
+                Ok(payment) => payments.push(payment),
+                Err(reason) => pass.skip(id, set, &reason),
+            }
+        })
+        .await?;
         Ok(payments)
     }
 
-    /// Step 2: which payments go to the processor (see `claim.lua`).
-    ///
-    /// Payments still `in_processing` from an earlier pass confirm their
-    /// claim first; then `new` ones, each user's latest first, so within a
-    /// pass the latest request wins and across passes the earlier claim.
-    async fn claim(&mut self) -> anyhow::Result<Vec<Payment>> {
-        let waiting = self
-            .read_set(&keys::by_status(ProcessingStatus::InProcessing))
+    /// The usable payments in the set of `from`, as candidates.
+    async fn read_candidates(
+        &mut self,
+        from: ProcessingStatus,
+        candidates: &mut Vec<Candidate>,
+    ) -> anyhow::Result<()> {
+        let set = keys::by_status(from);
+        self.read_records(&set, |pass, id, json| {
+            let Some(json) = json else { return };
+            match usable(id, &json) {
+                Ok(payment) => candidates.push(Candidate {
+                    id: payment.payment_id,
+                    user: payment.user_id,
+                    requested_ms: payment.requested_ms,
+                    from,
+                }),
+                Err(reason) => pass.skip(id, &set, &reason),
+            }
+        })
+        .await
+    }
+
+    /// Steps 2 to 4, a chunk of users at a time. Returns how many answers
+    /// were stored.
+    async fn process(
+        &mut self,
+        producer: &FutureProducer,
+        topic: &str,
+        settings: &Settings,
+        progress: bool,
+        halt: &CancellationToken,
+        lock: &ProcessLock,
+    ) -> anyhow::Result<u64> {
+        let mut candidates = Vec::new();
+        self.read_candidates(ProcessingStatus::InProcessing, &mut candidates)
             .await?;
-        let mut fresh = self
-            .read_set(&keys::by_status(ProcessingStatus::New))
+        self.read_candidates(ProcessingStatus::New, &mut candidates)
             .await?;
-        fresh.sort_by(|a, b| (b.requested_ms, &b.payment_id).cmp(&(a.requested_ms, &a.payment_id)));
+        claim_order(&mut candidates);
+        let bar = output::progress_bar(candidates.len() as u64, progress);
+        let mut answered = 0;
+        for chunk in chunks(&candidates, CHUNK) {
+            lock.check()?;
+            if halt.is_cancelled() {
+                break;
+            }
+            let claimed = self.claim(chunk).await?;
+            lock.check()?;
+            let stored = self.send(claimed, settings, halt).await?;
+            answered += stored.len() as u64;
+            self.announce_payments(producer, topic, &stored, false)
+                .await?;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(answered)
+    }
+
+    /// Step 2 for one chunk: which payments go to the processor (see
+    /// `claim.lua`), in [`claim_order`].
+    async fn claim(&mut self, chunk: &[Candidate]) -> anyhow::Result<Vec<Payment>> {
+        let record_keys: Vec<String> = chunk.iter().map(|c| keys::payment(&c.id)).collect();
+        let stored: Vec<Option<String>> = self
+            .redis
+            .mget(&record_keys)
+            .await
+            .context("reading payments")?;
         let now = crate::clock::now_rfc3339();
-        let candidates: Vec<(ProcessingStatus, Payment)> = waiting
-            .into_iter()
-            .map(|p| (ProcessingStatus::InProcessing, p))
-            .chain(fresh.into_iter().map(|p| (ProcessingStatus::New, p)))
-            .collect();
+        let mut tried = Vec::with_capacity(chunk.len());
         let mut pipe = redis::pipe();
-        for (from, payment) in &candidates {
-            pipe.add_command(claim_command(payment, *from, &now)?);
+        for (candidate, json) in chunk.iter().zip(stored) {
+            let Some(json) = json else { continue };
+            let set = keys::by_status(candidate.from);
+            let payment = match usable(&candidate.id, &json) {
+                Ok(payment) => payment,
+                Err(reason) => {
+                    self.skip(&candidate.id, &set, &reason);
+                    continue;
+                }
+            };
+            // Changed since it was read (another run, or by hand): the
+            // next pass sees it as it is now.
+            if payment.processing_status != candidate.from || payment.user_id != candidate.user {
+                continue;
+            }
+            pipe.add_command(claim_command(&payment, candidate.from, &now)?);
+            tried.push((candidate.from, payment));
+        }
+        if tried.is_empty() {
+            return Ok(Vec::new());
         }
         let verdicts: Vec<(i64, String)> = run_pipeline(&pipe, self.redis)
             .await
             .context("claiming payments")?;
         let mut claimed = Vec::new();
-        for ((from, payment), (verdict, reason)) in candidates.into_iter().zip(verdicts) {
+        for ((from, payment), (verdict, reason)) in tried.into_iter().zip(verdicts) {
             match verdict {
                 1 if from == ProcessingStatus::New => {
                     self.summary.claimed += 1;
@@ -331,7 +464,7 @@ impl Pass<'_> {
                 }
                 1 => claimed.push(payment),
                 2 => {
-                    tracing::info!(payment = %payment.payment_id, "duplicated: {reason}");
+                    tracing::debug!(payment = %payment.payment_id, "duplicated: {reason}");
                     self.summary.duplicated += 1;
                 }
                 _ => {}
@@ -340,24 +473,35 @@ impl Pass<'_> {
         Ok(claimed)
     }
 
-    /// Steps 1 and 4: produces the events of answered payments still queued
-    /// and takes each off the queue once the broker has it.
-    ///
-    /// `leftovers`: the queue is read before this pass answered anything, so
-    /// an event may already be on the topic (its ack was lost): it goes out
-    /// flagged `reannounced`, and `notify consume` looks for an earlier copy.
-    async fn announce(
+    /// Step 1, and step 4 for payments answered before this pass: produces
+    /// the events of answered payments still queued and takes each off the
+    /// queue once the broker has it. The queue is read before this pass
+    /// answered anything, so an event may already be on the topic (its ack
+    /// was lost): it goes out flagged `reannounced`, and `notify consume`
+    /// looks for an earlier copy.
+    async fn announce(&mut self, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+        let queued = self.read_set(keys::UNANNOUNCED).await?;
+        for chunk in queued.chunks(CHUNK) {
+            self.announce_payments(producer, topic, chunk, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Produces the outcome events of `payments` (answered: processed, in
+    /// the announce queue) and takes each off the queue once the broker
+    /// has it. One not acknowledged stays queued for the next announce.
+    async fn announce_payments(
         &mut self,
         producer: &FutureProducer,
         topic: &str,
-        leftovers: bool,
+        payments: &[Payment],
+        reannounced: bool,
     ) -> anyhow::Result<()> {
-        let queued = self.read_set(keys::UNANNOUNCED).await?;
-        if queued.is_empty() {
+        if payments.is_empty() {
             return Ok(());
         }
         let occurred_at = crate::clock::now_rfc3339();
-        let events: Vec<_> = queued
+        let events: Vec<_> = payments
             .iter()
             .map(|p| {
                 TransactionEvent {
@@ -371,75 +515,91 @@ impl Pass<'_> {
                     occurred_at: Some(occurred_at.clone()),
                     payment_id: Some(p.payment_id.clone()),
                     kind: Some(p.kind.as_str().into()),
-                    reannounced: leftovers,
+                    reannounced,
                     ..TransactionEvent::default()
                 }
                 .to_outgoing(topic)
             })
             .collect();
         let acks = produce_each(producer, &events).await;
-        let mut pipe = redis::pipe();
-        for (payment, ack) in queued.iter().zip(&acks) {
+        let mut acknowledged = Vec::with_capacity(payments.len());
+        for (payment, ack) in payments.iter().zip(&acks) {
             match ack {
-                Ok(()) => {
-                    pipe.srem(keys::UNANNOUNCED, &payment.payment_id);
-                    self.summary.announced += 1;
-                }
+                Ok(()) => acknowledged.push(payment.payment_id.as_str()),
                 Err(e) => {
+                    self.unacked = true;
                     tracing::warn!(payment = %payment.payment_id, "outcome event not sent, will retry: {e:#}")
                 }
             }
         }
-        let _: Vec<i64> = run_pipeline(&pipe, self.redis)
-            .await
-            .context("updating the announce queue")?;
+        if !acknowledged.is_empty() {
+            let _: i64 = redis::cmd("SREM")
+                .arg(keys::UNANNOUNCED)
+                .arg(&acknowledged)
+                .query_async(self.redis)
+                .await
+                .context("updating the announce queue")?;
+            self.summary.announced += acknowledged.len() as u64;
+        }
         Ok(())
     }
 
-    /// Step 3 and the storing half of 4. Every answer had is stored, even
-    /// when the run is halted midway.
+    /// Step 3 and the storing half of 4 for one chunk. Every answer had is
+    /// stored, even when the run is halted midway. Returns the payments
+    /// whose answer was stored, as stored.
     async fn send(
         &mut self,
         claimed: Vec<Payment>,
         settings: &Settings,
-        progress: bool,
         halt: &CancellationToken,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Vec<Payment>> {
         if claimed.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let bar = output::progress_bar(claimed.len() as u64, progress);
         // Set when the processor turns out to be misconfigured: no further
         // call starts, and the answers already had are still stored.
         let stop = halt.child_token();
         let misconfigured: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let answers: Vec<(Payment, Option<Answer>, u64)> = futures::stream::iter(claimed)
-            .map(|payment| {
-                let bar = bar.clone();
-                let (stop, misconfigured) = (&stop, &misconfigured);
-                async move {
-                    let (outcome, calls) =
-                        call(&settings.processor, &payment, settings.retries, stop).await;
-                    bar.inc(1);
-                    let answer = match outcome {
-                        Ok(answer) => answer,
-                        Err(e) => {
-                            stop.cancel();
-                            misconfigured.lock().expect("failure slot").get_or_insert(e);
-                            None
+        let answers: Vec<(Payment, Option<Answer>, u64)> = match &settings.processor {
+            // An instant simulator answers in place: a task per payment
+            // would cost more than the answer.
+            Processor::Simulator(simulator) if simulator.latency.is_zero() => claimed
+                .into_iter()
+                .map(|payment| {
+                    if stop.is_cancelled() {
+                        return (payment, None, 0);
+                    }
+                    let answer = simulator.answer(&payment.payment_id);
+                    (payment, Some(answer), 1)
+                })
+                .collect(),
+            processor => {
+                futures::stream::iter(claimed)
+                    .map(|payment| {
+                        let (stop, misconfigured) = (&stop, &misconfigured);
+                        async move {
+                            let (outcome, calls) =
+                                call(processor, &payment, settings.retries, stop).await;
+                            let answer = match outcome {
+                                Ok(answer) => answer,
+                                Err(e) => {
+                                    stop.cancel();
+                                    misconfigured.lock().expect("failure slot").get_or_insert(e);
+                                    None
+                                }
+                            };
+                            (payment, answer, calls)
                         }
-                    };
-                    (payment, answer, calls)
-                }
-            })
-            .buffer_unordered(settings.concurrency)
-            .collect()
-            .await;
-        bar.finish_and_clear();
+                    })
+                    .buffer_unordered(settings.concurrency)
+                    .collect()
+                    .await
+            }
+        };
 
         let now = crate::clock::now_rfc3339();
         let mut pipe = redis::pipe();
-        let mut stored = Vec::new();
+        let mut tried = Vec::new();
         for (payment, answer, calls) in answers {
             self.summary.calls += calls;
             let Some(answer) = answer else {
@@ -454,16 +614,22 @@ impl Pass<'_> {
                 ..payment
             };
             pipe.add_command(answer_command(&next)?);
-            stored.push(answer.status);
+            tried.push(next);
         }
-        let moved: Vec<i64> = run_pipeline(&pipe, self.redis)
-            .await
-            .context("storing processor answers")?;
-        let mut answered = 0;
-        for (status, moved) in stored.into_iter().zip(moved) {
-            if moved == 1 {
-                *self.summary.answered.entry(status.as_str()).or_default() += 1;
-                answered += 1;
+        let mut stored = Vec::with_capacity(tried.len());
+        if !tried.is_empty() {
+            let moved: Vec<i64> = run_pipeline(&pipe, self.redis)
+                .await
+                .context("storing processor answers")?;
+            for (payment, moved) in tried.into_iter().zip(moved) {
+                if moved == 1 {
+                    *self
+                        .summary
+                        .answered
+                        .entry(payment.payment_status.as_str())
+                        .or_default() += 1;
+                    stored.push(payment);
+                }
             }
         }
         if let Some(e) = misconfigured.into_inner().expect("failure slot") {
@@ -474,7 +640,7 @@ impl Pass<'_> {
                 "{e:#}; stopped: payments still in_processing are sent by the next run, once that is fixed"
             ));
         }
-        Ok(answered)
+        Ok(stored)
     }
 }
 
@@ -491,8 +657,8 @@ fn claim_command(
         detail: None,
         ..payment.clone()
     };
-    let claimed = serde_json::to_string(&as_status(ProcessingStatus::InProcessing))?;
-    let duplicated = serde_json::to_string(&as_status(ProcessingStatus::Duplicated))?;
+    let claimed = serde_json::to_vec(&as_status(ProcessingStatus::InProcessing))?;
+    let duplicated = serde_json::to_vec(&as_status(ProcessingStatus::Duplicated))?;
     let mut cmd = CLAIM.call(&[
         &keys::payment(id),
         &keys::claim(payment.kind, &payment.user_id),
@@ -527,7 +693,7 @@ fn answer_command(payment: &Payment) -> anyhow::Result<redis::Cmd> {
         &keys::claim(payment.kind, &payment.user_id),
     ]);
     cmd.arg(id)
-        .arg(serde_json::to_string(payment)?)
+        .arg(serde_json::to_vec(payment)?)
         .arg(action)
         .arg(&payment.plan)
         .arg(payment.amount.to_string())
@@ -717,19 +883,23 @@ pub async fn run(
             ..ProcessSummary::default()
         },
         invalid: HashSet::new(),
+        unacked: false,
     };
     let passes = async {
         let mut last_work = Instant::now();
         loop {
             lock.check()?;
-            pass.announce(producer, topic, true).await?;
+            pass.unacked = false;
+            pass.announce(producer, topic).await?;
             let before = pass.summary.claimed;
-            let claimed = pass.claim().await?;
-            lock.check()?;
             pass.summary.unanswered = 0;
-            let answered = pass.send(claimed, &settings, progress, &halt).await?;
+            let answered = pass
+                .process(producer, topic, &settings, progress, &halt, &lock)
+                .await?;
             lock.check()?;
-            pass.announce(producer, topic, false).await?;
+            if pass.unacked {
+                pass.announce(producer, topic).await?;
+            }
             if pass.summary.claimed > before || answered > 0 {
                 last_work = Instant::now();
             }
@@ -805,6 +975,38 @@ mod tests {
         // A timeout of zero would time every call out at once.
         assert!(seconds_from("--timeout", 0.0, 0.001).is_err());
         assert!(seconds_from("--timeout", 1e-300, 0.001).is_err());
+    }
+
+    fn candidate(user: &str, id: &str, ms: u64, from: ProcessingStatus) -> Candidate {
+        Candidate {
+            id: id.into(),
+            user: user.into(),
+            requested_ms: ms,
+            from,
+        }
+    }
+
+    #[test]
+    fn a_users_payments_are_claimed_together_waiting_first_then_latest_first() {
+        use ProcessingStatus::{InProcessing, New};
+        let mut candidates = vec![
+            candidate("bob", "b1", 1, New),
+            candidate("alice", "a1", 1, New),
+            candidate("alice", "a3", 3, New),
+            candidate("alice", "a0", 0, InProcessing),
+            candidate("bob", "b2", 2, New),
+            candidate("alice", "a2", 3, New),
+            candidate("carol", "c1", 5, New),
+        ];
+        claim_order(&mut candidates);
+        let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a0", "a3", "a2", "a1", "b2", "b1", "c1"]);
+        // Chunks of about 2 never split a user: alice's four go together.
+        let sizes: Vec<usize> = chunks(&candidates, 2).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [4, 2, 1]);
+        let sizes: Vec<usize> = chunks(&candidates, 100).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [7]);
+        assert!(chunks(&[], 2).is_empty());
     }
 
     #[test]

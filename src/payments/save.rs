@@ -57,7 +57,10 @@ const MAX_REQUESTED_AT_BYTES: usize = 64;
 ///
 /// Every id is checked before it is used in a key: a message from the
 /// topic may be forged or broken (see [`check_id`]).
-fn record(request: PaymentRequest, fallback_ms: u64) -> Result<Payment, String> {
+///
+/// `now` is the batch's time (RFC 3339): `updated_at`, and `created_at`
+/// when the request has no `requested_at`.
+fn record(request: PaymentRequest, fallback_ms: u64, now: &str) -> Result<Payment, String> {
     check_id("payment_id", &request.payment_id)?;
     check_id("user_id", &request.user_id)?;
     check_plan("plan", &request.plan)?;
@@ -77,7 +80,6 @@ fn record(request: PaymentRequest, fallback_ms: u64) -> Result<Payment, String> 
     let amount =
         Money::amount(request.amount, currency).map_err(|e| format!("invalid amount: {e}"))?;
     let requested_ms = request.requested_ms.unwrap_or(fallback_ms);
-    let now = crate::clock::now_rfc3339();
     Ok(Payment {
         payment_id: request.payment_id,
         user_id: request.user_id,
@@ -87,8 +89,8 @@ fn record(request: PaymentRequest, fallback_ms: u64) -> Result<Payment, String> 
         kind: request.kind,
         processing_status: ProcessingStatus::New,
         payment_status: PaymentStatus::Unknown,
-        created_at: request.requested_at.unwrap_or_else(|| now.clone()),
-        updated_at: now,
+        created_at: request.requested_at.unwrap_or_else(|| now.to_string()),
+        updated_at: now.to_string(),
         requested_ms,
         detail: None,
     })
@@ -98,11 +100,32 @@ struct Saver {
     redis: Redis,
 }
 
-impl BatchHandler for Saver {
-    type Decoded = ();
+/// A request checked and made into its stored record (and that record's
+/// JSON), or why it cannot be saved.
+type Decoded = Result<(Payment, Vec<u8>), String>;
 
-    fn decoder(&self) -> worker::Decoder<()> {
-        worker::no_decoding()
+/// Checks each request of a batch and makes its record: the CPU part of
+/// saving, done while the previous batch is in Redis.
+fn decode(batch: &[Delivery]) -> Vec<Decoded> {
+    let now_ms = crate::clock::now_millis();
+    let now = crate::clock::rfc3339(now_ms);
+    batch
+        .iter()
+        .map(|d| {
+            let request = serde_json::from_slice::<PaymentRequest>(&d.payload)
+                .map_err(|e| format!("not a payment request: {e}"))?;
+            let payment = record(request, d.timestamp_ms.map_or(now_ms, |t| t as u64), &now)?;
+            let json = serde_json::to_vec(&payment).map_err(|e| e.to_string())?;
+            Ok((payment, json))
+        })
+        .collect()
+}
+
+impl BatchHandler for Saver {
+    type Decoded = Decoded;
+
+    fn decoder(&self) -> worker::Decoder<Decoded> {
+        std::sync::Arc::new(decode)
     }
 
     async fn prepare(&mut self) -> anyhow::Result<()> {
@@ -113,24 +136,17 @@ impl BatchHandler for Saver {
     async fn apply(
         &mut self,
         batch: &[Delivery],
-        _decoded: &[()],
+        records: &[Decoded],
     ) -> anyhow::Result<Vec<Verdict>> {
-        let now = crate::clock::now_millis();
-        let records: Vec<Result<Payment, String>> = batch
-            .iter()
-            .map(|d| {
-                serde_json::from_slice::<PaymentRequest>(&d.payload)
-                    .map_err(|e| format!("not a payment request: {e}"))
-                    .and_then(|r| record(r, d.timestamp_ms.map_or(now, |t| t as u64)))
-            })
-            .collect();
+        // One script call per payment, pipelined: measured on Redis 7.0
+        // here, one call looping over the batch cost Redis more, not less.
         let mut pipe = redis::pipe();
-        for payment in records.iter().flatten() {
+        let new = keys::by_status(ProcessingStatus::New);
+        for (payment, json) in records.iter().flatten() {
             let key = keys::payment(&payment.payment_id);
             let by_user = keys::by_user(&payment.user_id);
-            let new = keys::by_status(ProcessingStatus::New);
             let mut call = SAVE.call(&[&key, keys::PAYMENTS, &by_user, &new]);
-            call.arg(serde_json::to_string(payment)?)
+            call.arg(json.as_slice())
                 .arg(payment.requested_ms)
                 .arg(&payment.payment_id);
             pipe.add_command(call);
@@ -143,7 +159,7 @@ impl BatchHandler for Saver {
             .iter()
             .zip(records)
             .map(|(delivery, record)| match record {
-                Err(reason) => Verdict::dead_letter(delivery, reason),
+                Err(reason) => Verdict::dead_letter(delivery, reason.clone()),
                 Ok(_) if saved.next() == Some(1) => Verdict::new(SAVED, Vec::new()),
                 Ok(_) => Verdict::new(ALREADY_SAVED, Vec::new()),
             })
@@ -175,6 +191,8 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    const NOW: &str = "2025-01-01T00:00:00.000Z";
+
     fn request(edit: impl FnOnce(&mut serde_json::Value)) -> PaymentRequest {
         let mut value = serde_json::json!({
             "payment_id": "p1", "user_id": "alice", "plan": "premium",
@@ -186,12 +204,12 @@ mod tests {
 
     #[test]
     fn a_request_is_checked_field_by_field_before_any_key_is_made() {
-        let saved = record(request(|_| {}), 7).unwrap();
+        let saved = record(request(|_| {}), 7, NOW).unwrap();
         assert_eq!(
             (saved.requested_ms, saved.processing_status),
             (7, ProcessingStatus::New)
         );
-        let reason = |edit: fn(&mut serde_json::Value)| record(request(edit), 7).unwrap_err();
+        let reason = |edit: fn(&mut serde_json::Value)| record(request(edit), 7, NOW).unwrap_err();
         assert_eq!(
             reason(|v| v["payment_id"] = "p\u{0}1".into()),
             "payment_id contains a control character (U+0000)"
@@ -211,7 +229,7 @@ mod tests {
         assert!(reason(|v| v["requested_at"] = "x".repeat(65).into()).starts_with("requested_at"));
         assert!(reason(|v| v["requested_at"] = "2025\n".into()).starts_with("requested_at"));
         // A currency is stored as its canonical code, whatever surrounds it.
-        let currency = record(request(|v| v["currency"] = " usd\r\n".into()), 7).unwrap();
+        let currency = record(request(|v| v["currency"] = " usd\r\n".into()), 7, NOW).unwrap();
         assert_eq!(currency.currency, "USD");
     }
 }
