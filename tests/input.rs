@@ -584,3 +584,32 @@ fn redis_stopping_midway_prints_the_summary_with_counts() {
         ],
     );
 }
+
+/// `--rate` paces a file's rows; every row is still initiated once. (How
+/// steady the pace is, the bench measures: tests never time anything.)
+#[test]
+fn a_paced_file_initiates_every_row_and_bad_rates_are_refused() {
+    let p = Pipeline::new();
+    let alice = open_account(&p, "alice", "100.00");
+    let bob = open_account(&p, "bob", "0");
+    let dir = scratch("rate");
+    let rows: String = (0..40)
+        .map(|i| format!("{{\"from\":\"{alice}\",\"to\":\"{bob}\",\"amount\":\"0.{:02}\"}}\n", i + 1))
+        .collect();
+    let path = write(&dir, "paced.jsonl", rows.as_bytes());
+    let summary = p
+        .payctl(&["transfer", "initiate", "--file", &path, "--rate", "20", "-o", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(summary["created"], 40, "{summary}");
+    assert_eq!(summary["created_ids"].as_array().map(Vec::len), Some(40));
+
+    let zero = p.payctl(&["transfer", "initiate", "--file", &path, "--rate", "0"]);
+    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    assert_mentions(&zero, &["--rate"]);
+    let single = p.payctl(&[
+        "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "1", "--rate", "5",
+    ]);
+    assert_eq!(single.code, 2, "{}", single.stderr);
+    assert_mentions(&single, &["--file"]);
+}
