@@ -15,7 +15,7 @@
 //! the row's number, so a file can always be run again.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ use crate::kafka::{produce_each, Outgoing};
 use crate::money::{Currency, Decimal, Money};
 use crate::output::{self, Output, Rendered, Report};
 use crate::store::{keys, run_pipeline, Redis, Script};
+use crate::transfer::rows::RequestSource;
+#[cfg(test)]
+use crate::transfer::rows::{CsvRows, JsonRows, Row};
 use crate::transfer::{Transfer, TransferStatus};
 
 /// Start a transfer between two accounts (or many, from a file).
@@ -196,23 +199,12 @@ pub async fn prepare(
     requests: &[TransferRequest],
     label: impl Fn(usize) -> String,
 ) -> anyhow::Result<Result<Vec<Transfer>, Vec<Problem>>> {
-    let ids: Vec<String> = requests
+    let ids = requests
         .iter()
         .flat_map(|r| [r.from.clone(), r.to.clone()])
         .filter(|id| accounts::validate_id(id).is_ok())
-        .collect::<HashSet<_>>()
-        .into_iter()
         .collect();
-    let mut known = HashMap::new();
-    for chunk in ids.chunks(1000) {
-        for account in accounts::get_many(redis, chunk)
-            .await?
-            .into_iter()
-            .flatten()
-        {
-            known.insert(account.id.clone(), account);
-        }
-    }
+    let known = known_accounts(redis, ids).await?;
     let mut transfers = Vec::with_capacity(requests.len());
     let mut problems = Vec::new();
     for (i, request) in requests.iter().enumerate() {
@@ -229,6 +221,25 @@ pub async fn prepare(
     } else {
         Err(problems)
     })
+}
+
+/// The accounts among `ids` that exist, looked up 1,000 at a time.
+async fn known_accounts(
+    redis: &mut Redis,
+    ids: HashSet<String>,
+) -> anyhow::Result<HashMap<String, Account>> {
+    let ids: Vec<String> = ids.into_iter().collect();
+    let mut known = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        for account in accounts::get_many(redis, chunk)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            known.insert(account.id.clone(), account);
+        }
+    }
+    Ok(known)
 }
 
 static INITIATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("initiate.lua")));
@@ -497,11 +508,15 @@ pub struct BulkSummary {
     pub error: Option<String>,
     /// The first [`MAX_ERRORS_SHOWN`] row errors, each with its row number.
     pub errors: Vec<String>,
-    /// The ids of the transfers this run created, in row order.
+    /// The ids of the transfers this run created, in row order: the first
+    /// [`MAX_CREATED_IDS`] (`created` counts them all).
     pub created_ids: Vec<String>,
     pub elapsed_ms: u64,
     pub per_second: u64,
 }
+
+/// Created ids a summary lists: a million would be 37 MB of output.
+pub const MAX_CREATED_IDS: usize = 10_000;
 
 /// Row errors a summary keeps; `failed` counts them all.
 pub const MAX_ERRORS_SHOWN: usize = 100;
@@ -533,23 +548,12 @@ impl Report for BulkSummary {
     }
 }
 
-/// The requests of a `--file`, and what identifies its content.
-pub struct RequestFile {
-    pub requests: Vec<TransferRequest>,
-    /// Hex of the first 128 bits of the file's SHA-256.
-    pub digest: String,
-}
-
-impl RequestFile {
-    /// Gives every request without an idempotency key one made of the file's
-    /// digest and its row number (1-based, as in error messages): the same
-    /// file run again names the same transfers.
-    pub fn derive_keys(&mut self) {
-        for (i, request) in self.requests.iter_mut().enumerate() {
-            if request.idempotency_key.is_none() {
-                request.idempotency_key = Some(derived_key(&self.digest, i + 1));
-            }
-        }
+/// Gives a request of row `row` (1-based, as in error messages) of the
+/// file whose digest is `digest` a key, when it has none: the same file run
+/// again names the same transfers.
+pub fn derive_key(request: &mut TransferRequest, digest: &str, row: usize) {
+    if request.idempotency_key.is_none() {
+        request.idempotency_key = Some(derived_key(digest, row));
     }
 }
 
@@ -568,183 +572,51 @@ pub fn file_digest(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Reads a JSON-lines or CSV file of transfer requests (`-`: standard
-/// input). A byte-order mark is skipped; the digest covers every byte.
-/// Every row that cannot be read is listed, not only the first.
-pub fn read_requests(path: &Path) -> anyhow::Result<RequestFile> {
-    let bytes = crate::input::read(path)?;
-    let digest = file_digest(&bytes);
-    let name = crate::input::display(path);
-    let text = crate::input::text(&bytes, path)?;
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let rows = if first.trim_start().starts_with('{') {
-        parse_jsonl(text)
-    } else {
-        parse_csv(text)
-    };
-    let requests = rows.with_context(|| format!("reading transfer requests from {name}"))?;
-    Ok(RequestFile { requests, digest })
-}
-
 /// Rows listed in one error message; the count says how many more there are.
 const MAX_PROBLEMS_SHOWN: usize = 100;
 
-/// One error listing the rows that cannot be used.
-fn bad_rows(problems: &[String], rows: usize, what: &str) -> anyhow::Error {
+/// One error listing the rows that cannot be used: `problems` are the
+/// first of `count`.
+fn bad_rows(problems: &[String], count: usize, rows: usize, what: &str) -> anyhow::Error {
     let mut listed = problems
         .iter()
         .take(MAX_PROBLEMS_SHOWN)
         .cloned()
         .collect::<Vec<_>>()
         .join("\n  ");
-    if problems.len() > MAX_PROBLEMS_SHOWN {
-        listed.push_str(&format!(
-            "\n  … and {} more",
-            problems.len() - MAX_PROBLEMS_SHOWN
-        ));
+    let shown = problems.len().min(MAX_PROBLEMS_SHOWN);
+    if count > shown {
+        listed.push_str(&format!("\n  … and {} more", count - shown));
     }
-    anyhow!(
-        "{} of {rows} rows {what}; nothing was initiated:\n  {listed}",
-        problems.len()
-    )
+    anyhow!("{count} of {rows} rows {what}; nothing was initiated:\n  {listed}")
 }
 
-/// One JSON object per line; blank lines are skipped and not counted as rows.
-fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
+/// Every row, or one error listing the rows that cannot be read.
+#[cfg(test)]
+fn collect_rows(rows: impl Iterator<Item = Row>) -> anyhow::Result<Vec<TransferRequest>> {
     let mut requests = Vec::new();
     let mut problems = Vec::new();
-    let rows = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    for (row, (n, line)) in rows.enumerate() {
-        match serde_json::from_str(line) {
+    for row in rows {
+        match row {
             Ok(request) => requests.push(request),
-            Err(e) => problems.push(format!("row {} (line {}): {e}", row + 1, n + 1)),
+            Err(problem) => problems.push(problem),
         }
     }
     if !problems.is_empty() {
-        return Err(bad_rows(
-            &problems,
-            requests.len() + problems.len(),
-            "cannot be read",
-        ));
+        let rows = requests.len() + problems.len();
+        return Err(bad_rows(&problems, problems.len(), rows, "cannot be read"));
     }
     Ok(requests)
 }
 
-/// The columns a CSV header may name, by the field each fills.
-const CSV_COLUMNS: [(&str, &[&str]); 5] = [
-    ("from", &["from", "sender_id"]),
-    ("to", &["to", "receiver_id"]),
-    ("amount", &["amount"]),
-    ("currency", &["currency"]),
-    ("idempotency_key", &["idempotency_key"]),
-];
+#[cfg(test)]
+fn parse_jsonl(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
+    collect_rows(JsonRows::new(text.as_bytes()))
+}
 
-/// CSV as RFC 4180 has it (quotes, commas and line breaks inside quotes,
-/// CRLF), read by the `csv` crate. The header names the columns; every row
-/// has as many fields as the header.
+#[cfg(test)]
 fn parse_csv(text: &str) -> anyhow::Result<Vec<TransferRequest>> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let header = reader.headers().context("reading the CSV header")?.clone();
-    let names: Vec<String> = header.iter().map(|c| c.to_ascii_lowercase()).collect();
-    let unknown: Vec<&String> = names
-        .iter()
-        .filter(|n| {
-            !CSV_COLUMNS
-                .iter()
-                .any(|(_, known)| known.contains(&n.as_str()))
-        })
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "unknown CSV column {}: the header names from, to, amount and optionally currency, \
-             idempotency_key (sender_id and receiver_id work for from and to)",
-            unknown
-                .iter()
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let mut column = [None; 5];
-    for (slot, (field, known)) in column.iter_mut().zip(CSV_COLUMNS) {
-        let mut at = names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| known.contains(&n.as_str()));
-        *slot = at.next().map(|(i, _)| i);
-        if at.next().is_some() {
-            bail!("the CSV header names the {field} column twice");
-        }
-    }
-    let [Some(from), Some(to), Some(amount), currency, key] = column else {
-        bail!(
-            "CSV header must name from, to and amount columns (got {:?})",
-            header.iter().collect::<Vec<_>>().join(",")
-        );
-    };
-
-    let mut requests = Vec::new();
-    let mut problems = Vec::new();
-    let mut record = csv::StringRecord::new();
-    let mut row = 0;
-    loop {
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) if record.len() == 1 && record[0].is_empty() => continue,
-            Ok(true) => {
-                row += 1;
-                let line = record.position().map_or(0, |p| p.line());
-                match csv_request(&record, header.len(), [from, to, amount], currency, key) {
-                    Ok(request) => requests.push(request),
-                    Err(e) => problems.push(format!("row {row} (line {line}): {e}")),
-                }
-            }
-            Err(e) => {
-                row += 1;
-                problems.push(format!("row {row}: {e}"));
-                if e.is_io_error() {
-                    break;
-                }
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(bad_rows(&problems, row, "cannot be read"));
-    }
-    Ok(requests)
-}
-
-/// One CSV row as a request.
-fn csv_request(
-    record: &csv::StringRecord,
-    width: usize,
-    [from, to, amount]: [usize; 3],
-    currency: Option<usize>,
-    key: Option<usize>,
-) -> Result<TransferRequest, String> {
-    if record.len() != width {
-        return Err(format!("{} fields, the header has {width}", record.len()));
-    }
-    let cell = |i: usize| Some(record[i].to_string()).filter(|c| !c.is_empty());
-    let required = |i: usize, name: &str| cell(i).ok_or_else(|| format!("no {name}"));
-    let amount_text = required(amount, "amount")?;
-    Ok(TransferRequest {
-        from: required(from, "from")?,
-        to: required(to, "to")?,
-        amount: Decimal::parse_typed(&amount_text).map_err(|e| format!("invalid amount: {e}"))?,
-        currency: currency.and_then(cell),
-        idempotency_key: key.and_then(cell),
-    })
+    collect_rows(CsvRows::new(text.as_bytes())?)
 }
 
 /// Fails, with the command that fixes it, when the broker says `topic`
@@ -782,12 +654,13 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The error for problems found before anything was written: a refusal
 /// (exit 1) when every one is.
-fn problems_error(problems: Vec<Problem>, rows: Option<usize>) -> anyhow::Error {
+/// `rows`: the count of problems (`problems` are the first of them) and of rows.
+fn problems_error(problems: Vec<Problem>, rows: Option<(usize, usize)>) -> anyhow::Error {
     let refusal = problems.iter().all(|p| p.refusal);
     let messages: Vec<String> = problems.into_iter().map(|p| p.message).collect();
     let error = match rows {
         None => anyhow!("{}", messages.join("; ")),
-        Some(rows) => bad_rows(&messages, rows, "are invalid"),
+        Some((count, rows)) => bad_rows(&messages, count, rows, "are invalid"),
     };
     if refusal {
         refuse(format!("{error}"))
@@ -796,7 +669,7 @@ fn problems_error(problems: Vec<Problem>, rows: Option<usize>) -> anyhow::Error 
     }
 }
 
-const BULK_CHUNK: usize = 5000;
+const BULK_CHUNK: usize = 2000;
 
 pub async fn run(
     args: Args,
@@ -840,21 +713,71 @@ pub async fn run(
     };
 
     let started = Instant::now();
-    let mut file = read_requests(path)?;
-    if !args.fresh {
-        file.derive_keys();
+    let source = RequestSource::open(path)?;
+    let reading = |e: anyhow::Error| e.context(format!("reading transfer requests from {}", source.name));
+    // Pass 1: every row readable, and the accounts they name.
+    let mut ids = HashSet::new();
+    let mut unreadable = Vec::new();
+    let (mut rows, mut unreadable_count) = (0, 0);
+    for row in source.rows().map_err(reading)? {
+        rows += 1;
+        match row {
+            Ok(request) => {
+                for id in [request.from, request.to] {
+                    if accounts::validate_id(&id).is_ok() {
+                        ids.insert(id);
+                    }
+                }
+            }
+            Err(problem) => {
+                unreadable_count += 1;
+                if unreadable.len() < MAX_PROBLEMS_SHOWN {
+                    unreadable.push(problem);
+                }
+            }
+        }
+    }
+    if unreadable_count > 0 {
+        return Err(reading(bad_rows(&unreadable, unreadable_count, rows, "cannot be read")));
     }
     check_topic_exists(producer, topic)?;
-    let requests = file.requests;
-    let transfers =
-        match prepare(publisher.redis, &requests, |i| format!("row {}: ", i + 1)).await? {
-            Ok(transfers) => transfers,
-            Err(problems) => return Err(problems_error(problems, Some(requests.len()))),
-        };
-    drop(requests);
-    let progress = output::progress_bar(transfers.len() as u64, show_progress);
+    let known = known_accounts(publisher.redis, ids).await?;
+    // Pass 2: every row checked before any is written.
+    let keyed = |i: usize, mut request: TransferRequest| {
+        if !args.fresh {
+            derive_key(&mut request, &source.digest, i + 1);
+        }
+        request
+    };
+    let mut problems = Vec::new();
+    let mut problem_count = 0;
+    for (i, row) in source.rows().map_err(reading)?.enumerate() {
+        let request = keyed(i, row.map_err(|e| anyhow!("{} changed while it was read: {e}", source.name))?);
+        if let Err(problem) = validate(&request, &known) {
+            problem_count += 1;
+            if problems.len() < MAX_PROBLEMS_SHOWN {
+                problems.push(Problem {
+                    message: format!("row {}: {}", i + 1, problem.message),
+                    ..problem
+                });
+            }
+        }
+    }
+    if problem_count > 0 {
+        return Err(problems_error(problems, Some((problem_count, rows))));
+    }
+    // Pass 3: written chunk by chunk, never holding the whole file.
+    let transfers = source
+        .rows()
+        .map_err(reading)?
+        .enumerate()
+        .map(|(i, row)| -> anyhow::Result<Transfer> {
+            let request = keyed(i, row.map_err(|e| anyhow!("{e}"))?);
+            validate(&request, &known).map_err(|p| anyhow!("row {}: {}", i + 1, p.message))
+        });
+    let progress = output::progress_bar(rows as u64, show_progress);
     let mut summary = BulkSummary {
-        rows: transfers.len(),
+        rows,
         initiated: 0,
         created: 0,
         existing: 0,
@@ -896,7 +819,11 @@ pub async fn run(
             summary.interrupted = true;
             break;
         }
-        let chunk: Vec<Transfer> = transfers.by_ref().take(chunk_rows).collect();
+        let chunk: Vec<Transfer> = transfers
+            .by_ref()
+            .take(chunk_rows)
+            .collect::<anyhow::Result<_>>()
+            .with_context(|| format!("{} changed while it was read", source.name))?;
         let size = chunk.len();
         crate::exit::set_abandon_note(Some(format!(
             "rows {} to {} of {} were being stored and published; some of them may be stored \
@@ -930,7 +857,9 @@ pub async fn run(
                     created: true,
                 }) => {
                     summary.created += 1;
-                    summary.created_ids.push(transfer.transfer_id);
+                    if summary.created_ids.len() < MAX_CREATED_IDS {
+                        summary.created_ids.push(transfer.transfer_id);
+                    }
                 }
                 Ok(Initiated { created: false, .. }) => summary.existing += 1,
                 Err(e) => {
@@ -1081,17 +1010,15 @@ mod tests {
         assert_eq!(file_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
         let mut keyed = request("alice", "bob", "1");
         keyed.idempotency_key = Some("mine".into());
-        let mut file = RequestFile {
-            requests: vec![
-                request("alice", "bob", "1"),
-                keyed,
-                request("alice", "bob", "1"),
-            ],
-            digest: digest.clone(),
-        };
-        file.derive_keys();
-        let keys: Vec<&str> = file
-            .requests
+        let mut requests = vec![
+            request("alice", "bob", "1"),
+            keyed,
+            request("alice", "bob", "1"),
+        ];
+        for (i, request) in requests.iter_mut().enumerate() {
+            derive_key(request, &digest, i + 1);
+        }
+        let keys: Vec<&str> = requests
             .iter()
             .map(|r| r.idempotency_key.as_deref().unwrap())
             .collect();

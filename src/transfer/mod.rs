@@ -8,6 +8,7 @@ pub mod initiate;
 pub mod list;
 pub mod process;
 pub mod resend;
+pub mod rows;
 pub mod show;
 
 use anyhow::Context as _;
