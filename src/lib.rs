@@ -11,7 +11,7 @@
 //! - `clock`: timestamps.
 //! - `kafka`: clients with payctl's defaults; produce-and-await-acks.
 //! - `store`: Redis connection, key names, Lua scripts called by SHA.
-//! - `worker`: the shared consume → apply → produce → commit cycle.
+//! - `worker`: the shared consume → decode → apply → produce → commit cycle.
 //! - `events`: `payment_transactions` events in seed 000's shape.
 //! - `accounts`: open, deposit, show, list.
 //! - `transfer`: initiate, process (the worker), show, list (seeds 001, 002).
