@@ -874,7 +874,7 @@ fn a_redis_failure_midway_stops_with_a_summary_and_a_rerun_finishes_the_file() {
     ];
 
     // Redis starts refusing writes once 8 MB more are used: a transfer costs
-    // about 1 KB, so the first 5,000-row chunk fits and a later one does not.
+    // about 1 KB, so the first 2,000-row chunk fits and a later one does not.
     let mut con = private_redis(&private);
     let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
     let used: u64 = info
@@ -896,7 +896,7 @@ fn a_redis_failure_midway_stops_with_a_summary_and_a_rerun_finishes_the_file() {
         .as_u64()
         .unwrap_or_else(|| panic!("{summary}"));
     assert!(
-        stopped > 1 && stopped < rows && (stopped - 1).is_multiple_of(5000),
+        stopped > 1 && stopped < rows && (stopped - 1).is_multiple_of(2000),
         "{summary}"
     );
     assert_eq!(
