@@ -4,7 +4,7 @@
 # Runs against the local stack: broker and Redis on the same cores.
 # Figures, not assertions: machines here are shared and noisy.
 #
-#   scripts/bench.sh            # 1,000,000 transfers, 60 s of steady load (~5 min)
+#   scripts/bench.sh            # 1,000,000 transfers, 60 s of steady load (5-7 min)
 #   scripts/bench.sh --quick    # 10x smaller, for a CI-like time
 #   scripts/bench.sh --transfers 200000
 set -euo pipefail
