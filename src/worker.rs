@@ -649,6 +649,22 @@ impl Stop {
     }
 }
 
+/// Adds the messages that are ready now, without waiting, up to `bound`;
+/// returns the consumer error that stopped it, if one did.
+fn take_ready(
+    consumer: &StreamConsumer<GroupContext>,
+    batch: &mut Vec<Delivery>,
+    bound: usize,
+) -> Option<KafkaError> {
+    while batch.len() < bound {
+        match consumer.recv().now_or_never()? {
+            Ok(message) => batch.push(Delivery::from_message(&message)),
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 /// The next batch, read and decoded while the current one was applied.
 struct Ahead<D> {
     batch: Vec<Delivery>,
@@ -666,17 +682,7 @@ async fn read_ahead<D>(
     bound: usize,
 ) -> (Vec<Delivery>, Vec<D>, Option<KafkaError>) {
     let mut batch = Vec::new();
-    let mut error = None;
-    while batch.len() < bound {
-        match consumer.recv().now_or_never() {
-            Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
-            Some(Err(e)) => {
-                error = Some(e);
-                break;
-            }
-            None => break,
-        }
-    }
+    let error = take_ready(consumer, &mut batch, bound);
     let decoded = if batch.is_empty() {
         Vec::new()
     } else {
@@ -975,14 +981,10 @@ impl<H: BatchHandler> Cycle<'_, H> {
 
     /// Adds the messages that are ready now, without waiting, up to `bound`.
     fn take_ready(&self, batch: &mut Vec<Delivery>, bound: usize) -> Result<(), Stop> {
-        while batch.len() < bound {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(Delivery::from_message(&message)),
-                Some(Err(e)) => return self.consumer_error(e),
-                None => break,
-            }
+        match take_ready(self.consumer, batch, bound) {
+            Some(e) => self.consumer_error(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A consumer error is logged and passes, unless it is fatal: a refused

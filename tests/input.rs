@@ -595,11 +595,18 @@ fn a_paced_file_initiates_every_row_and_bad_rates_are_refused() {
     let bob = open_account(&p, "bob", "0");
     let dir = scratch("rate");
     let rows: String = (0..40)
-        .map(|i| format!("{{\"from\":\"{alice}\",\"to\":\"{bob}\",\"amount\":\"0.{:02}\"}}\n", i + 1))
+        .map(|i| {
+            format!(
+                "{{\"from\":\"{alice}\",\"to\":\"{bob}\",\"amount\":\"0.{:02}\"}}\n",
+                i + 1
+            )
+        })
         .collect();
     let path = write(&dir, "paced.jsonl", rows.as_bytes());
     let summary = p
-        .payctl(&["transfer", "initiate", "--file", &path, "--rate", "20", "-o", "json"])
+        .payctl(&[
+            "transfer", "initiate", "--file", &path, "--rate", "20", "-o", "json",
+        ])
         .expect(0)
         .json();
     assert_eq!(summary["created"], 40, "{summary}");
@@ -612,5 +619,5 @@ fn a_paced_file_initiates_every_row_and_bad_rates_are_refused() {
         "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "1", "--rate", "5",
     ]);
     assert_eq!(single.code, 2, "{}", single.stderr);
-    assert_mentions(&single, &["--file"]);
+    assert_mentions(&single, &["--rate", "--from"]);
 }

@@ -139,7 +139,10 @@ fn plan_transaction(payload: &[u8], now: &str) -> Result<Push, String> {
     let status = field(&event.status, "status")?
         .as_str()
         .ok_or("status must be a string")?;
-    for (name, value) in [("transaction_id", transaction_id.as_str()), ("status", status)] {
+    for (name, value) in [
+        ("transaction_id", transaction_id.as_str()),
+        ("status", status),
+    ] {
         if value.is_empty() || value.len() > MAX_FIELD || value.chars().any(char::is_control) {
             return Err(format!(
                 "{name} must be 1 to {MAX_FIELD} bytes without control characters"
@@ -462,12 +465,11 @@ mod tests {
 
     #[test]
     fn seed_000_events_become_seed_000_notifications() {
-        let push =
-            plan_transaction(
-                br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#,
-                NOW,
-            )
-                .unwrap();
+        let push = plan_transaction(
+            br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(push.user_key, "notifications:42");
         assert_eq!(
             push.mark.as_deref(),

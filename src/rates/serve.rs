@@ -68,11 +68,7 @@ impl BatchHandler for ConversionServer {
         Ok(())
     }
 
-    async fn apply(
-        &mut self,
-        batch: &[Delivery],
-        _decoded: &[()],
-    ) -> anyhow::Result<Vec<Verdict>> {
+    async fn apply(&mut self, batch: &[Delivery], _decoded: &[()]) -> anyhow::Result<Vec<Verdict>> {
         let rates = rates::all(&mut self.redis).await?;
         let now = crate::clock::now_rfc3339();
         let mut pipe = redis::pipe();

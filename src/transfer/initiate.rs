@@ -70,21 +70,27 @@ pub struct Args {
     /// idempotency key get one made of the file's SHA-256 and the row
     /// number, so running the same file again creates nothing twice. The
     /// first Ctrl-C stops after the chunk in hand, with a summary.
-    #[arg(long, conflicts_with_all = ["from", "to", "amount", "currency", "idempotency_key"])]
+    #[arg(long, conflicts_with_all = SINGLE_FLAGS)]
     pub file: Option<PathBuf>,
     /// With --file: rows without an idempotency key create new transfers
     /// on every run (for a file meant to repeat). Such a run cannot be
     /// resumed by running it again.
-    #[arg(long, requires = "file")]
+    // `requires` alone lets them through beside --from (clap drops the
+    // requirement of an argument that conflicts with one given), hence the
+    // conflicts as well.
+    #[arg(long, requires = "file", conflicts_with_all = SINGLE_FLAGS)]
     pub fresh: bool,
     /// With --file: initiate at most this many rows per second, spread
     /// evenly (chunks of a hundredth of a second), for a load test or a
     /// downstream that must not be flooded. Without it, as fast as Redis
     /// and the broker take them.
-    #[arg(long, requires = "file", value_name = "ROWS_PER_SEC",
+    #[arg(long, requires = "file", conflicts_with_all = SINGLE_FLAGS, value_name = "ROWS_PER_SEC",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
 }
+
+/// The flags of a single transfer, which `--file` and its options exclude.
+const SINGLE_FLAGS: [&str; 5] = ["from", "to", "amount", "currency", "idempotency_key"];
 
 /// One transfer to initiate, from flags or one row of a file. A field it
 /// does not know (a mistyped `idempotency_key`) is refused, not ignored.
@@ -566,10 +572,13 @@ pub fn derived_key(digest: &str, row: usize) -> String {
 /// of reach, and a derived key stays short (it is kept per row in Redis).
 pub fn file_digest(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
-    Sha256::digest(bytes)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest_text(&Sha256::digest(bytes))
+}
+
+/// A file's digest as derived keys carry it: hex of the first 128 bits of
+/// its SHA-256 (`sha256`), however the hash was computed.
+pub fn digest_text(sha256: &[u8]) -> String {
+    sha256[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Rows listed in one error message; the count says how many more there are.
@@ -686,11 +695,6 @@ pub async fn run(
         topic,
     };
     let Some(path) = &args.file else {
-        // clap's `requires` does not hold these here (seen: both were
-        // accepted, and ignored, without --file).
-        if args.fresh || args.rate.is_some() {
-            bail!("--fresh and --rate apply to --file only");
-        }
         let amount_text = args.amount.as_deref().unwrap_or_default();
         let request = TransferRequest {
             from: args.from.unwrap_or_default(),
@@ -714,7 +718,8 @@ pub async fn run(
 
     let started = Instant::now();
     let source = RequestSource::open(path)?;
-    let reading = |e: anyhow::Error| e.context(format!("reading transfer requests from {}", source.name));
+    let reading =
+        |e: anyhow::Error| e.context(format!("reading transfer requests from {}", source.name));
     // Pass 1: every row readable, and the accounts they name.
     let mut ids = HashSet::new();
     let mut unreadable = Vec::new();
@@ -738,7 +743,12 @@ pub async fn run(
         }
     }
     if unreadable_count > 0 {
-        return Err(reading(bad_rows(&unreadable, unreadable_count, rows, "cannot be read")));
+        return Err(reading(bad_rows(
+            &unreadable,
+            unreadable_count,
+            rows,
+            "cannot be read",
+        )));
     }
     check_topic_exists(producer, topic)?;
     let known = known_accounts(publisher.redis, ids).await?;
@@ -752,7 +762,10 @@ pub async fn run(
     let mut problems = Vec::new();
     let mut problem_count = 0;
     for (i, row) in source.rows().map_err(reading)?.enumerate() {
-        let request = keyed(i, row.map_err(|e| anyhow!("{} changed while it was read: {e}", source.name))?);
+        let request = keyed(
+            i,
+            row.map_err(|e| anyhow!("{} changed while it was read: {e}", source.name))?,
+        );
         if let Err(problem) = validate(&request, &known) {
             problem_count += 1;
             if problems.len() < MAX_PROBLEMS_SHOWN {
@@ -767,14 +780,15 @@ pub async fn run(
         return Err(problems_error(problems, Some((problem_count, rows))));
     }
     // Pass 3: written chunk by chunk, never holding the whole file.
-    let transfers = source
-        .rows()
-        .map_err(reading)?
-        .enumerate()
-        .map(|(i, row)| -> anyhow::Result<Transfer> {
-            let request = keyed(i, row.map_err(|e| anyhow!("{e}"))?);
-            validate(&request, &known).map_err(|p| anyhow!("row {}: {}", i + 1, p.message))
-        });
+    let transfers =
+        source
+            .rows()
+            .map_err(reading)?
+            .enumerate()
+            .map(|(i, row)| -> anyhow::Result<Transfer> {
+                let request = keyed(i, row.map_err(|e| anyhow!("{e}"))?);
+                validate(&request, &known).map_err(|p| anyhow!("row {}: {}", i + 1, p.message))
+            });
     let progress = output::progress_bar(rows as u64, show_progress);
     let mut summary = BulkSummary {
         rows,
@@ -800,9 +814,9 @@ pub async fn run(
     let mut redis_failed = false;
     // Paced: a hundredth of a second's rows per chunk, each chunk due at
     // its place on a steady line from the first.
-    let chunk_rows = args
-        .rate
-        .map_or(BULK_CHUNK, |rate| (rate as usize / 100).clamp(1, BULK_CHUNK));
+    let chunk_rows = args.rate.map_or(BULK_CHUNK, |rate| {
+        (rate as usize / 100).clamp(1, BULK_CHUNK)
+    });
     let paced_from = tokio::time::Instant::now();
     let mut transfers = transfers.into_iter().peekable();
     while transfers.peek().is_some() {

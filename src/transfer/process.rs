@@ -138,7 +138,7 @@ impl TransferProcessor {
     async fn read_records(
         &mut self,
         batch: &[Delivery],
-        messages: &[(usize, Transfer)],
+        messages: &[(usize, &Transfer)],
     ) -> anyhow::Result<(Vec<Option<String>>, Announced)> {
         if messages.is_empty() {
             return Ok((Vec::new(), Announced::default()));
@@ -348,13 +348,13 @@ impl TransferProcessor {
     /// Plans `messages` against their records, runs the scripts, and turns
     /// each reply into a verdict. Messages whose record changed in between
     /// come back as `None`, to be planned again.
-    async fn apply_once(
+    async fn apply_once<'m>(
         &mut self,
         batch: &[Delivery],
-        messages: &[(usize, Transfer)],
+        messages: &[(usize, &'m Transfer)],
         verdicts: &mut [Option<Verdict>],
-    ) -> anyhow::Result<Vec<(usize, Transfer)>> {
-        let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| t).collect();
+    ) -> anyhow::Result<Vec<(usize, &'m Transfer)>> {
+        let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| *t).collect();
         let (records, announced) = self.read_records(batch, messages).await?;
         // Each stored record parsed once; seed 001's carry no currency, so
         // their senders' currencies are looked up (once per account).
@@ -473,7 +473,7 @@ impl TransferProcessor {
                             )
                         }
                         "stale" => {
-                            stale.push((*index, message.clone()));
+                            stale.push((*index, *message));
                             continue;
                         }
                         "error" => Verdict::dead_letter(
@@ -650,7 +650,7 @@ impl BatchHandler for TransferProcessor {
         let mut messages = Vec::with_capacity(batch.len());
         for (index, (delivery, message)) in batch.iter().zip(decoded).enumerate() {
             match message {
-                Ok(message) => messages.push((index, message.clone())),
+                Ok(message) => messages.push((index, message)),
                 Err(reason) => {
                     verdicts[index] = Some(Verdict::dead_letter(delivery, reason.clone()))
                 }

@@ -50,8 +50,10 @@ impl RequestSource {
     pub fn open(path: &Path) -> anyhow::Result<RequestSource> {
         let name = crate::input::display(path);
         let (path, spool) = if path == Path::new("-") {
-            let spooled = std::env::temp_dir()
-                .join(format!("payctl-stdin-{}.rows", uuid::Uuid::new_v4().simple()));
+            let spooled = std::env::temp_dir().join(format!(
+                "payctl-stdin-{}.rows",
+                uuid::Uuid::new_v4().simple()
+            ));
             let spool = Spool(spooled.clone());
             let mut out = File::create(&spooled)
                 .with_context(|| format!("spooling standard input to {}", spooled.display()))?;
@@ -68,7 +70,9 @@ impl RequestSource {
         use sha2::{Digest as _, Sha256};
         let mut hash = Sha256::new();
         loop {
-            let chunk = reader.fill_buf().with_context(|| format!("reading {name}"))?;
+            let chunk = reader
+                .fill_buf()
+                .with_context(|| format!("reading {name}"))?;
             if chunk.is_empty() {
                 break;
             }
@@ -77,27 +81,33 @@ impl RequestSource {
             reader.consume(used);
         }
         // JSON lines when the first non-blank line opens an object.
-        let mut first = BufReader::new(File::open(&path).with_context(|| format!("reading {name}"))?);
+        let mut first =
+            BufReader::new(File::open(&path).with_context(|| format!("reading {name}"))?);
         let mut line = Vec::new();
         let mut json = false;
         let mut number = 0;
         loop {
             line.clear();
-            if first.read_until(b'\n', &mut line).with_context(|| format!("reading {name}"))? == 0 {
+            if first
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("reading {name}"))?
+                == 0
+            {
                 break;
             }
             number += 1;
-            let bytes = if number == 1 { crate::input::strip_bom(&line) } else { &line };
+            let bytes = if number == 1 {
+                crate::input::strip_bom(&line)
+            } else {
+                &line
+            };
             if !bytes.trim_ascii().is_empty() {
                 json = bytes.trim_ascii_start().starts_with(b"{");
                 break;
             }
         }
         let csv = !json;
-        let digest = hash.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = super::initiate::digest_text(&hash.finalize());
         Ok(RequestSource {
             path,
             name,
@@ -212,7 +222,11 @@ impl<R: Read> CsvRows<R> {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let c = if i == 0 { c.trim_start_matches('\u{feff}') } else { c };
+                let c = if i == 0 {
+                    c.trim_start_matches('\u{feff}')
+                } else {
+                    c
+                };
                 c.to_ascii_lowercase()
             })
             .collect();
@@ -344,7 +358,13 @@ mod tests {
         };
         let first = read(&source);
         assert_eq!(first[0], Ok("a>b 1.50".to_string()));
-        assert!(first[1].as_ref().unwrap_err().starts_with("row 2 (line 3): "), "{first:?}");
+        assert!(
+            first[1]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("row 2 (line 3): "),
+            "{first:?}"
+        );
         assert_eq!(first, read(&source), "a second pass reads the same rows");
         std::fs::remove_file(&path).unwrap();
     }
@@ -354,7 +374,10 @@ mod tests {
         let text = "from,to,amount\r\nalice,bob,\"1,000.00\"\r\nalice,bob\r\n";
         let rows: Vec<Row> = CsvRows::new(text.as_bytes()).unwrap().collect();
         assert_eq!(rows.len(), 2);
-        assert!(rows[0].is_err(), "a quoted 1,000.00 is not an amount: {rows:?}");
+        assert!(
+            rows[0].is_err(),
+            "a quoted 1,000.00 is not an amount: {rows:?}"
+        );
         let short = rows[1].as_ref().unwrap_err();
         assert!(short.starts_with("row 2 (line "), "{short}");
         assert!(short.ends_with("2 fields, the header has 3"), "{short}");
