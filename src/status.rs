@@ -69,17 +69,50 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check 
 async fn redis_check(redis: &RedisConfig) -> Check {
     let ping = async {
         let mut con = redis.connect().await?;
-        let pong: String = redis::cmd("PING").query_async(&mut con).await?;
-        anyhow::Ok(pong)
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        anyhow::Ok(durability(&mut con).await)
     };
     match tokio::time::timeout(Duration::from_secs(6), ping).await {
-        Ok(Ok(_)) => check("redis", true, format!("{} answers", redis.display_url())),
+        Ok(Ok(durability)) => check(
+            "redis",
+            true,
+            format!("{} answers; {durability}", redis.display_url()),
+        ),
         Ok(Err(e)) => check("redis", false, format!("{e:#}")),
         Err(_) => check(
             "redis",
             false,
             format!("{} did not answer within 6s", redis.display_url()),
         ),
+    }
+}
+
+/// What a crash of Redis keeps, from its persistence settings: the workers
+/// commit offsets once Redis answers, so only `appendfsync always` keeps
+/// every effect they moved past. A Redis that hides CONFIG (a managed one,
+/// say) is reported as unknown.
+async fn durability(con: &mut crate::store::Redis) -> String {
+    let setting = |name: &'static str| {
+        let mut con = con.clone();
+        async move {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            pair.into_iter().nth(1)
+        }
+    };
+    match (setting("appendonly").await, setting("appendfsync").await) {
+        (Some(aof), _) if aof == "no" => {
+            "no append-only file: a restart of Redis loses its data".into()
+        }
+        (Some(_), Some(fsync)) if fsync == "always" => "appendfsync always".into(),
+        (Some(_), Some(fsync)) => format!(
+            "appendfsync {fsync}: a crash of Redis can lose writes it acknowledged, which the workers will not apply again"
+        ),
+        _ => "persistence unknown (CONFIG GET refused)".into(),
     }
 }
 

@@ -273,6 +273,47 @@ fn status_is_healthy_and_fails_when_redis_is_down() {
     assert!(missing.stdout.contains("FAIL"), "{}", missing.stdout);
 }
 
+/// `status` says what a crash of Redis keeps: the workers move past an
+/// effect once Redis answers, so only `appendfsync always` keeps them all.
+#[test]
+fn status_says_what_a_crash_of_redis_keeps() {
+    let p = Pipeline::new();
+    let redis = common::PrivateRedis::start();
+    let detail = |expect: &str| {
+        let report = p
+            .payctl(&["status", "--redis-url", &redis.url(), "--output", "json"])
+            .json();
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "redis")
+            .unwrap()
+            .clone();
+        assert_eq!(check["ok"], true, "{check}");
+        let detail = check["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(expect), "expected {expect:?} in {detail:?}");
+    };
+    let config = |name: &str, value: &str| {
+        let mut con = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut con)
+            .unwrap();
+    };
+    detail("no append-only file: a restart of Redis loses its data");
+    config("appendfsync", "everysec");
+    config("appendonly", "yes");
+    detail("appendfsync everysec: a crash of Redis can lose writes it acknowledged");
+    config("appendfsync", "always");
+    detail("appendfsync always");
+}
+
 #[test]
 fn completions_for_every_shell() {
     for shell in ["bash", "zsh", "fish"] {
