@@ -676,7 +676,7 @@ impl Command {
                 groups::list::run(args, &app.kafka, out).await
             }
             Command::Groups(GroupsCommand::Lag(args)) => {
-                groups::lag::run(args, &app.kafka, out).await
+                groups::lag::run(args, &app.kafka, out, app.shutdown.clone()).await
             }
             Command::Groups(GroupsCommand::Delete(args)) => {
                 groups::delete::run(args, &app.kafka, out).await

@@ -53,12 +53,21 @@ pub struct Interrupted(pub String);
 #[error("{0}")]
 pub struct PartlyDone(pub String);
 
+/// A check that ran and found a threshold crossed (exit 3), such as
+/// `groups lag --max-lag`; the figures have been printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ThresholdCrossed(pub String);
+
 /// The exit for an error: refusals are 1, partly done runs 3, interruptions
 /// 130, everything else 2.
 pub fn exit_for(error: &anyhow::Error) -> Exit {
     if error.chain().any(|cause| cause.is::<Refusal>()) {
         Exit::No
-    } else if error.chain().any(|cause| cause.is::<PartlyDone>()) {
+    } else if error
+        .chain()
+        .any(|cause| cause.is::<PartlyDone>() || cause.is::<ThresholdCrossed>())
+    {
         Exit::PartlyDone
     } else if error.chain().any(|cause| cause.is::<Interrupted>()) {
         Exit::Interrupted

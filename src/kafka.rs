@@ -857,9 +857,15 @@ fn describe_groups(
 /// `spawn_blocking`.
 pub struct Cluster {
     consumer: rdkafka::consumer::BaseConsumer,
+    /// Reads a partition's last batch (see [`Cluster::watermarks`]); in a
+    /// group of its own, committing nothing.
+    probe: rdkafka::consumer::BaseConsumer,
     group: String,
     timeout: Duration,
 }
+
+/// How long a partition's last batch may pause before the read of it ends.
+const LAST_BATCH_QUIET: Duration = Duration::from_millis(200);
 
 impl Cluster {
     /// Connects as `group` (needed to read that group's committed offsets;
@@ -873,8 +879,22 @@ impl Cluster {
             .with_overrides(config)
             .create()
             .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
+        let mut config = kafka.base();
+        config
+            .set(
+                "group.id",
+                format!("payctl-probe-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50");
+        let probe = kafka
+            .with_overrides(config)
+            .create()
+            .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
         Ok(Cluster {
             consumer,
+            probe,
             group: group.to_string(),
             timeout: Duration::from_secs(10),
         })
@@ -902,15 +922,68 @@ impl Cluster {
         Ok(topics)
     }
 
-    /// Low and high watermarks of every partition of `topic`.
-    pub fn offsets(&self, topic: &str, partitions: &[i32]) -> anyhow::Result<TopicOffsets> {
+    /// A partition's low offset and its true end: the offset the next
+    /// record will get. The broker's high watermark is read first; where
+    /// the partition is not empty, the batch holding the record just below
+    /// it is read too, because some brokers (the local Tansu) report the
+    /// end as the last batch's base offset + 1: a batch of 10 records would
+    /// count as 1. On a broker that reports the end right, the read finds
+    /// one record and changes nothing.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
         use rdkafka::consumer::Consumer;
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, self.timeout)
+            .with_context(|| format!("reading offsets of {topic}/{partition}"))?;
+        if high <= low {
+            return Ok((low, high));
+        }
+        let end = self
+            .last_offset_from(topic, partition, high - 1)
+            .with_context(|| format!("reading the last batch of {topic}/{partition}"))?;
+        Ok((low, end.map_or(high, |last| high.max(last + 1))))
+    }
+
+    /// The highest offset read from `start` on, until the partition has
+    /// nothing more to give (its end, or a pause of [`LAST_BATCH_QUIET`]).
+    fn last_offset_from(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::message::Message as _;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(start))?;
+        self.probe.assign(&tpl)?;
+        let mut last = None;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let result = loop {
+            let wait = if last.is_some() {
+                LAST_BATCH_QUIET
+            } else {
+                Duration::from_millis(100)
+            };
+            match self.probe.poll(wait) {
+                Some(Ok(message)) => last = Some(message.offset()),
+                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(last),
+                Some(Err(e)) => break Err(anyhow::Error::new(e)),
+                None if last.is_some() => break Ok(last),
+                None if std::time::Instant::now() > deadline => break Ok(None),
+                None => {}
+            }
+        };
+        self.probe.unassign()?;
+        result
+    }
+
+    /// Low and true end offsets of every partition of `topic` (see
+    /// [`Cluster::watermarks`]).
+    pub fn offsets(&self, topic: &str, partitions: &[i32]) -> anyhow::Result<TopicOffsets> {
         let mut offsets = Vec::with_capacity(partitions.len());
         for &partition in partitions {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(topic, partition, self.timeout)
-                .with_context(|| format!("reading offsets of {topic}/{partition}"))?;
+            let (low, high) = self.watermarks(topic, partition)?;
             offsets.push(PartitionOffsets {
                 partition,
                 low,
@@ -1020,7 +1093,6 @@ impl Cluster {
     /// a partition of assigned to a member (all their partitions, committed
     /// or not).
     pub fn lag(&self, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
-        use rdkafka::consumer::Consumer;
         let all = self.topic_names()?;
         if let Some(missing) = topics
             .iter()
@@ -1051,10 +1123,7 @@ impl Cluster {
         }
         let mut rows = Vec::with_capacity(committed.len());
         for (topic, partition, committed) in committed {
-            let (low, end) = self
-                .consumer
-                .fetch_watermarks(&topic, partition, self.timeout)
-                .with_context(|| format!("reading offsets of {topic}/{partition}"))?;
+            let (low, end) = self.watermarks(&topic, partition)?;
             rows.push(PartitionLag {
                 topic,
                 partition,

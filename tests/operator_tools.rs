@@ -1,0 +1,114 @@
+//! The operator tools kcat, kafkactl and rpk lack: true end offsets, lag
+//! checks and live lag, field filters and offset specs, dead-letter
+//! re-drive. Against the real local broker and Redis.
+
+mod common;
+
+use common::{produce_raw, unique, Pipeline};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+
+/// A topic of one partition holding `values`, produced as one batch.
+fn topic_with(p: &Pipeline, values: &[&str]) -> String {
+    let topic = unique("tools");
+    p.payctl(&["topics", "create", "--partitions", "1", &topic])
+        .expect(0);
+    produce_raw(&topic, "k", values);
+    topic
+}
+
+/// Reads `n` messages of `topic` as `group`, committing them.
+fn consume_as(p: &Pipeline, topic: &str, group: &str, n: usize) {
+    let read = p
+        .payctl(&[
+            "topics",
+            "consume",
+            topic,
+            "--group",
+            group,
+            "--from-beginning",
+            "-n",
+            &n.to_string(),
+        ])
+        .expect(0);
+    assert_eq!(read.stdout.lines().count(), n, "{}", read.stdout);
+}
+
+#[test]
+fn a_batch_of_ten_records_counts_ten_and_max_lag_exits_3_above_it() {
+    let p = Pipeline::new();
+    let values: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let topic = topic_with(&p, &values);
+
+    let described = p
+        .payctl(&["topics", "describe", &topic, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(described["partitions"][0]["high"], 10, "{described}");
+
+    let group = unique("lag");
+    consume_as(&p, &topic, &group, 4);
+    let lag = p
+        .payctl(&["groups", "lag", &group, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(lag["total"], 6, "{lag}");
+    assert_eq!(lag["partitions"][0]["end"], 10, "{lag}");
+
+    let above = p
+        .payctl(&["groups", "lag", &group, "--max-lag", "5"])
+        .expect(3);
+    assert!(
+        above.stderr.contains(&format!("{topic}/0 (6)")),
+        "{}",
+        above.stderr
+    );
+    p.payctl(&["groups", "lag", &group, "--max-lag", "6"])
+        .expect(0);
+}
+
+#[test]
+fn lag_watch_reports_rates_and_time_to_drain() {
+    let p = Pipeline::new();
+    let values: Vec<String> = (0..40).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let topic = topic_with(&p, &values);
+    let group = unique("watch");
+    consume_as(&p, &topic, &group, 10);
+
+    // Reports 8 s apart; between them the group moves on by 20.
+    let mut watcher = p.spawn(
+        &[
+            "groups",
+            "lag",
+            &group,
+            "--watch",
+            "--interval",
+            "8",
+            "--count",
+            "2",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    consume_as(&p, &topic, &group, 20);
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let run = common::finish(watcher);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(lines.next().is_none(), "--count 2 printed more");
+    let (first, second) = (&first["partitions"][0], &second["partitions"][0]);
+    assert_eq!(first["lag"], 30, "{first}");
+    assert!(first["consumed_per_s"].is_null(), "{first}");
+    assert_eq!(second["lag"], 10, "{second}");
+    let consumed = second["consumed_per_s"].as_f64().unwrap();
+    assert!(consumed > 0.0, "{second}");
+    let drain = second["drain_s"].as_f64().unwrap();
+    assert!(
+        drain > 0.0 && (drain - 10.0 / consumed).abs() < 1e-6,
+        "{second}"
+    );
+}
