@@ -1234,6 +1234,10 @@ pub enum StartAt {
     Beginning,
     End,
     Offset(i64),
+    /// The last N messages of each partition (from its true end).
+    Last(i64),
+    /// The first message at or after this instant (Unix ms).
+    Time(i64),
 }
 
 /// A read of one topic outside any worker group: for `topics consume` and
@@ -1341,23 +1345,52 @@ impl Scan {
             bail!("no topic {:?} on the broker", self.topic);
         }
         if self.group.is_some() {
+            if !matches!(self.start, StartAt::Beginning | StartAt::End) {
+                bail!("with a group, its committed offsets say where to start (set them with `payctl groups reset`); read from an offset, the last N or a time without --group");
+            }
             consumer.subscribe(&[&self.topic]).context("subscribing")?;
             // Every way out, errors included, leaves the group cleanly.
             let result = self.consume(kafka, &consumer, shutdown, visit).await;
             leave_group(kafka, &consumer, &membership).await;
             return result;
         }
+        let chosen: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| self.partition.is_none_or(|only| only == *p))
+            .collect();
         let mut tpl = TopicPartitionList::new();
-        for &p in &partitions {
-            if self.partition.is_some_and(|only| only != p) {
-                continue;
-            }
+        for &p in &chosen {
             let offset = match self.start {
                 StartAt::Beginning => Offset::Beginning,
                 StartAt::End => Offset::End,
                 StartAt::Offset(o) => Offset::Offset(o),
+                StartAt::Time(ms) => Offset::Offset(ms),
+                StartAt::Last(_) => Offset::End,
             };
             tpl.add_partition_offset(&self.topic, p, offset)?;
+        }
+        match self.start {
+            StartAt::Time(_) if tpl.count() > 0 => {
+                // Each partition's first offset at or after the time (its
+                // end where every message is older).
+                tpl = consumer
+                    .offsets_for_times(tpl, Duration::from_secs(10))
+                    .context("finding the offsets for that time")?;
+            }
+            StartAt::Last(n) => {
+                let (kafka, topic) = (kafka.clone(), self.topic.clone());
+                let ends = tokio::task::spawn_blocking(move || {
+                    Cluster::connect(&kafka, "payctl-inspect")?.offsets(&topic, &chosen)
+                })
+                .await??;
+                tpl = TopicPartitionList::new();
+                for p in ends.partitions {
+                    let from = (p.high - n).max(p.low);
+                    tpl.add_partition_offset(&self.topic, p.partition, Offset::Offset(from))?;
+                }
+            }
+            _ => {}
         }
         if tpl.count() == 0 {
             match self.partition {

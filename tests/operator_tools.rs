@@ -112,3 +112,135 @@ fn lag_watch_reports_rates_and_time_to_drain() {
         "{second}"
     );
 }
+
+fn lines(run: &common::Run) -> Vec<&str> {
+    run.stdout.lines().collect()
+}
+
+#[test]
+fn where_filters_offset_specs_and_templates_pick_and_shape_messages() {
+    let p = Pipeline::new();
+    let topic = topic_with(
+        &p,
+        &[
+            r#"{"user_id":"u0","status":"completed","amount":10.50,"meta":{"src":"api-0"}}"#,
+            r#"{"user_id":"u1","status":"completed","amount":11.50,"meta":{"src":"api-1"}}"#,
+            r#"{"user_id":"u0","status":"rejected","amount":12.50,"meta":{"src":"api-2"}}"#,
+            r#"{"user_id":"u1","status":"rejected","amount":13.50,"meta":{"src":"web-3"}}"#,
+            r#"{"user_id":"u1","status":"rejected","amount":14.50,"meta":{"src":"api-4"}}"#,
+            "not json",
+        ],
+    );
+    let consume = |extra: &[&str]| {
+        let mut args = vec!["topics", "consume", topic.as_str(), "--wait", "1"];
+        args.extend(extra);
+        p.payctl(&args).expect(0)
+    };
+
+    let picked = consume(&[
+        "-o",
+        "start",
+        "--where",
+        "status=rejected",
+        "--where",
+        "user_id=u1",
+        "--format",
+        "%t %p/%o %k %s",
+    ]);
+    assert_eq!(
+        lines(&picked),
+        [
+            format!(
+                r#"{topic} 0/3 k {{"user_id":"u1","status":"rejected","amount":13.50,"meta":{{"src":"web-3"}}}}"#
+            ),
+            format!(
+                r#"{topic} 0/4 k {{"user_id":"u1","status":"rejected","amount":14.50,"meta":{{"src":"api-4"}}}}"#
+            ),
+        ]
+    );
+    let by = |extra: &[&str]| {
+        let mut args = vec!["-o", "start", "--format", "%o"];
+        args.extend(extra);
+        lines(&consume(&args)).join(",")
+    };
+    assert_eq!(
+        by(&[
+            "--where",
+            "meta.src~^api-[0-9]$",
+            "--where",
+            "status=rejected"
+        ]),
+        "2,4"
+    );
+    assert_eq!(by(&["--where", "amount=12.50"]), "2");
+    // A value that is not JSON passes only != filters.
+    assert_eq!(by(&["--where", "status!=rejected"]), "0,1,5");
+
+    let from = |spec: &str| lines(&consume(&["-o", spec, "--format", "%o"])).join(",");
+    assert_eq!(
+        from("-2"),
+        "4,5",
+        "the last 2, from the true end of a batch"
+    );
+    assert_eq!(from("3"), "3,4,5");
+    assert_eq!(from("@-1h"), "0,1,2,3,4,5");
+    assert_eq!(from("@2100-01-01T00:00:00Z"), "");
+
+    let bad = p
+        .payctl(&["topics", "consume", &topic, "--where", "status"])
+        .expect(2);
+    assert!(bad.stderr.contains("FIELD=VALUE"), "{}", bad.stderr);
+    let grouped = p
+        .payctl(&[
+            "topics",
+            "consume",
+            &topic,
+            "-o",
+            "-2",
+            "--group",
+            &unique("g"),
+        ])
+        .expect(2);
+    assert!(
+        grouped.stderr.contains("groups reset"),
+        "{}",
+        grouped.stderr
+    );
+}
+
+#[test]
+fn transactions_log_takes_the_same_filters() {
+    let p = Pipeline::new();
+    let event = |id: &str, role: &str, reason: &str| {
+        format!(
+            r#"{{"transaction_id":"{id}","user_id":"alice","status":"rejected","role":"{role}","reason":"{reason}"}}"#
+        )
+    };
+    let events = [
+        event("t1", "debit", "insufficient balance"),
+        event("t2", "credit", "insufficient balance"),
+        event("t3", "debit", "unknown account"),
+    ];
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    produce_raw(&p.transactions, "alice", &events);
+    let log = p
+        .payctl(&[
+            "transactions",
+            "log",
+            "--where",
+            "role=debit",
+            "--where",
+            "reason~balance$",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    let ids: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["transaction_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["t1"], "{log}");
+}

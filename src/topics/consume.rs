@@ -10,34 +10,55 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::kafka::{Scan, StartAt, Taken};
 use crate::output;
+use crate::topics::filter::{passes_all, OffsetSpec, Template, Where};
 
 /// Print messages as JSON lines with key, partition, offset, timestamp, value
-/// and headers (or only values, with --raw). Stops when the topic has been
-/// quiet for --wait seconds, after -n messages, when the reader of stdout
-/// goes away, or — with --follow — on SIGINT. With --group, exactly the
-/// messages written to stdout are committed.
+/// and headers (or only values, with --raw, or a --format template). Stops
+/// when the topic has been quiet for --wait seconds, after -n messages, when
+/// the reader of stdout goes away, or — with --follow — on SIGINT. With
+/// --group, the messages read are committed (printed, or passed over by
+/// --where).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  payctl topics consume payment_transactions --from-beginning -n 10
-  payctl topics consume money_transfers.dlq --from-beginning --value-json | jq .value.reason
-  payctl topics consume payments --partition 2 --offset 100 --raw
+  payctl topics consume payment_transactions -o start -n 10
+  payctl topics consume payment_transactions -o -5             # the last 5 of each partition
+  payctl topics consume payment_transactions -o @-1h --where status=rejected
+  payctl topics consume payments -o @2026-11-20T10:00:00Z --where user_id=alice --where 'plan~^pro'
+  payctl topics consume money_transfers.dlq -o start --value-json | jq .value.reason
+  payctl topics consume payments --partition 2 -o 100 --format '%p/%o %k %s'
   payctl topics consume rate_changes --follow
-  payctl topics consume payment_transactions --group audit   # commits what it read")]
+  payctl topics consume payment_transactions --group audit   # commits what it read
+
+--where FIELD=VALUE, FIELD!=VALUE or FIELD~REGEX tests a top-level or dotted
+JSON field of the value (meta.source, items.0.id); several must all hold. A
+field's text is a string's own, or the JSON of a number, bool or null as
+written (amount=12.50). A missing field, or a value that is not JSON,
+matches no = or ~ and every !=.
+
+--format: %t topic, %p partition, %o offset, %k key, %s value, %h headers
+(k=v,k=v), %T timestamp (Unix ms), %% a percent sign; \\n, \\t escapes. One
+line per message.")]
 pub struct Args {
     pub topic: String,
-    /// Start at the oldest message (default: only new ones).
+    /// Start at the oldest message (the same as -o start).
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
-    /// Start at this offset (in every partition read).
-    #[arg(long)]
-    pub offset: Option<i64>,
+    /// Where to start in each partition: start, end (the default: only new
+    /// messages), an offset N, -N (the last N), @2026-11-20T10:00:00Z, or
+    /// @-1h (an hour ago).
+    #[arg(short = 'o', long, value_name = "SPEC", allow_hyphen_values = true)]
+    pub offset: Option<OffsetSpec>,
     /// Read only this partition.
     #[arg(long, conflicts_with = "group")]
     pub partition: Option<i32>,
-    /// Stop after this many messages.
+    /// Stop after this many messages (printed, after --where).
     #[arg(short = 'n', long = "count")]
     pub count: Option<u64>,
-    /// Read as this consumer group and commit what was printed: the next
+    /// Only messages whose JSON value passes: FIELD=VALUE, FIELD!=VALUE or
+    /// FIELD~REGEX (repeatable; all must pass).
+    #[arg(long = "where", value_name = "FILTER")]
+    pub filters: Vec<Where>,
+    /// Read as this consumer group and commit what was read: the next
     /// run of the group starts right after the last message written.
     #[arg(long)]
     pub group: Option<String>,
@@ -55,6 +76,9 @@ pub struct Args {
     /// strings.
     #[arg(long, conflicts_with = "raw")]
     pub value_json: bool,
+    /// Print each message through this template (see below).
+    #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["raw", "value_json"])]
+    pub format: Option<Template>,
 }
 
 #[derive(Serialize)]
@@ -122,9 +146,11 @@ pub async fn run(
         topic: args.topic.clone(),
         partition: args.partition,
         start: match (args.from_beginning, args.offset) {
-            (true, _) => StartAt::Beginning,
-            (_, Some(offset)) => StartAt::Offset(offset),
-            _ => StartAt::End,
+            (true, _) | (_, Some(OffsetSpec::Start)) => StartAt::Beginning,
+            (_, None | Some(OffsetSpec::End)) => StartAt::End,
+            (_, Some(OffsetSpec::At(offset))) => StartAt::Offset(offset),
+            (_, Some(OffsetSpec::Last(n))) => StartAt::Last(n),
+            (_, Some(OffsetSpec::Time(ms))) => StartAt::Time(ms),
         },
         group: args.group.clone(),
         follow: args.follow,
@@ -133,10 +159,23 @@ pub async fn run(
     let stop = shutdown.child_token();
     let watcher = tokio::spawn(stop_when_reader_goes(stop.clone()));
     let mut printed = 0u64;
+    // The broker's offset for a time is where to start looking (the local
+    // Tansu answers 0 for any time); older messages are passed over here.
+    let not_before = match args.offset {
+        Some(OffsetSpec::Time(ms)) => Some(ms),
+        _ => None,
+    };
     let read = scan
         .read(kafka, &stop, |message| {
+            let too_old =
+                not_before.is_some_and(|ms| message.timestamp().to_millis().is_none_or(|t| t < ms));
+            if too_old || !passes_all(&args.filters, message.payload()) {
+                return Ok(Taken::Next);
+            }
             let value = String::from_utf8_lossy(message.payload().unwrap_or_default());
-            let text = if args.raw {
+            let text = if let Some(template) = &args.format {
+                template.render(message)
+            } else if args.raw {
                 value.into_owned()
             } else {
                 let headers = message

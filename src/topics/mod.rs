@@ -3,6 +3,7 @@
 pub mod consume;
 pub mod create;
 pub mod describe;
+pub mod filter;
 pub mod list;
 pub mod produce;
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use rdkafka::message::Message;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +15,7 @@ use crate::config::KafkaConfig;
 use crate::events::TransactionEvent;
 use crate::kafka::{Cluster, Scan, StartAt};
 use crate::output::{self, Output, Rendered, Report};
+use crate::topics::filter::{passes_all, Where};
 
 /// Show transaction outcomes from the transactions topic, newest first.
 #[derive(Debug, clap::Args)]
@@ -20,6 +23,7 @@ use crate::output::{self, Output, Rendered, Report};
   payctl transactions log
   payctl transactions log --user alice --limit 50
   payctl transactions log --status rejected --since 2h
+  payctl transactions log --where role=debit --where 'reason~balance'
   payctl transactions log --output json | jq -r '.[] | select(.status == \"rejected\") | .transaction_id'")]
 pub struct Args {
     /// Only this user's outcomes.
@@ -31,6 +35,11 @@ pub struct Args {
     /// Only outcomes of this recent past: 90s, 15m, 2h, 7d.
     #[arg(long, value_name = "AGE")]
     pub since: Option<String>,
+    /// Only events whose JSON passes: FIELD=VALUE, FIELD!=VALUE or
+    /// FIELD~REGEX on top-level or dotted fields (repeatable; all must
+    /// pass), as in `topics consume --where`.
+    #[arg(long = "where", value_name = "FILTER")]
+    pub filters: Vec<Where>,
     /// At most this many, counted after the filters; reading stops once
     /// the newest this many are found.
     #[arg(long, default_value_t = 20)]
@@ -156,7 +165,11 @@ pub async fn run(
     let since = args
         .since
         .as_deref()
-        .map(|text| parse_age(text).map(|age| crate::clock::now_millis().saturating_sub(age)))
+        .map(|text| {
+            crate::clock::parse_age(text)
+                .map(|age| crate::clock::now_millis().saturating_sub(age))
+                .with_context(|| "--since".to_string())
+        })
         .transpose()?
         .map(|ms| ms as i64);
     let wait = Duration::from_secs_f64(args.wait);
@@ -288,6 +301,7 @@ async fn read_window(
         }
         let event = message
             .payload()
+            .filter(|_| passes_all(&args.filters, message.payload()))
             .and_then(|p| serde_json::from_slice::<TransactionEvent>(p).ok());
         if let Some(event) = event.filter(|e| {
             args.user.as_ref().is_none_or(|u| *u == e.user_id)
@@ -304,43 +318,4 @@ async fn read_window(
     })
     .await?;
     Ok(window)
-}
-
-/// An age such as `90s`, `15m`, `2h`, `7d` or `30` (seconds), in milliseconds.
-fn parse_age(text: &str) -> anyhow::Result<u64> {
-    let bad = || anyhow::anyhow!("--since {text:?}: expected an age like 90s, 15m, 2h or 7d");
-    let text = text.trim();
-    let (number, unit) = match text.char_indices().last() {
-        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c),
-        _ => (text, 's'),
-    };
-    let seconds_per: u64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(bad()),
-    };
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    number
-        .checked_mul(seconds_per * 1000)
-        .filter(|&ms| ms <= (crate::config::MAX_SECONDS as u64) * 1000)
-        .ok_or_else(bad)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_age;
-
-    #[test]
-    fn ages_parse() {
-        assert_eq!(parse_age("90s").unwrap(), 90_000);
-        assert_eq!(parse_age("15m").unwrap(), 900_000);
-        assert_eq!(parse_age("2h").unwrap(), 7_200_000);
-        assert_eq!(parse_age("1d").unwrap(), 86_400_000);
-        assert_eq!(parse_age("30").unwrap(), 30_000);
-        for bad in ["", "h", "1x", "-5m", "1.5h", "99999999999d"] {
-            assert!(parse_age(bad).is_err(), "{bad:?}");
-        }
-    }
 }
