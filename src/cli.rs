@@ -15,7 +15,7 @@ use crate::output::{Format, Output};
 use crate::profile::create::GivenFlags;
 use crate::profile::Profiles;
 use crate::{
-    accounts, groups, notify, payments, profile, rates, status, topics, transactions, transfer,
+    accounts, dlq, groups, notify, payments, profile, rates, status, topics, transactions, transfer,
 };
 
 /// payctl: run a payment pipeline on Kafka and Redis.
@@ -232,6 +232,12 @@ pub enum Command {
         after_help = "Examples:\n  payctl topics list\n  payctl topics consume payment_transactions --from-beginning -n 5"
     )]
     Topics(TopicsCommand),
+    /// Dead letters: count them, read them, send them back.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl dlq list\n  payctl dlq show money_transfers -n 5\n  payctl dlq redrive money_transfers --reason 'unknown account' --dry-run"
+    )]
+    Dlq(DlqCommand),
     /// Consumer groups and their lag.
     #[command(
         subcommand,
@@ -269,6 +275,13 @@ pub enum ProfileCommand {
     List(profile::list::Args),
     Show(profile::show::Args),
     Delete(profile::delete::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    List(dlq::ListArgs),
+    Show(dlq::ShowArgs),
+    Redrive(dlq::RedriveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -671,6 +684,21 @@ impl Command {
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await
+            }
+            Command::Dlq(DlqCommand::List(args)) => {
+                dlq::list(args, &app.kafka, out, app.shutdown.clone()).await
+            }
+            Command::Dlq(DlqCommand::Show(args)) => {
+                dlq::show(args, &app.kafka, out, app.shutdown.clone()).await
+            }
+            Command::Dlq(DlqCommand::Redrive(args)) => {
+                let mut redis = app.redis.connect().await?;
+                let producer = app.producer()?;
+                let (progress, shutdown) = (app.progress, app.shutdown.clone());
+                dlq::redrive(
+                    args, &app.kafka, &mut redis, &producer, out, progress, shutdown,
+                )
+                .await
             }
             Command::Groups(GroupsCommand::List(args)) => {
                 groups::list::run(args, &app.kafka, out).await

@@ -28,6 +28,7 @@ pub mod accounts;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod exit;
 pub mod failure;

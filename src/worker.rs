@@ -56,6 +56,9 @@ pub struct Delivery {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub timestamp_ms: Option<i64>,
+    /// The message's Kafka headers (text; invalid UTF-8 replaced), kept on
+    /// its dead letter so that `dlq redrive` can send them back.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Delivery {
@@ -67,6 +70,19 @@ impl Delivery {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             timestamp_ms: message.timestamp().to_millis(),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    use rdkafka::message::Headers as _;
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_string(), value.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -158,8 +174,22 @@ fn dead_letter_record(delivery: &Delivery, reason: &str, limit: usize) -> Outgoi
         topic: Topics::dlq(&delivery.topic),
         key,
         payload: json,
-        headers: Vec::new(),
+        // The original's headers, within the letter's size limit.
+        headers: headers_fitting(&delivery.headers, limit / 4),
     }
+}
+
+/// The leading headers whose keys and values take at most `budget` bytes.
+fn headers_fitting(headers: &[(String, String)], budget: usize) -> Vec<(String, String)> {
+    let mut used = 0;
+    headers
+        .iter()
+        .take_while(|(key, value)| {
+            used += key.len() + value.len();
+            used <= budget
+        })
+        .cloned()
+        .collect()
 }
 
 /// Bytes `c` takes inside a JSON string.
@@ -1081,6 +1111,7 @@ mod tests {
             key: Some(b"alice".to_vec()),
             payload,
             timestamp_ms: Some(1),
+            headers: vec![("trace-id".into(), "t-1".into())],
         }
     }
 
@@ -1092,6 +1123,10 @@ mod tests {
     fn a_dead_letter_keeps_a_small_payload_whole() {
         let record = dead_letter_record(&delivery(b"{not json".to_vec()), "not JSON", 1000);
         assert_eq!(record.topic, "money_transfers.dlq");
+        assert_eq!(
+            record.headers,
+            [("trace-id".to_string(), "t-1".to_string())]
+        );
         assert_eq!(record.key.as_deref(), Some("alice"));
         let letter = letter(&record);
         assert_eq!(letter["payload"], "{not json");

@@ -244,3 +244,141 @@ fn transactions_log_takes_the_same_filters() {
         .collect();
     assert_eq!(ids, ["t1"], "{log}");
 }
+
+/// Produces `values` to `topic` with one header, as another client would.
+fn produce_with_header(topic: &str, key: &str, header: (&str, &str), values: &[&str]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .expect("test producer");
+    for value in values {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: header.0,
+            value: Some(header.1),
+        });
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(key)
+                    .payload(*value)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer
+        .flush(std::time::Duration::from_secs(10))
+        .expect("flush");
+}
+
+#[test]
+fn dead_letters_are_counted_shown_and_sent_back_once_with_their_headers() {
+    let p = Pipeline::new();
+    let process = || {
+        p.payctl(&[
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json()
+    };
+    let redrive = |extra: &[&str]| {
+        let mut args = vec!["dlq", "redrive", p.transfers.as_str(), "--output", "json"];
+        args.extend(extra);
+        p.payctl(&args).expect(0).json()
+    };
+    produce_with_header(
+        &p.transfers,
+        "k1",
+        ("trace", "abc"),
+        &[r#"{"bad": 1}"#, "not json", r#"{"bad": 2}"#],
+    );
+    assert_eq!(process()["outcomes"]["dead-lettered"], 3);
+
+    let list = p
+        .payctl(&["dlq", "list", &p.transfers, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(list[0]["topic"], format!("{}.dlq", p.transfers), "{list}");
+    assert_eq!(list[0]["total"], 3, "{list}");
+    let counted: u64 = list[0]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 3, "{list}");
+    let shown = p
+        .payctl(&[
+            "dlq",
+            "show",
+            &p.transfers,
+            "--where",
+            "bad=2",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown[0]["payload"], r#"{"bad": 2}"#, "{shown}");
+    assert_eq!(shown[0]["origin"]["topic"], p.transfers.as_str(), "{shown}");
+
+    // A dry run sends nothing and remembers nothing.
+    let dry = redrive(&["--dry-run"]);
+    assert_eq!(
+        (dry["sent"].as_u64(), dry["dry_run"].as_bool()),
+        (Some(3), Some(true)),
+        "{dry}"
+    );
+    assert_eq!(common::read_topic(&p.transfers).len(), 3);
+
+    let first = redrive(&["--where", "bad~^[12]$"]);
+    assert_eq!(first["sent"], 2, "{first}");
+    assert_eq!(first["skipped"]["filtered out"], 1, "{first}");
+    let second = redrive(&[]);
+    assert_eq!(second["sent"], 1, "{second}");
+    assert_eq!(second["skipped"]["already re-driven"], 2, "{second}");
+    assert_eq!(redrive(&[])["sent"], 0, "a third run sends nothing again");
+
+    // Back on the origin topic: payload, key and headers, counted once.
+    let back = p
+        .payctl(&[
+            "topics",
+            "consume",
+            &p.transfers,
+            "-o",
+            "start",
+            "--value-json",
+            "--wait",
+            "1",
+        ])
+        .expect(0);
+    let records: Vec<Value> = back
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6, "{}", back.stdout);
+    for copy in &records[3..] {
+        assert_eq!(copy["key"], "k1", "{copy}");
+        assert_eq!(copy["headers"]["trace"], "abc", "{copy}");
+        assert_eq!(copy["headers"]["payctl-redrive-count"], "1", "{copy}");
+    }
+
+    // They fail again; with --max-redrives 1 they stay where they are.
+    assert_eq!(process()["outcomes"]["dead-lettered"], 3);
+    let stays = redrive(&["--max-redrives", "1"]);
+    assert_eq!(stays["sent"], 0, "{stays}");
+    assert_eq!(stays["read"], 6, "{stays}");
+    assert_eq!(
+        stays["skipped"]["re-driven --max-redrives times already"], 3,
+        "{stays}"
+    );
+}
