@@ -7,7 +7,7 @@
 /// | 0    | done |
 /// | 1    | ran, and the answer is no (a transfer was rejected, a lookup found nothing) |
 /// | 2    | error or usage: bad input, a service unreachable |
-/// | 3    | partly done: the run finished, but some work is left for the next one (`payments process` with payments the processor has not answered) |
+/// | 3    | a threshold crossed (`groups lag --max-lag`), or partly done: the run finished, but some work is left for the next one (`payments process` with payments the processor has not answered) |
 /// | 130  | interrupted before the work was done |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -40,8 +40,12 @@ pub enum MoneyError {
     TooManyPlaces(String),
     #[error("{0:?} is in scientific notation: write it in plain digits, like 1000 or 12.50")]
     Exponent(String),
-    #[error("unknown currency {0:?} (known: {known})", known = Currency::known_codes())]
-    UnknownCurrency(String),
+    #[error("unknown currency {code:?}: not an ISO 4217 code{hint}")]
+    UnknownCurrency { code: String, hint: String },
+    #[error("{0} has no minor unit in ISO 4217 (a precious metal, fund or special unit): not a currency to pay in")]
+    NoMinorUnit(String),
+    #[error("{code} is no longer an ISO 4217 currency: it was replaced by {by}")]
+    Superseded { code: String, by: String },
 }
 
 /// An ISO 4217 currency with the number of digits after its decimal point.
@@ -51,44 +55,37 @@ pub struct Currency {
     exponent: u32,
 }
 
-/// The currencies payctl knows, with their ISO 4217 minor-unit exponents.
-const CURRENCIES: &[(&str, u32)] = &[
-    ("AUD", 2),
-    ("BHD", 3),
-    ("BRL", 2),
-    ("CAD", 2),
-    ("CHF", 2),
-    ("CNY", 2),
-    ("CZK", 2),
-    ("DKK", 2),
-    ("EUR", 2),
-    ("GBP", 2),
-    ("HKD", 2),
-    ("INR", 2),
-    ("JPY", 0),
-    ("KRW", 0),
-    ("KWD", 3),
-    ("KZT", 2),
-    ("MXN", 2),
-    ("NOK", 2),
-    ("PLN", 2),
-    ("RUB", 2),
-    ("SEK", 2),
-    ("SGD", 2),
-    ("TRY", 2),
-    ("UAH", 2),
-    ("USD", 2),
-];
-
 impl Currency {
-    /// Looks a currency code up (case-insensitive).
+    /// Looks a currency code up (case-insensitive) in ISO 4217's list of
+    /// current currencies (the `iso_currency` crate's copy of the
+    /// standard's table). A code without a minor unit (gold, XDR) or one
+    /// the standard has replaced is refused; an unknown one is answered
+    /// with the nearest codes.
     pub fn parse(code: &str) -> Result<Currency, MoneyError> {
+        use iso_currency::Flag;
         let upper = code.trim().to_ascii_uppercase();
-        CURRENCIES
-            .iter()
-            .find(|(known, _)| *known == upper)
-            .map(|&(code, exponent)| Currency { code, exponent })
-            .ok_or_else(|| MoneyError::UnknownCurrency(code.to_string()))
+        let Some(iso) = iso_currency::Currency::from_code(&upper) else {
+            return Err(MoneyError::UnknownCurrency {
+                code: code.to_string(),
+                hint: suggestion(&upper),
+            });
+        };
+        if let Some(by) = iso.flags().into_iter().find_map(|f| match f {
+            Flag::Superseded(by) => Some(by),
+            _ => None,
+        }) {
+            return Err(MoneyError::Superseded {
+                code: iso.code().to_string(),
+                by: by.code().to_string(),
+            });
+        }
+        match iso.exponent() {
+            Some(exponent) => Ok(Currency {
+                code: iso.code(),
+                exponent: u32::from(exponent),
+            }),
+            None => Err(MoneyError::NoMinorUnit(iso.code().to_string())),
+        }
     }
 
     /// The three-letter code, e.g. `USD`.
@@ -100,13 +97,38 @@ impl Currency {
     pub fn exponent(&self) -> u32 {
         self.exponent
     }
+}
 
-    fn known_codes() -> String {
-        CURRENCIES
-            .iter()
-            .map(|(code, _)| *code)
-            .collect::<Vec<_>>()
-            .join(", ")
+/// "; did you mean USD?" with up to three current codes one letter away
+/// (or two letters swapped), or nothing when none is that near.
+fn suggestion(code: &str) -> String {
+    use iso_currency::IntoEnumIterator as _;
+    let wanted: Vec<char> = code.chars().collect();
+    let near = |candidate: &str| {
+        let have: Vec<char> = candidate.chars().collect();
+        if have.len() != wanted.len() {
+            return false;
+        }
+        let differ: Vec<usize> = (0..have.len()).filter(|&i| have[i] != wanted[i]).collect();
+        match differ[..] {
+            [_] => true,
+            [a, b] => b == a + 1 && have[a] == wanted[b] && have[b] == wanted[a],
+            _ => false,
+        }
+    };
+    // Current payment currencies only (no funds, metals or replaced codes),
+    // those sharing the longest start with what was typed first.
+    let shared_start = |c: &str| c.chars().zip(&wanted).take_while(|(a, b)| a == *b).count();
+    let mut codes: Vec<&'static str> = iso_currency::Currency::iter()
+        .filter(|c| c.exponent().is_some() && c.flags().is_empty())
+        .map(|c| c.code())
+        .filter(|c| near(c))
+        .collect();
+    codes.sort_unstable_by_key(|c| (std::cmp::Reverse(shared_start(c)), *c));
+    codes.truncate(3);
+    match codes.len() {
+        0 => String::new(),
+        _ => format!("; did you mean {}?", codes.join(" or ")),
     }
 }
 
@@ -545,9 +567,50 @@ mod tests {
     }
 
     #[test]
-    fn unknown_currency_is_refused() {
-        let err = Currency::parse("XYZ").unwrap_err();
-        assert!(err.to_string().starts_with("unknown currency \"XYZ\""));
+    fn every_current_iso_4217_currency_has_its_minor_unit() {
+        for (code, exponent) in [
+            ("USD", 2),
+            ("JPY", 0),
+            ("KRW", 0),
+            ("KWD", 3),
+            ("BHD", 3),
+            ("TND", 3),
+            ("CLF", 4),
+            ("ISK", 0),
+            ("XOF", 0),
+            ("mad", 2),
+        ] {
+            let currency = Currency::parse(code).unwrap();
+            assert_eq!(currency.code(), code.to_ascii_uppercase());
+            assert_eq!(currency.exponent(), exponent, "{code}");
+        }
+        let yen = Currency::parse("JPY").unwrap();
+        assert!(Money::parse_amount("1500", yen).is_ok());
+        assert!(Money::parse_amount("1.5", yen).is_err());
+        let dinar = Currency::parse("KWD").unwrap();
+        assert_eq!(
+            Money::parse_amount("1.125", dinar).unwrap().minor_units(),
+            1125
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_currency_is_refused_with_near_codes() {
+        let unknown = Currency::parse("USX").unwrap_err().to_string();
+        assert_eq!(
+            unknown,
+            "unknown currency \"USX\": not an ISO 4217 code; did you mean USD or UGX?"
+        );
+        let swapped = Currency::parse("UDS").unwrap_err().to_string();
+        assert!(swapped.contains("did you mean USD"), "{swapped}");
+        let far = Currency::parse("QQQ").unwrap_err().to_string();
+        assert_eq!(far, "unknown currency \"QQQ\": not an ISO 4217 code");
+        let many = Currency::parse("EUX").unwrap_err().to_string();
+        assert!(many.contains("EUR"), "{many}");
+        let gold = Currency::parse("XAU").unwrap_err().to_string();
+        assert!(gold.contains("no minor unit"), "{gold}");
+        let kuna = Currency::parse("HRK").unwrap_err().to_string();
+        assert!(kuna.contains("replaced by EUR"), "{kuna}");
     }
 
     #[test]

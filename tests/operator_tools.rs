@@ -138,7 +138,7 @@ fn where_filters_offset_specs_and_templates_pick_and_shape_messages() {
     };
 
     let picked = consume(&[
-        "-o",
+        "--offset",
         "start",
         "--where",
         "status=rejected",
@@ -159,7 +159,7 @@ fn where_filters_offset_specs_and_templates_pick_and_shape_messages() {
         ]
     );
     let by = |extra: &[&str]| {
-        let mut args = vec!["-o", "start", "--format", "%o"];
+        let mut args = vec!["--offset", "start", "--format", "%o"];
         args.extend(extra);
         lines(&consume(&args)).join(",")
     };
@@ -176,7 +176,7 @@ fn where_filters_offset_specs_and_templates_pick_and_shape_messages() {
     // A value that is not JSON passes only != filters.
     assert_eq!(by(&["--where", "status!=rejected"]), "0,1,5");
 
-    let from = |spec: &str| lines(&consume(&["-o", spec, "--format", "%o"])).join(",");
+    let from = |spec: &str| lines(&consume(&["--offset", spec, "--format", "%o"])).join(",");
     assert_eq!(
         from("-2"),
         "4,5",
@@ -195,7 +195,7 @@ fn where_filters_offset_specs_and_templates_pick_and_shape_messages() {
             "topics",
             "consume",
             &topic,
-            "-o",
+            "--offset",
             "-2",
             "--group",
             &unique("g"),
@@ -353,7 +353,7 @@ fn dead_letters_are_counted_shown_and_sent_back_once_with_their_headers() {
             "topics",
             "consume",
             &p.transfers,
-            "-o",
+            "--offset",
             "start",
             "--value-json",
             "--wait",

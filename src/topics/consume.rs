@@ -20,12 +20,12 @@ use crate::topics::filter::{passes_all, OffsetSpec, Template, Where};
 /// --where).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  payctl topics consume payment_transactions -o start -n 10
-  payctl topics consume payment_transactions -o -5             # the last 5 of each partition
-  payctl topics consume payment_transactions -o @-1h --where status=rejected
-  payctl topics consume payments -o @2026-11-20T10:00:00Z --where user_id=alice --where 'plan~^pro'
-  payctl topics consume money_transfers.dlq -o start --value-json | jq .value.reason
-  payctl topics consume payments --partition 2 -o 100 --format '%p/%o %k %s'
+  payctl topics consume payment_transactions --offset start -n 10
+  payctl topics consume payment_transactions --offset -5             # the last 5 of each partition
+  payctl topics consume payment_transactions --offset @-1h --where status=rejected
+  payctl topics consume payments --offset @2026-11-20T10:00:00Z --where user_id=alice --where 'plan~^pro'
+  payctl topics consume money_transfers.dlq --offset start --value-json | jq .value.reason
+  payctl topics consume payments --partition 2 --offset 100 --format '%p/%o %k %s'
   payctl topics consume rate_changes --follow
   payctl topics consume payment_transactions --group audit   # commits what it read
 
@@ -40,13 +40,14 @@ matches no = or ~ and every !=.
 line per message.")]
 pub struct Args {
     pub topic: String,
-    /// Start at the oldest message (the same as -o start).
+    /// Start at the oldest message (the same as --offset start).
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
-    /// Where to start in each partition: start, end (the default: only new
-    /// messages), an offset N, -N (the last N), @2026-11-20T10:00:00Z, or
-    /// @-1h (an hour ago).
-    #[arg(short = 'o', long, value_name = "SPEC", allow_hyphen_values = true)]
+    /// Where to start in each partition, as rpk's -o: start, end (the
+    /// default: only new messages), an offset N, -N (the last N),
+    /// @2026-11-20T10:00:00Z, or @-1h (an hour ago). (payctl's -o is
+    /// --output, as in every command.)
+    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
     pub offset: Option<OffsetSpec>,
     /// Read only this partition.
     #[arg(long, conflicts_with = "group")]

@@ -1,6 +1,6 @@
 //! What `topics consume`, `transactions log` and `dlq` share: filters on a
 //! message's decoded JSON fields (`--where`), where to start reading
-//! (`-o`), and kcat-style output templates (`--format`).
+//! (`--offset`), and kcat-style output templates (`--format`).
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -100,7 +100,7 @@ fn value_text(value: &Value) -> String {
     }
 }
 
-/// Where to start reading each partition (`-o`), as rpk has it.
+/// Where to start reading each partition (`--offset`), as rpk's `-o` has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
     /// `start`: the oldest message.
