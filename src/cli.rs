@@ -288,6 +288,7 @@ pub enum DlqCommand {
 pub enum GroupsCommand {
     List(groups::list::Args),
     Lag(groups::lag::Args),
+    Reset(groups::reset::Args),
     Delete(groups::delete::Args),
 }
 
@@ -705,6 +706,9 @@ impl Command {
             }
             Command::Groups(GroupsCommand::Lag(args)) => {
                 groups::lag::run(args, &app.kafka, out, app.shutdown.clone()).await
+            }
+            Command::Groups(GroupsCommand::Reset(args)) => {
+                groups::reset::run(args, &app.kafka, out).await
             }
             Command::Groups(GroupsCommand::Delete(args)) => {
                 groups::delete::run(args, &app.kafka, out).await

@@ -1039,9 +1039,79 @@ impl Cluster {
             .context("describing consumer groups")
     }
 
+    /// The first offset of `partition` whose message is at or after `ms`
+    /// (`high` when none is). The broker's answer is where the search
+    /// starts, and messages older than `ms` are read past: the local Tansu
+    /// answers offset 0 for any time.
+    pub fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        ms: i64,
+        high: i64,
+    ) -> anyhow::Result<i64> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::message::Message as _;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(ms))?;
+        let answer = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .with_context(|| format!("asking the offset of {topic}/{partition} at a time"))?;
+        let start = match answer.elements().first().map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => return Ok(high),
+        };
+        if start >= high {
+            return Ok(high);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(start))?;
+        self.probe.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let found = loop {
+            match self.probe.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    let at_or_after = message.timestamp().to_millis().is_some_and(|t| t >= ms);
+                    if at_or_after || message.offset() + 1 >= high {
+                        break Ok(if at_or_after {
+                            message.offset()
+                        } else {
+                            high
+                        });
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(high),
+                Some(Err(e)) => break Err(anyhow::Error::new(e)),
+                None if std::time::Instant::now() > deadline => {
+                    break Err(anyhow!(
+                        "reading {topic}/{partition} for the first message at the time: no answer in {} s",
+                        self.timeout.as_secs()
+                    ))
+                }
+                None => {}
+            }
+        };
+        self.probe.unassign()?;
+        found
+    }
+
+    /// Commits `offsets` (topic, partition, offset) as this cluster's
+    /// group's, without joining it.
+    pub fn commit(&self, offsets: &[(String, i32, i64)]) -> anyhow::Result<()> {
+        use rdkafka::consumer::{CommitMode, Consumer};
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (topic, partition, offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .with_context(|| format!("committing offsets for group {}", self.group))
+    }
+
     /// The committed offset of this cluster's group on every partition of
     /// `topics` (`None` where it never committed).
-    fn committed(
+    pub fn committed(
         &self,
         topics: &[&(String, Vec<i32>)],
     ) -> anyhow::Result<Vec<(String, i32, Option<i64>)>> {

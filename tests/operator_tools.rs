@@ -382,3 +382,123 @@ fn dead_letters_are_counted_shown_and_sent_back_once_with_their_headers() {
         "{stays}"
     );
 }
+
+#[test]
+fn groups_reset_plans_first_executes_on_demand_and_waits_for_members_to_leave() {
+    let p = Pipeline::new();
+    let early: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let early: Vec<&str> = early.iter().map(String::as_str).collect();
+    let topic = topic_with(&p, &early);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let middle = common_time_text(std::time::Duration::from_millis(700));
+    produce_raw(
+        &topic,
+        "k",
+        &[
+            "{\"n\":10}",
+            "{\"n\":11}",
+            "{\"n\":12}",
+            "{\"n\":13}",
+            "{\"n\":14}",
+        ],
+    );
+    let group = unique("reset");
+    consume_as(&p, &topic, &group, 12);
+    let committed = || {
+        p.payctl(&["groups", "lag", &group, "--output", "json"])
+            .expect(0)
+            .json()["partitions"][0]["committed"]
+            .as_i64()
+    };
+    let reset = |extra: &[&str]| {
+        let mut args = vec!["groups", "reset", group.as_str(), "--output", "json"];
+        args.extend(extra);
+        p.payctl(&args)
+    };
+
+    let dry = reset(&["--topic", &topic, "--shift-by", "-2"]).expect(0);
+    let row = &dry.json()["partitions"][0];
+    assert_eq!(
+        (row["current"].as_i64(), row["new"].as_i64()),
+        (Some(12), Some(10)),
+        "{row}"
+    );
+    assert_eq!(row["reread"], 2, "{row}");
+    assert!(dry.stderr.contains("add --execute"), "{}", dry.stderr);
+    assert_eq!(committed(), Some(12), "a dry run changes nothing");
+
+    reset(&["--topic", &topic, "--to-time", &middle, "--execute"]).expect(0);
+    assert_eq!(
+        committed(),
+        Some(10),
+        "the first message at or after {middle}"
+    );
+
+    let clamped = reset(&["--topic", &topic, "--to-offset", "100"])
+        .expect(0)
+        .json();
+    assert_eq!(clamped["partitions"][0]["new"], 15, "{clamped}");
+    assert!(clamped["partitions"][0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("clamped"));
+
+    // The printed plan is a file --from-file takes back.
+    let dir = std::env::temp_dir().join(unique("plans"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_plan = dir.join("plan.json");
+    let planned = reset(&["--topic", &topic, "--to-earliest"]).expect(0);
+    std::fs::write(&json_plan, &planned.stdout).unwrap();
+    reset(&["--from-file", json_plan.to_str().unwrap(), "--execute"]).expect(0);
+    assert_eq!(committed(), Some(0));
+    let csv_plan = dir.join("plan.csv");
+    std::fs::write(
+        &csv_plan,
+        format!("topic,partition,offset\n\"{topic}\",0,7\n"),
+    )
+    .unwrap();
+    reset(&["--from-file", csv_plan.to_str().unwrap(), "--execute"]).expect(0);
+    assert_eq!(committed(), Some(7));
+    std::fs::write(
+        &csv_plan,
+        format!("topic,partition,offset\n{topic},0,7\n{topic},3,1\n"),
+    )
+    .unwrap();
+    let bad = reset(&["--from-file", csv_plan.to_str().unwrap(), "--execute"]).expect(2);
+    assert!(
+        bad.stderr.contains("line 3") && bad.stderr.contains("no partition 3"),
+        "{}",
+        bad.stderr
+    );
+    assert_eq!(committed(), Some(7), "a bad plan applies nothing");
+
+    let mut member = p.spawn(
+        &["topics", "consume", &topic, "--group", &group, "--follow"],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let run = reset(&["--topic", &topic, "--to-earliest", "--execute"]);
+        if run.code == 1 || std::time::Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    member.kill().ok();
+    member.wait().ok();
+    let refused = refused.expect(1);
+    assert!(
+        refused.stderr.contains("stop its consumers first"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// RFC 3339 text of `ago` before now.
+fn common_time_text(ago: std::time::Duration) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let ms = (now - ago).as_millis() as u64;
+    payctl::clock::rfc3339(ms)
+}

@@ -52,23 +52,7 @@ fn confirmed(group: &str) -> anyhow::Result<bool> {
 }
 
 pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
-    let group = args.group.clone();
-    let described = crate::topics::ask(kafka, move |cluster| {
-        cluster.describe_groups(std::slice::from_ref(&group))
-    })
-    .await?;
-    if let Some(d) = described.first() {
-        // Tansu describes a live group as Stable with no members listed:
-        // the state alone says someone is there.
-        if !d.members.is_empty() || d.state == "Stable" || d.rebalancing() {
-            return Err(refuse(format!(
-                "group {} is {} with {} member(s) listed: stop its consumers first",
-                args.group,
-                d.state,
-                d.members.len()
-            )));
-        }
-    }
+    super::refuse_if_active(kafka, &args.group).await?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!(
