@@ -15,7 +15,8 @@ use crate::output::{Format, Output};
 use crate::profile::create::GivenFlags;
 use crate::profile::Profiles;
 use crate::{
-    accounts, dlq, groups, notify, payments, profile, rates, status, topics, transactions, transfer,
+    accounts, cluster, dlq, groups, notify, payments, profile, rates, status, topics, transactions,
+    transfer,
 };
 
 /// payctl: run a payment pipeline on Kafka and Redis.
@@ -226,12 +227,15 @@ pub enum Command {
         after_help = "Examples:\n  payctl payments submit --user alice --plan premium --amount 9.99\n  payctl payments process --until-idle 10"
     )]
     Payments(PaymentsCommand),
-    /// Kafka topics: list, describe, create, produce, consume.
+    /// Kafka topics: list, describe, create, produce, consume, delete, partitions, settings.
     #[command(
         subcommand,
         after_help = "Examples:\n  payctl topics list\n  payctl topics consume payment_transactions --from-beginning -n 5"
     )]
     Topics(TopicsCommand),
+    /// The Kafka cluster: brokers, controller, how much it holds.
+    #[command(subcommand, after_help = "Examples:\n  payctl cluster info")]
+    Cluster(ClusterCommand),
     /// Dead letters: count them, read them, send them back.
     #[command(
         subcommand,
@@ -275,6 +279,11 @@ pub enum ProfileCommand {
     List(profile::list::Args),
     Show(profile::show::Args),
     Delete(profile::delete::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    Info(cluster::InfoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +360,11 @@ pub enum TopicsCommand {
     Create(topics::create::Args),
     Produce(topics::produce::Args),
     Consume(topics::consume::Args),
+    Delete(topics::admin::DeleteArgs),
+    AddPartitions(topics::admin::AddPartitionsArgs),
+    /// A topic's settings: get and set.
+    #[command(subcommand)]
+    Config(topics::admin::ConfigCommand),
 }
 
 /// Environment variable with librdkafka options, space-separated `KEY=VALUE`s.
@@ -685,6 +699,21 @@ impl Command {
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await
+            }
+            Command::Cluster(ClusterCommand::Info(args)) => {
+                cluster::info(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::Delete(args)) => {
+                topics::admin::delete(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::AddPartitions(args)) => {
+                topics::admin::add_partitions(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::Config(topics::admin::ConfigCommand::Get(args))) => {
+                topics::admin::config_get(args, &app.kafka, out).await
+            }
+            Command::Topics(TopicsCommand::Config(topics::admin::ConfigCommand::Set(args))) => {
+                topics::admin::config_set(args, &app.kafka, out).await
             }
             Command::Dlq(DlqCommand::List(args)) => {
                 dlq::list(args, &app.kafka, out, app.shutdown.clone()).await

@@ -667,6 +667,28 @@ impl TopicOffsets {
     }
 }
 
+/// What `cluster info` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfo {
+    pub cluster_id: Option<String>,
+    /// The controller's broker id, when the cluster names one.
+    pub controller: Option<i32>,
+    /// The broker that answered the metadata request.
+    pub answered_by: String,
+    pub brokers: Vec<BrokerInfo>,
+    /// Topics, internal ones (`__…`) left out, and their partitions.
+    pub topics: usize,
+    pub partitions: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub controller: bool,
+}
+
 /// One partition of a consumer group's progress.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionLag {
@@ -897,6 +919,58 @@ impl Cluster {
             probe,
             group: group.to_string(),
             timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The cluster as its metadata describes it: brokers, controller,
+    /// cluster id, topics and partitions (`payctl cluster info`).
+    pub fn info(&self) -> anyhow::Result<ClusterInfo> {
+        use rdkafka::consumer::Consumer;
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, self.timeout)
+            .context("reading the cluster's metadata")?;
+        let native = self.consumer.client().native_ptr();
+        let timeout_ms = self.timeout.as_millis() as i32;
+        // SAFETY: the handle outlives both calls; the cluster id is a
+        // string librdkafka allocated for us, freed with its allocator.
+        let (controller, cluster_id) = unsafe {
+            let controller = rdkafka::bindings::rd_kafka_controllerid(native, timeout_ms);
+            let id = rdkafka::bindings::rd_kafka_clusterid(native, timeout_ms);
+            let cluster_id = (!id.is_null()).then(|| {
+                let text = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+                rdkafka::bindings::rd_kafka_mem_free(native, id.cast());
+                text
+            });
+            (controller, cluster_id)
+        };
+        let mut brokers: Vec<BrokerInfo> = metadata
+            .brokers()
+            .iter()
+            .map(|b| BrokerInfo {
+                id: b.id(),
+                host: b.host().to_string(),
+                port: b.port(),
+                controller: b.id() == controller,
+            })
+            .collect();
+        brokers.sort_by_key(|b| b.id);
+        let topics: Vec<_> = metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__"))
+            .collect();
+        Ok(ClusterInfo {
+            cluster_id,
+            controller: (controller >= 0).then_some(controller),
+            answered_by: format!(
+                "{} (id {})",
+                metadata.orig_broker_name(),
+                metadata.orig_broker_id()
+            ),
+            brokers,
+            topics: topics.len(),
+            partitions: topics.iter().map(|t| t.partitions().len()).sum(),
         })
     }
 

@@ -27,6 +27,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dlq;
 pub mod events;

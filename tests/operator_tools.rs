@@ -502,3 +502,102 @@ fn common_time_text(ago: std::time::Duration) -> String {
     let ms = (now - ago).as_millis() as u64;
     payctl::clock::rfc3339(ms)
 }
+
+#[test]
+fn a_topics_life_deletes_adds_partitions_changes_settings_and_the_cluster_is_described() {
+    let p = Pipeline::new();
+    let info = p
+        .payctl(&["cluster", "info", "--output", "json"])
+        .expect(0)
+        .json();
+    let brokers = info["brokers"].as_array().unwrap();
+    assert!(!brokers.is_empty(), "{info}");
+    assert!(info["topics"].as_u64().unwrap() >= 1, "{info}");
+    if let Some(controller) = info["controller"].as_i64() {
+        assert!(
+            brokers
+                .iter()
+                .any(|b| b["id"] == controller && b["controller"] == true),
+            "{info}"
+        );
+    }
+
+    let topic = unique("life");
+    p.payctl(&["topics", "create", "--partitions", "2", &topic])
+        .expect(0);
+    let described = |t: &str| p.payctl(&["topics", "describe", t, "--output", "json"]);
+
+    // Partitions: never fewer; more where the broker offers the API.
+    let fewer = p
+        .payctl(&["topics", "add-partitions", &topic, "--to", "2"])
+        .expect(2);
+    assert!(
+        fewer.stderr.contains("has 2 partitions"),
+        "{}",
+        fewer.stderr
+    );
+    let more = p.payctl(&["topics", "add-partitions", &topic, "--to", "4"]);
+    match more.code {
+        0 => assert_eq!(
+            described(&topic).expect(0).json()["partitions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        ),
+        2 => assert!(
+            more.stderr
+                .contains("does not offer the CreatePartitions API"),
+            "{}",
+            more.stderr
+        ),
+        other => panic!("exit {other}: {}", more.stderr),
+    }
+
+    // Settings: KEY=VALUE, read back after a change.
+    p.payctl(&["topics", "config", "get", &topic]).expect(0);
+    let malformed = p
+        .payctl(&["topics", "config", "set", &topic, "retention.ms"])
+        .expect(2);
+    assert!(
+        malformed.stderr.contains("KEY=VALUE"),
+        "{}",
+        malformed.stderr
+    );
+    let set = p.payctl(&[
+        "topics",
+        "config",
+        "set",
+        &topic,
+        "retention.ms=3600000",
+        "--output",
+        "json",
+    ]);
+    match set.code {
+        0 => assert_eq!(
+            set.json()["changes"][0]["after"],
+            "3600000",
+            "{}",
+            set.stdout
+        ),
+        2 => assert!(
+            set.stderr.contains("does not offer the AlterConfigs API"),
+            "{}",
+            set.stderr
+        ),
+        other => panic!("exit {other}: {}", set.stderr),
+    }
+
+    // Delete: asks off a terminal for --yes, and removes it with it.
+    let asked = p.payctl(&["topics", "delete", &topic]).expect(2);
+    assert!(asked.stderr.contains("--yes"), "{}", asked.stderr);
+    described(&topic).expect(0);
+    p.payctl(&["topics", "delete", &topic, "--yes"]).expect(0);
+    assert_ne!(
+        described(&topic).code,
+        0,
+        "{topic} still described after delete"
+    );
+    let unknown = p.payctl(&["topics", "delete", &topic, "--yes"]).expect(2);
+    assert!(unknown.stderr.contains("no topic"), "{}", unknown.stderr);
+}

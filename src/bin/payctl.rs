@@ -100,7 +100,9 @@ fn kafka_use(command: &Command) -> KafkaUse {
             KafkaUse::Later
         }
         Command::Topics(TopicsCommand::Produce(_)) => KafkaUse::Later,
-        Command::Topics(_) | Command::Groups(_) | Command::Dlq(_) => KafkaUse::First,
+        Command::Topics(_) | Command::Groups(_) | Command::Dlq(_) | Command::Cluster(_) => {
+            KafkaUse::First
+        }
         Command::Transactions(TransactionsCommand::Log(_)) => KafkaUse::First,
         // `status` reports an unreachable broker in its own table.
         Command::Status(_) => KafkaUse::Never,

@@ -1,5 +1,6 @@
 //! Kafka topic tooling, in the spirit of kcat, kafkactl and rpk.
 
+pub mod admin;
 pub mod consume;
 pub mod create;
 pub mod describe;

@@ -1,0 +1,495 @@
+//! The rest of a topic's life: `topics delete`, `topics add-partitions`,
+//! `topics config get/set`. Each change is read back from the broker
+//! afterwards: a broker that answers yes and changes nothing is an error,
+//! not a success.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminOptions, AlterConfig, ConfigSource, NewPartitions, ResourceSpecifier};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+use crate::exit::refuse;
+use crate::output::{self, Output, Rendered, Report};
+
+fn options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
+/// An admin error code in words, naming the broker's refusal.
+fn refused(what: &str, code: RDKafkaErrorCode) -> anyhow::Error {
+    match code {
+        RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::InvalidRequest => {
+            anyhow!("{what}: the broker does not support it ({code:?}: {code})")
+        }
+        _ => anyhow!("{what}: {code:?} ({code})"),
+    }
+}
+
+/// A failed admin request in words: a broker without the API says so.
+fn admin_failed(
+    what: &str,
+    api: &str,
+    kafka: &KafkaConfig,
+    e: rdkafka::error::KafkaError,
+) -> anyhow::Error {
+    match e {
+        rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature) => anyhow!(
+            "{what}: the broker at {} does not offer the {api} API",
+            kafka.brokers
+        ),
+        _ => anyhow::Error::new(e).context(format!("{what} on {}", kafka.brokers)),
+    }
+}
+
+/// Partition counts of `topics` as the broker reports them now (`None`
+/// for a topic it does not have).
+async fn partition_counts(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> anyhow::Result<Vec<Option<usize>>> {
+    let names = crate::topics::ask(kafka, |cluster| cluster.topic_names()).await?;
+    Ok(topics
+        .iter()
+        .map(|t| {
+            names
+                .iter()
+                .find(|(name, _)| name == t)
+                .map(|(_, p)| p.len())
+        })
+        .collect())
+}
+
+// ------------------------------------------------------------------ delete
+
+/// Delete topics and every message in them.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  payctl topics delete scratch-events                # asks first, at a terminal
+  payctl topics delete old-audit old-audit.dlq --yes # in a script")]
+pub struct DeleteArgs {
+    #[arg(required = true)]
+    pub topics: Vec<String>,
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    topic: String,
+    deleted: bool,
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct DeletedList(Vec<Deleted>);
+
+impl Report for DeletedList {
+    fn render(&self) -> Rendered {
+        let mut table = output::table(["topic", "result"]);
+        for d in &self.0 {
+            table.add_row(vec![d.topic.clone(), "deleted".into()]);
+        }
+        Rendered::Table(table)
+    }
+}
+
+fn confirmed(topics: &[String]) -> anyhow::Result<bool> {
+    eprint!(
+        "delete {} ({}) and every message in them? [y/N] ",
+        output::count(topics.len() as u64, "topic", "topics"),
+        topics.join(", ")
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(answer.trim().to_ascii_lowercase().starts_with('y'))
+}
+
+pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
+    let before = partition_counts(kafka, &args.topics).await?;
+    let missing: Vec<&str> = args
+        .topics
+        .iter()
+        .zip(&before)
+        .filter(|(_, count)| count.is_none())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "no topic {} on the broker: nothing deleted",
+            missing.join(", ")
+        );
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("deleting topics needs --yes when stdin is not a terminal: nothing deleted");
+        }
+        if !confirmed(&args.topics)? {
+            return Err(refuse("topics left as they are"));
+        }
+    }
+    let names: Vec<&str> = args.topics.iter().map(String::as_str).collect();
+    let results = kafka
+        .admin()?
+        .delete_topics(&names, &options())
+        .await
+        .map_err(|e| admin_failed("deleting topics", "DeleteTopics", kafka, e))?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            return Err(refused(&format!("deleting topic {topic}"), code));
+        }
+    }
+    // Read back: the broker may take a moment to forget them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = partition_counts(kafka, &args.topics).await?;
+        let left: Vec<&str> = args
+            .topics
+            .iter()
+            .zip(&after)
+            .filter(|(_, count)| count.is_some())
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the broker accepted the deletion, but still lists {} 10 s later",
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    output.emit(&DeletedList(
+        args.topics
+            .into_iter()
+            .map(|topic| Deleted {
+                topic,
+                deleted: true,
+            })
+            .collect(),
+    ))
+}
+
+// ------------------------------------------------------------------ partitions
+
+/// Add partitions to a topic (Kafka never removes them).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  payctl topics add-partitions money_transfers --to 6
+  payctl topics add-partitions payments --to 12 --output json
+
+Keys move: a key's partition is its hash modulo the count, so records of one
+key written before and after may land in different partitions, and their
+order across the change is not kept.")]
+pub struct AddPartitionsArgs {
+    pub topic: String,
+    /// The total number of partitions afterwards.
+    #[arg(long, value_name = "N")]
+    pub to: usize,
+}
+
+#[derive(Serialize)]
+struct Partitions {
+    topic: String,
+    before: usize,
+    after: usize,
+}
+
+impl Report for Partitions {
+    fn render(&self) -> Rendered {
+        Rendered::Line(format!(
+            "{}: {} → {} partitions",
+            self.topic, self.before, self.after
+        ))
+    }
+}
+
+pub async fn add_partitions(
+    args: AddPartitionsArgs,
+    kafka: &KafkaConfig,
+    output: Output,
+) -> anyhow::Result<()> {
+    let Some(before) = partition_counts(kafka, std::slice::from_ref(&args.topic)).await?[0] else {
+        bail!("no topic {:?} on the broker", args.topic);
+    };
+    if args.to <= before {
+        bail!(
+            "{} has {before} partitions; --to must be more (Kafka cannot remove partitions)",
+            args.topic
+        );
+    }
+    let results = kafka
+        .admin()?
+        .create_partitions(&[NewPartitions::new(&args.topic, args.to)], &options())
+        .await
+        .map_err(|e| admin_failed("adding partitions", "CreatePartitions", kafka, e))?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            return Err(refused(&format!("adding partitions to {topic}"), code));
+        }
+    }
+    let after = partition_counts(kafka, std::slice::from_ref(&args.topic)).await?[0].unwrap_or(0);
+    if after != args.to {
+        bail!(
+            "the broker accepted {} partitions for {}, but reports {after}",
+            args.to,
+            args.topic
+        );
+    }
+    output.emit(&Partitions {
+        topic: args.topic,
+        before,
+        after,
+    })
+}
+
+// ------------------------------------------------------------------ config
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Show a topic's settings (all, or the named ones).
+    #[command(after_help = "Examples:
+  payctl topics config get money_transfers
+  payctl topics config get money_transfers retention.ms cleanup.policy --output json")]
+    Get(ConfigGetArgs),
+    /// Change a topic's settings.
+    #[command(after_help = "Examples:
+  payctl topics config set money_transfers retention.ms=604800000
+  payctl topics config set audit cleanup.policy=compact min.insync.replicas=2")]
+    Set(ConfigSetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigGetArgs {
+    pub topic: String,
+    /// Only these settings.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigSetArgs {
+    pub topic: String,
+    /// KEY=VALUE pairs (split at the first '=').
+    #[arg(required = true, value_parser = parse_setting)]
+    pub settings: Vec<(String, String)>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Setting {
+    name: String,
+    value: Option<String>,
+    source: &'static str,
+    read_only: bool,
+}
+
+#[derive(Serialize)]
+struct Settings {
+    topic: String,
+    settings: Vec<Setting>,
+}
+
+impl Report for Settings {
+    fn render(&self) -> Rendered {
+        let mut table = output::table(["setting", "value", "source"]);
+        for s in &self.settings {
+            table.add_row(vec![
+                s.name.clone(),
+                s.value.clone().unwrap_or_else(|| "(hidden)".into()),
+                s.source.to_string(),
+            ]);
+        }
+        Rendered::Table(table)
+    }
+}
+
+fn source_text(source: &ConfigSource) -> &'static str {
+    match source {
+        ConfigSource::Unknown => "unknown",
+        ConfigSource::DynamicTopic => "topic",
+        ConfigSource::DynamicBroker => "broker (dynamic)",
+        ConfigSource::DynamicDefaultBroker => "broker default (dynamic)",
+        ConfigSource::StaticBroker => "broker",
+        ConfigSource::Default => "default",
+    }
+}
+
+async fn settings(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Setting>> {
+    let results = kafka
+        .admin()?
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options())
+        .await
+        .map_err(|e| {
+            admin_failed(
+                &format!("reading the settings of {topic}"),
+                "DescribeConfigs",
+                kafka,
+                e,
+            )
+        })?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("the broker sent no settings for {topic}"))?
+        .map_err(|code| refused(&format!("reading the settings of {topic}"), code))?;
+    let mut settings: Vec<Setting> = resource
+        .entries
+        .iter()
+        .map(|e| Setting {
+            name: e.name.clone(),
+            value: if e.is_sensitive {
+                None
+            } else {
+                e.value.clone()
+            },
+            source: source_text(&e.source),
+            read_only: e.is_read_only,
+        })
+        .collect();
+    settings.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(settings)
+}
+
+async fn require_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<()> {
+    match partition_counts(kafka, &[topic.to_string()]).await?[0] {
+        Some(_) => Ok(()),
+        None => bail!("no topic {topic:?} on the broker"),
+    }
+}
+
+pub async fn config_get(
+    args: ConfigGetArgs,
+    kafka: &KafkaConfig,
+    output: Output,
+) -> anyhow::Result<()> {
+    require_topic(kafka, &args.topic).await?;
+    let mut all = settings(kafka, &args.topic).await?;
+    if all.is_empty() {
+        tracing::warn!("the broker reported no settings for {}", args.topic);
+    }
+    if !args.keys.is_empty() {
+        if let Some(unknown) = args
+            .keys
+            .iter()
+            .find(|k| !all.iter().any(|s| &s.name == *k))
+        {
+            bail!("{} has no setting {unknown:?}", args.topic);
+        }
+        all.retain(|s| args.keys.contains(&s.name));
+    }
+    output.emit(&Settings {
+        topic: args.topic,
+        settings: all,
+    })
+}
+
+#[derive(Serialize)]
+struct Changed {
+    topic: String,
+    changes: Vec<Change>,
+}
+
+#[derive(Serialize)]
+struct Change {
+    name: String,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+impl Report for Changed {
+    fn render(&self) -> Rendered {
+        let mut table = output::table(["setting", "before", "after"]);
+        for c in &self.changes {
+            table.add_row(vec![
+                c.name.clone(),
+                c.before.clone().unwrap_or_default(),
+                c.after.clone().unwrap_or_default(),
+            ]);
+        }
+        Rendered::Table(table)
+    }
+}
+
+pub async fn config_set(
+    args: ConfigSetArgs,
+    kafka: &KafkaConfig,
+    output: Output,
+) -> anyhow::Result<()> {
+    require_topic(kafka, &args.topic).await?;
+    let before = settings(kafka, &args.topic).await?;
+    let value_of = |all: &[Setting], name: &str| {
+        all.iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.value.clone())
+    };
+    // AlterConfigs replaces a topic's whole set of overrides: keep the
+    // ones the topic has, change the named ones.
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(&args.topic));
+    for s in before.iter().filter(|s| s.source == "topic") {
+        if let Some(value) = &s.value {
+            change = change.set(&s.name, value);
+        }
+    }
+    for (key, value) in &args.settings {
+        change = change.set(key, value);
+    }
+    let results = kafka
+        .admin()?
+        .alter_configs(&[change], &options())
+        .await
+        .map_err(|e| {
+            admin_failed(
+                &format!("changing the settings of {}", args.topic),
+                "AlterConfigs",
+                kafka,
+                e,
+            )
+        })?;
+    for result in results {
+        if let Err((_, code)) = result {
+            return Err(refused(
+                &format!("changing the settings of {}", args.topic),
+                code,
+            ));
+        }
+    }
+    let after = settings(kafka, &args.topic).await?;
+    let mut changes = Vec::new();
+    for (key, value) in &args.settings {
+        let now = value_of(&after, key);
+        if now.as_deref() != Some(value.as_str()) {
+            bail!(
+                "the broker accepted {key}={value} for {}, but reports {key}={}",
+                args.topic,
+                now.as_deref().unwrap_or("(nothing)")
+            );
+        }
+        changes.push(Change {
+            name: key.clone(),
+            before: value_of(&before, key),
+            after: now,
+        });
+    }
+    output.emit(&Changed {
+        topic: args.topic,
+        changes,
+    })
+}
