@@ -363,7 +363,10 @@ pub enum TopicsCommand {
     Delete(topics::admin::DeleteArgs),
     AddPartitions(topics::admin::AddPartitionsArgs),
     /// A topic's settings: get and set.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  payctl topics config get money_transfers retention.ms\n  payctl topics config set money_transfers retention.ms=604800000"
+    )]
     Config(topics::admin::ConfigCommand),
 }
 

@@ -107,6 +107,23 @@ impl KafkaConfig {
             .with_context(|| format!("creating a Kafka consumer for {}", self.brokers))
     }
 
+    /// A consumer for reading a few records at known offsets: a group of
+    /// its own that commits nothing, and an end-of-partition event.
+    pub fn probe_consumer(&self) -> anyhow::Result<rdkafka::consumer::BaseConsumer> {
+        let mut config = self.base();
+        config
+            .set(
+                "group.id",
+                format!("payctl-probe-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50");
+        self.with_overrides(config)
+            .create()
+            .with_context(|| format!("connecting to Kafka at {}", self.brokers))
+    }
+
     /// An admin client, for creating and describing topics.
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         self.with_overrides(self.base())
@@ -486,16 +503,8 @@ fn probe_undecodable(
     partition: i32,
     start: rdkafka::Offset,
 ) -> Option<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut config = kafka.base();
-    config
-        .set(
-            "group.id",
-            format!("payctl-probe-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    let probe: BaseConsumer = kafka.with_overrides(config).create().ok()?;
+    use rdkafka::consumer::Consumer;
+    let probe = kafka.probe_consumer().ok()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, start).ok()?;
     probe.assign(&tpl).ok()?;
@@ -901,19 +910,7 @@ impl Cluster {
             .with_overrides(config)
             .create()
             .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
-        let mut config = kafka.base();
-        config
-            .set(
-                "group.id",
-                format!("payctl-probe-{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "50");
-        let probe = kafka
-            .with_overrides(config)
-            .create()
-            .with_context(|| format!("connecting to Kafka at {}", kafka.brokers))?;
+        let probe = kafka.probe_consumer()?;
         Ok(Cluster {
             consumer,
             probe,

@@ -140,6 +140,20 @@ pub fn line(text: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// Asks `question` on the terminal (stderr) and reads the answer from
+/// stdin: `true` only for an answer starting with y.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::BufRead as _;
+    eprint!("{question} [y/N] ");
+    io::stderr().flush().ok();
+    let mut answer = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
+    Ok(answer.trim().to_ascii_lowercase().starts_with('y'))
+}
+
 /// `1 payment`, `2 payments`: a count with its noun.
 pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

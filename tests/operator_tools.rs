@@ -245,34 +245,6 @@ fn transactions_log_takes_the_same_filters() {
     assert_eq!(ids, ["t1"], "{log}");
 }
 
-/// Produces `values` to `topic` with one header, as another client would.
-fn produce_with_header(topic: &str, key: &str, header: (&str, &str), values: &[&str]) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .create()
-        .expect("test producer");
-    for value in values {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: header.0,
-            value: Some(header.1),
-        });
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .key(key)
-                    .payload(*value)
-                    .headers(headers),
-            )
-            .map_err(|(e, _)| e)
-            .expect("enqueue");
-    }
-    producer
-        .flush(std::time::Duration::from_secs(10))
-        .expect("flush");
-}
-
 #[test]
 fn dead_letters_are_counted_shown_and_sent_back_once_with_their_headers() {
     let p = Pipeline::new();
@@ -293,10 +265,10 @@ fn dead_letters_are_counted_shown_and_sent_back_once_with_their_headers() {
         args.extend(extra);
         p.payctl(&args).expect(0).json()
     };
-    produce_with_header(
+    common::produce_with_headers(
         &p.transfers,
         "k1",
-        ("trace", "abc"),
+        &[("trace", "abc")],
         &[r#"{"bad": 1}"#, "not json", r#"{"bad": 2}"#],
     );
     assert_eq!(process()["outcomes"]["dead-lettered"], 3);

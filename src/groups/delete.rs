@@ -1,6 +1,6 @@
 //! `payctl groups delete`: remove a consumer group and its committed offsets.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -39,18 +39,6 @@ impl Report for Deleted {
     }
 }
 
-/// Asks at the terminal; `false` unless the answer starts with y.
-fn confirmed(group: &str) -> anyhow::Result<bool> {
-    eprint!("delete consumer group {group} and its committed offsets? [y/N] ");
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(answer.trim().to_ascii_lowercase().starts_with('y'))
-}
-
 pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
     super::refuse_if_active(kafka, &args.group).await?;
     if !args.yes {
@@ -60,7 +48,11 @@ pub async fn run(args: Args, kafka: &KafkaConfig, output: Output) -> anyhow::Res
                 args.group
             );
         }
-        if !confirmed(&args.group)? {
+        let question = format!(
+            "delete consumer group {} and its committed offsets?",
+            args.group
+        );
+        if !crate::output::confirm(&question)? {
             return Err(refuse(format!("group {} left as it is", args.group)));
         }
     }

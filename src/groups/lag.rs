@@ -66,15 +66,20 @@ impl Report for GroupLag {
                 p.lag.to_string(),
             ]);
         }
-        table.add_row(vec![
-            "total".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            self.total.to_string(),
-        ]);
+        table.add_row(total_row(self.total));
         Rendered::Table(table)
     }
+}
+
+/// The last row: the lag of all partitions, under the lag column.
+fn total_row(total: i64) -> Vec<String> {
+    vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        total.to_string(),
+    ]
 }
 
 fn committed_text(committed: Option<i64>) -> String {
@@ -154,13 +159,7 @@ impl Report for Watch {
                 drain,
             ]);
         }
-        table.add_row(vec![
-            "total".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            self.total.to_string(),
-        ]);
+        table.add_row(total_row(self.total));
         Rendered::Table(table)
     }
 }

@@ -3,10 +3,10 @@
 //! afterwards: a broker that answers yes and changes nothing is an error,
 //! not a success.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use rdkafka::admin::{AdminOptions, AlterConfig, ConfigSource, NewPartitions, ResourceSpecifier};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
@@ -98,21 +98,6 @@ impl Report for DeletedList {
     }
 }
 
-fn confirmed(topics: &[String]) -> anyhow::Result<bool> {
-    eprint!(
-        "delete {} ({}) and every message in them? [y/N] ",
-        output::count(topics.len() as u64, "topic", "topics"),
-        topics.join(", ")
-    );
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(answer.trim().to_ascii_lowercase().starts_with('y'))
-}
-
 pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> anyhow::Result<()> {
     let before = partition_counts(kafka, &args.topics).await?;
     let missing: Vec<&str> = args
@@ -132,7 +117,12 @@ pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> an
         if !std::io::stdin().is_terminal() {
             bail!("deleting topics needs --yes when stdin is not a terminal: nothing deleted");
         }
-        if !confirmed(&args.topics)? {
+        let question = format!(
+            "delete {} ({}) and every message in them?",
+            output::count(args.topics.len() as u64, "topic", "topics"),
+            args.topics.join(", ")
+        );
+        if !output::confirm(&question)? {
             return Err(refuse("topics left as they are"));
         }
     }

@@ -327,15 +327,28 @@ pub fn read_topic(topic: &str) -> Vec<(Option<String>, String)> {
 
 /// Produces raw values to a topic, as another client would.
 pub fn produce_raw(topic: &str, key: &str, values: &[&str]) {
+    produce_with_headers(topic, key, &[], values);
+}
+
+/// Like [`produce_raw`], each record with `headers`.
+pub fn produce_with_headers(topic: &str, key: &str, headers: &[(&str, &str)], values: &[&str]) {
+    use rdkafka::message::{Header, OwnedHeaders};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("test producer");
     for value in values {
-        producer
-            .send(BaseRecord::to(topic).key(key).payload(*value))
-            .map_err(|(e, _)| e)
-            .expect("enqueue");
+        let mut record = BaseRecord::to(topic).key(key).payload(*value);
+        if !headers.is_empty() {
+            let owned = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(*value),
+                })
+            });
+            record = record.headers(owned);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("enqueue");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
 }
