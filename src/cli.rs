@@ -15,8 +15,8 @@ use crate::output::{Format, Output};
 use crate::profile::create::GivenFlags;
 use crate::profile::Profiles;
 use crate::{
-    accounts, cluster, dlq, groups, notify, payments, profile, rates, status, topics, transactions,
-    transfer,
+    accounts, cluster, dlq, groups, notify, payments, profile, rates, serve, status, topics,
+    transactions, transfer,
 };
 
 /// payctl: run a payment pipeline on Kafka and Redis.
@@ -254,6 +254,8 @@ pub enum Command {
         after_help = "Examples:\n  payctl transactions log --user alice"
     )]
     Transactions(TransactionsCommand),
+    /// The transaction API over HTTP: POST/GET /transactions, health.
+    Serve(serve::Args),
     /// Is the pipeline healthy? Broker, Redis, topics, lag, DLQs.
     Status(status::Args),
     /// Saved connection profiles: brokers, Redis URL and -X options by name.
@@ -702,6 +704,12 @@ impl Command {
             }
             Command::Topics(TopicsCommand::Consume(args)) => {
                 topics::consume::run(args, &app.kafka, app.shutdown.clone()).await
+            }
+            Command::Serve(args) => {
+                let redis = app.redis.connect().await?;
+                let producer = app.producer()?.clone();
+                let (topic, shutdown) = (&app.topics.transfers, app.shutdown.clone());
+                serve::run(args, &app.kafka, redis, producer, topic, shutdown).await
             }
             Command::Cluster(ClusterCommand::Info(args)) => {
                 cluster::info(args, &app.kafka, out).await

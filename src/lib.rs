@@ -42,6 +42,7 @@ pub mod output;
 pub mod payments;
 pub mod profile;
 pub mod rates;
+pub mod serve;
 pub mod status;
 pub mod store;
 pub mod topics;

@@ -89,7 +89,7 @@ fn kafka_use(command: &Command) -> KafkaUse {
         Command::Transfer(TransferCommand::Process(_) | TransferCommand::Resend(_)) => {
             KafkaUse::First
         }
-        Command::Notify(NotifyCommand::Consume(_)) => KafkaUse::First,
+        Command::Notify(NotifyCommand::Consume(_)) | Command::Serve(_) => KafkaUse::First,
         Command::Rates(RatesCommand::Serve(_)) => KafkaUse::First,
         Command::Rates(RatesCommand::Set(_) | RatesCommand::Import(_)) => KafkaUse::Later,
         Command::Rates(RatesCommand::Convert(args)) if args.asynchronous => KafkaUse::Later,

@@ -1,0 +1,178 @@
+//! `payctl serve` against the real broker and Redis, through a real HTTP
+//! client: the answers, their statuses and JSON errors, and a clean stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{open_account, Pipeline};
+use serde_json::{json, Value};
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start(p: &Pipeline, extra: &[&str]) -> Server {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", listen.as_str()];
+        args.extend(extra);
+        let child = p.spawn(&args, &[]);
+        let server = Server {
+            child,
+            base: format!("http://{listen}"),
+            client: reqwest::Client::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.get("/healthz").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "payctl serve did not answer /healthz"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        self.runtime.block_on(async {
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.bytes().await.unwrap_or_default();
+                    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+                }
+                Err(_) => (0, Value::Null),
+            }
+        })
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    fn post(&self, path: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request)
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn transactions_over_http_answer_with_the_right_status_and_stop_cleanly() {
+    let p = Pipeline::new();
+    let alice = open_account(&p, "alice", "100.00");
+    let bob = open_account(&p, "bob", "0");
+    let server = Server::start(&p, &[]);
+    let key = common::unique("order");
+    let transfer = json!({"sender": alice, "receiver": bob, "amount": "12.50"}).to_string();
+
+    let (status, created) = server.post("/transactions", transfer.clone(), Some(&key));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["created"], true, "{created}");
+    assert_eq!(created["amount"], "12.50", "{created}");
+    let id = created["transfer_id"].as_str().unwrap().to_string();
+
+    let (status, again) = server.post("/transactions", transfer, Some(&key));
+    assert_eq!(
+        (status, again["transfer_id"].as_str()),
+        (200, Some(id.as_str())),
+        "{again}"
+    );
+    assert_eq!(again["created"], false);
+    let other = json!({"sender": alice, "receiver": bob, "amount": 3}).to_string();
+    let (status, conflict) = server.post("/transactions", other, Some(&key));
+    assert_eq!(
+        (status, code(&conflict)),
+        (409, "idempotency_conflict"),
+        "{conflict}"
+    );
+
+    let (status, shown) = server.get(&format!("/transactions/{id}"));
+    assert_eq!(
+        (status, shown["transfer_id"].as_str()),
+        (200, Some(id.as_str())),
+        "{shown}"
+    );
+    let (status, missing) = server.get("/transactions/no-such-transfer");
+    assert_eq!((status, code(&missing)), (404, "not_found"), "{missing}");
+
+    for (body, why) in [
+        ("{not json".to_string(), "malformed JSON"),
+        (
+            json!({"sender": alice, "receiver": bob, "amount": true}).to_string(),
+            "wrong type",
+        ),
+        (
+            json!({"sender": alice, "receiver": bob, "amount": "1,000.00"}).to_string(),
+            "a comma",
+        ),
+        (
+            json!({"sender": alice, "receiver": bob, "amount": "-5"}).to_string(),
+            "negative",
+        ),
+        (
+            json!({"sender": alice, "receiver": bob, "amount": "1", "extra": 1}).to_string(),
+            "unknown field",
+        ),
+    ] {
+        let (status, error) = server.post("/transactions", body, None);
+        assert_eq!((status, code(&error)), (400, "invalid"), "{why}: {error}");
+    }
+    let stranger = json!({"sender": alice, "receiver": "nobody-at-all", "amount": "1"}).to_string();
+    let (status, refused) = server.post("/transactions", stranger, None);
+    assert_eq!((status, code(&refused)), (400, "refused"), "{refused}");
+    // Over the limit (64 KiB by default): 413, the body left unread.
+    let (status, too_big) = server.post("/transactions", vec![b' '; 200 * 1024], None);
+    assert_eq!((status, code(&too_big)), (413, "too_large"), "{too_big}");
+    // 10 MB: the server answers 413 and closes before the client has sent
+    // it all, so the client may see the reset instead; either way the
+    // server goes on serving.
+    let (status, _) = server.post("/transactions", vec![b' '; 10 * 1024 * 1024], None);
+    assert!(status == 413 || status == 0, "10 MB body: {status}");
+    assert_eq!(server.get("/healthz").0, 200);
+    let (status, nowhere) = server.get("/nowhere");
+    assert_eq!((status, code(&nowhere)), (404, "not_found"));
+
+    let (status, ready) = server.get("/readyz");
+    assert_eq!(
+        (status, ready),
+        (200, json!({"redis": true, "broker": true}))
+    );
+
+    // Nothing moved money: initiate only records and publishes.
+    let shown = p
+        .payctl(&["accounts", "show", &alice, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["balance"], "100.00");
+
+    common::signal(&server.child, "TERM");
+    let started = Instant::now();
+    let run = common::finish(server.child);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
