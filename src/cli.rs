@@ -312,6 +312,7 @@ pub enum PaymentsCommand {
     List(payments::list::Args),
     Show(payments::show::Args),
     Stats(payments::stats::Args),
+    SimulateProcessor(payments::simulate::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -691,6 +692,9 @@ impl Command {
             }
             Command::Payments(PaymentsCommand::Stats(args)) => {
                 payments::stats::run(args, &mut app.redis.connect().await?, out).await
+            }
+            Command::Payments(PaymentsCommand::SimulateProcessor(args)) => {
+                payments::simulate::run(args, app.shutdown.clone()).await
             }
             Command::Topics(TopicsCommand::List(args)) => {
                 topics::list::run(args, &app.kafka, out).await

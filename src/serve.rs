@@ -61,14 +61,18 @@ struct Service {
 
 /// An error answer: status, a stable code, and a message for people.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -76,7 +80,7 @@ impl ApiError {
         }
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
 
@@ -123,7 +127,7 @@ async fn timed<T>(
 }
 
 /// A body read within the limit, or the error answer for it.
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -163,7 +167,7 @@ async fn create_transaction(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let raw = body(raw)?;
+    let raw = read_body(raw)?;
     let request: NewTransaction = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad(format!("the body is not a transaction: {e}")))?;
     let idempotency_key = match headers.get("idempotency-key") {
@@ -275,7 +279,7 @@ async fn readyz(State(service): State<Service>) -> Response {
         .into_response()
 }
 
-async fn unknown_route() -> ApiError {
+pub(crate) async fn unknown_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
@@ -306,14 +310,24 @@ pub async fn run(
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(args.max_body))
         .with_state(service);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    listen_until(args.listen, app, shutdown).await
+}
+
+/// Serves `app` on `address` until `shutdown`, then lets the requests in
+/// flight finish.
+pub(crate) async fn listen_until(
+    address: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.listen))?;
+        .map_err(|e| anyhow::anyhow!("listening on {address}: {e}"))?;
     tracing::info!("serving on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.listen))?;
+        .map_err(|e| anyhow::anyhow!("serving on {address}: {e}"))?;
     tracing::info!("stopped: every request in flight was answered");
     Ok(())
 }

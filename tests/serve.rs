@@ -176,3 +176,111 @@ fn transactions_over_http_answer_with_the_right_status_and_stop_cleanly() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn the_http_processing_simulator_answers_like_the_built_in_one_and_serves_payments_process() {
+    let p = Pipeline::new();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = p.spawn(
+        &[
+            "payments",
+            "simulate-processor",
+            "--listen",
+            &listen,
+            "--seed",
+            "7",
+            "--accept-rate",
+            "0.5",
+        ],
+        &[],
+    );
+    let server = Server {
+        child,
+        base: format!("http://{listen}"),
+        client: reqwest::Client::new(),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/healthz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator did not answer /healthz"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The same seed, rates and id give the same answer every time, in
+    // payctl's form and seed 003's.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let id = format!("pay-{i}");
+        let body = json!({"payment_id": id, "user_id": "u", "amount": "9.99"}).to_string();
+        let (status, first) = server.post("/execute_transaction", body.clone(), None);
+        let (_, second) = server.post("/execute_transaction", body, None);
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first, second);
+        let answer = first["status"].as_str().unwrap().to_string();
+        assert_eq!(first["success"], answer == "accepted", "{first}");
+        seen.insert(answer);
+    }
+    assert!(seen.contains("accepted") && seen.len() >= 2, "{seen:?}");
+    let (status, error) = server.post("/execute_transaction", "{}".to_string(), None);
+    assert_eq!((status, code(&error)), (400, "invalid"), "{error}");
+    let (status, keyed) = server.post("/execute_transaction", "{}".to_string(), Some("pay-0"));
+    assert_eq!(status, 200, "{keyed}");
+
+    // payments process through it, end to end.
+    let user = common::unique("subscriber");
+    let id = p
+        .payctl(&[
+            "payments", "submit", "--user", &user, "--plan", "premium", "--amount", "9.99",
+        ])
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    p.payctl(&["payments", "save", "--until-idle", "2"])
+        .expect(0);
+    let url = format!("http://{listen}/execute_transaction");
+    let processed = p
+        .payctl(&[
+            "payments",
+            "process",
+            "--processor-url",
+            &url,
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    let answered: u64 = processed["answered"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    // Other tests' payments in the same Redis database may be in the pass.
+    assert!(answered >= 1, "{processed}");
+    let (_, direct) = server.post(
+        "/execute_transaction",
+        json!({"payment_id": id}).to_string(),
+        None,
+    );
+    let shown = p
+        .payctl(&["payments", "show", &id, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["payment_status"], direct["status"], "{shown}");
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}

@@ -26,6 +26,7 @@ pub mod process;
 pub mod processor;
 pub mod save;
 pub mod show;
+pub mod simulate;
 pub mod stats;
 pub mod submit;
 

@@ -46,7 +46,7 @@ use crate::exit::PartlyDone;
 use crate::kafka::produce_each;
 use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
-use crate::payments::processor::{Answer, Failure, HttpProcessor, Processor, Simulator};
+use crate::payments::processor::{Answer, Failure, HttpProcessor, Processor, SimulatorArgs};
 use crate::payments::{
     check_id, check_plan, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus,
 };
@@ -80,19 +80,8 @@ pub struct Args {
     /// Further attempts after a timeout or 5xx, with backoff (at most 100).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
-    /// Simulator: the seed its answers follow.
-    #[arg(long, env = "PAYCTL_SIMULATOR_SEED", default_value_t = 1)]
-    pub seed: u64,
-    /// Simulator: share of payments accepted.
-    #[arg(long, default_value_t = 0.8)]
-    pub accept_rate: f64,
-    /// Simulator: share declined, the rest are errors [default: 0.1, or
-    /// what is left after --accept-rate if less].
-    #[arg(long)]
-    pub decline_rate: Option<f64>,
-    /// Simulator: milliseconds each answer takes (at most one hour).
-    #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
+    #[command(flatten)]
+    pub simulator: SimulatorArgs,
     /// Processor calls in flight at once (1 to 1024).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -166,8 +155,6 @@ const CHUNK: usize = 2000;
 const MAX_RETRIES: u32 = 100;
 /// The most `--concurrency`.
 const MAX_CONCURRENCY: usize = 1024;
-/// The longest simulated latency: one hour.
-const MAX_LATENCY_MS: u64 = 3_600_000;
 /// The longest `--lock-ttl`: one day.
 const MAX_LOCK_TTL_SECS: u64 = 86_400;
 
@@ -199,12 +186,6 @@ impl Settings {
                 args.concurrency
             );
         }
-        if args.latency_ms > MAX_LATENCY_MS {
-            bail!(
-                "--latency-ms must be at most {MAX_LATENCY_MS} (one hour), got {}",
-                args.latency_ms
-            );
-        }
         if !(1..=MAX_LOCK_TTL_SECS).contains(&args.lock_ttl) {
             bail!(
                 "--lock-ttl must be from 1 to {MAX_LOCK_TTL_SECS} seconds, got {}",
@@ -220,13 +201,7 @@ impl Settings {
             None if args.processor_ca_file.is_some() => {
                 bail!("--processor-ca-file is for --processor-url: the simulator uses no TLS")
             }
-            None => Processor::Simulator(Simulator::new(
-                args.seed,
-                args.accept_rate,
-                args.decline_rate
-                    .unwrap_or((1.0 - args.accept_rate).clamp(0.0, 0.1)),
-                Duration::from_millis(args.latency_ms),
-            )?),
+            None => Processor::Simulator(args.simulator.simulator()?),
         };
         Ok(Settings {
             processor,

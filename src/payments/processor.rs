@@ -114,6 +114,47 @@ impl Simulator {
     }
 }
 
+/// The simulator's flags, shared by `payments process` and `payments
+/// simulate-processor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulatorArgs {
+    /// Simulator: the seed its answers follow.
+    #[arg(long, env = "PAYCTL_SIMULATOR_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Simulator: share of payments accepted.
+    #[arg(long, default_value_t = 0.8)]
+    pub accept_rate: f64,
+    /// Simulator: share declined, the rest are errors [default: 0.1, or
+    /// what is left after --accept-rate if less].
+    #[arg(long)]
+    pub decline_rate: Option<f64>,
+    /// Simulator: milliseconds each answer takes (at most one hour).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}
+
+/// The longest simulated latency: one hour.
+const MAX_LATENCY_MS: u64 = 3_600_000;
+
+impl SimulatorArgs {
+    /// The simulator these flags describe, checked.
+    pub fn simulator(&self) -> anyhow::Result<Simulator> {
+        if self.latency_ms > MAX_LATENCY_MS {
+            bail!(
+                "--latency-ms must be at most {MAX_LATENCY_MS} (one hour), got {}",
+                self.latency_ms
+            );
+        }
+        Simulator::new(
+            self.seed,
+            self.accept_rate,
+            self.decline_rate
+                .unwrap_or((1.0 - self.accept_rate).clamp(0.0, 0.1)),
+            Duration::from_millis(self.latency_ms),
+        )
+    }
+}
+
 /// Why one attempt got no answer.
 #[derive(Debug)]
 pub enum Failure {
