@@ -279,6 +279,8 @@ pub struct WorkerLimits {
     pub until_idle: Option<Duration>,
     /// Most messages applied in one Redis round trip.
     pub batch_size: usize,
+    /// Where to serve the worker's metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerLimits {

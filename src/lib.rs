@@ -36,6 +36,7 @@ pub mod failure;
 pub mod groups;
 pub mod input;
 pub mod kafka;
+pub mod metrics;
 pub mod money;
 pub mod notify;
 pub mod output;

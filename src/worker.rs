@@ -371,6 +371,10 @@ pub struct WorkerArgs {
     /// Most messages applied in one Redis round trip.
     #[arg(long, default_value_t = WorkerLimits::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and
+    /// /readyz, while the worker runs.
+    #[arg(long, value_name = "ADDR", env = "PAYCTL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -390,6 +394,7 @@ impl WorkerArgs {
             max_messages: self.max_messages,
             until_idle,
             batch_size: self.batch_size,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -421,9 +426,13 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
                 self.membership.note_assigned();
+                crate::metrics::worker()
+                    .assigned
+                    .set(i64::from(partitions.count() > 0));
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
+                crate::metrics::worker().assigned.set(0);
             }
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
         }
@@ -459,8 +468,24 @@ pub async fn run<H: BatchHandler>(
     consumer
         .subscribe(&inputs)
         .with_context(|| format!("subscribing to {}", spec.inputs.join(", ")))?;
+    let metrics = match spec.limits.metrics_listen {
+        Some(address) => {
+            let stop = shutdown.child_token();
+            let server = tokio::spawn(crate::metrics::serve(address, stop.clone()));
+            Some((server, stop))
+        }
+        None => None,
+    };
     // Every way out, errors included, leaves the group cleanly.
     let result = consume(kafka, spec, handler, shutdown, &consumer, &membership).await;
+    if let Some((server, stop)) = metrics {
+        stop.cancel();
+        match server.await {
+            Ok(Err(e)) => tracing::warn!("{e:#}"),
+            Err(e) => tracing::warn!("the metrics server: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     crate::kafka::leave_group(kafka, &consumer, &membership).await;
     match result {
         Ok(summary) => Ok(summary),
@@ -810,6 +835,7 @@ impl<H: BatchHandler> Cycle<'_, H> {
     ) -> Result<anyhow::Result<Vec<Verdict>>, Stop> {
         let mut backoff = FIRST_BACKOFF;
         let mut retrying = false;
+        let started = Instant::now();
         loop {
             let attempt = async {
                 if retrying {
@@ -825,7 +851,14 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 anyhow::Ok(verdicts)
             };
             let error = match attempt.await {
-                Ok(verdicts) => return Ok(Ok(verdicts)),
+                Ok(verdicts) => {
+                    let metrics = crate::metrics::worker();
+                    metrics.retrying.set(0);
+                    metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(Ok(verdicts));
+                }
                 Err(error) => error,
             };
             match classify(&error) {
@@ -833,6 +866,12 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 Class::Fatal => return Err(Stop::Fatal(error)),
                 Class::Passing => {
                     retrying = true;
+                    let metrics = crate::metrics::worker();
+                    metrics.retrying.set(1);
+                    metrics
+                        .retries
+                        .with_label_values(&[crate::metrics::cause(&error)])
+                        .inc();
                     tracing::warn!(
                         "batch of {} not applied, retrying in {backoff:?}: {error:#}",
                         messages.len()
@@ -916,6 +955,10 @@ impl<H: BatchHandler> Cycle<'_, H> {
                 }
                 Class::Passing => {
                     let (_, error) = &failed[0];
+                    crate::metrics::worker()
+                        .retries
+                        .with_label_values(&["kafka"])
+                        .inc();
                     tracing::warn!(
                         "batch of {}: {} records not acknowledged, applying again: {error:#}",
                         batch.len(),
@@ -982,9 +1025,13 @@ impl<H: BatchHandler> Cycle<'_, H> {
         }
         store_offsets(self.consumer, &batch);
         summary.processed += batch.len() as u64;
+        let metrics = crate::metrics::worker();
         for verdict in &verdicts {
             *summary.outcomes.entry(verdict.outcome).or_default() += 1;
+            metrics.messages.with_label_values(&[verdict.outcome]).inc();
         }
+        metrics.batch_size.observe(batch.len() as f64);
+        metrics.produced.inc_by(owners.len() as u64);
         if let Some(first) = self.first_input {
             summary.active_ms = first.elapsed().as_millis() as u64;
         }

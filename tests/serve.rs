@@ -284,3 +284,74 @@ fn the_http_processing_simulator_answers_like_the_built_in_one_and_serves_paymen
     common::signal(&server.child, "TERM");
     assert_eq!(common::finish(server.child).code, 0);
 }
+
+#[test]
+fn a_worker_serves_its_metrics_health_and_readiness() {
+    let p = Pipeline::new();
+    let alice = open_account(&p, "alice", "100.00");
+    let bob = open_account(&p, "bob", "0");
+    for _ in 0..3 {
+        p.payctl(&[
+            "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "1.00",
+        ])
+        .expect(0);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = p.spawn(&["transfer", "process", "--metrics-listen", &listen], &[]);
+    let server = Server {
+        child,
+        base: format!("http://{listen}"),
+        client: reqwest::Client::new(),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
+    let metrics = |server: &Server| {
+        server.runtime.block_on(async {
+            match server
+                .client
+                .get(format!("{}/metrics", server.base))
+                .send()
+                .await
+            {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics(&server);
+        if text.contains("payctl_messages_total{outcome=\"completed\"} 3") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 3 completed in the metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for name in [
+        "payctl_batch_size_bucket",
+        "payctl_batch_seconds_count",
+        "payctl_produced_total 6",
+        "payctl_assigned 1",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert_eq!(server.get("/healthz").0, 200);
+    let (status, ready) = server.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["partitions_assigned"], true);
+
+    common::signal(&server.child, "TERM");
+    let run = common::finish(server.child);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
