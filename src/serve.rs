@@ -246,6 +246,108 @@ async fn show_transaction(
     .await
 }
 
+/// `POST /accounts`: `{"id", "currency", "balance"}` (balance optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    id: String,
+    #[serde(default = "default_currency")]
+    currency: String,
+    #[serde(default, deserialize_with = "optional_amount")]
+    balance: Option<Decimal>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+/// An amount as a string or a JSON number, read exactly, or absent.
+fn optional_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    crate::money::deserialize_typed(d).map(Some)
+}
+
+/// `POST /accounts/{id}/deposit`: `{"amount"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deposit {
+    #[serde(deserialize_with = "crate::money::deserialize_typed")]
+    amount: Decimal,
+}
+
+/// A library error about one account: unknown is 404, existing 409.
+fn account_error(error: anyhow::Error) -> ApiError {
+    let message = format!("{error:#}");
+    if message.starts_with("unknown account") {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    } else if message.ends_with("already exists") {
+        ApiError::new(StatusCode::CONFLICT, "exists", message)
+    } else if error.chain().any(|c| c.is::<crate::money::MoneyError>()) {
+        ApiError::bad(message)
+    } else {
+        ApiError::from_error(error)
+    }
+}
+
+async fn open_account(
+    State(service): State<Service>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<crate::accounts::Account>), ApiError> {
+    let raw = read_body(raw)?;
+    let request: NewAccount = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(format!("the body is not an account: {e}")))?;
+    crate::accounts::validate_id(&request.id).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let currency = crate::money::Currency::parse(&request.currency)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let balance = match request.balance {
+        Some(value) if !value.is_zero() => Some(
+            crate::money::Money::amount(value, currency)
+                .map_err(|e| ApiError::bad(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    timed(&service, async {
+        let mut redis = service.redis.clone();
+        let account = crate::accounts::open(&mut redis, &request.id, currency, balance)
+            .await
+            .map_err(account_error)?;
+        Ok((StatusCode::CREATED, Json(account)))
+    })
+    .await
+}
+
+async fn deposit(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::accounts::Account>, ApiError> {
+    let raw = read_body(raw)?;
+    let request: Deposit = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(format!("the body is not a deposit: {e}")))?;
+    timed(&service, async {
+        let mut redis = service.redis.clone();
+        let amount = request.amount.to_string();
+        let account = crate::accounts::deposit(&mut redis, &id, &amount)
+            .await
+            .map_err(account_error)?;
+        Ok(Json(account))
+    })
+    .await
+}
+
+async fn show_account(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::accounts::Account>, ApiError> {
+    timed(&service, async {
+        let mut redis = service.redis.clone();
+        let account = crate::accounts::require(&mut redis, &id)
+            .await
+            .map_err(account_error)?;
+        Ok(Json(account))
+    })
+    .await
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
@@ -305,6 +407,9 @@ pub async fn run(
     let app = Router::new()
         .route("/transactions", post(create_transaction))
         .route("/transactions/{id}", get(show_transaction))
+        .route("/accounts", post(open_account))
+        .route("/accounts/{id}", get(show_account))
+        .route("/accounts/{id}/deposit", post(deposit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(unknown_route)

@@ -355,3 +355,67 @@ fn a_worker_serves_its_metrics_health_and_readiness() {
     let run = common::finish(server.child);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn accounts_over_http_open_deposit_and_show_with_exact_amounts() {
+    let p = Pipeline::new();
+    let server = Server::start(&p, &[]);
+    let id = common::unique("http-acct");
+    let open = json!({"id": id, "currency": "JPY", "balance": 1500}).to_string();
+    let (status, opened) = server.post("/accounts", open.clone(), None);
+    assert_eq!(status, 201, "{opened}");
+    assert_eq!(
+        (opened["currency"].as_str(), opened["balance"].as_str()),
+        (Some("JPY"), Some("1500"))
+    );
+    let (status, again) = server.post("/accounts", open, None);
+    assert_eq!((status, code(&again)), (409, "exists"), "{again}");
+
+    let (status, deposited) = server.post(
+        &format!("/accounts/{id}/deposit"),
+        json!({"amount": "250"}).to_string(),
+        None,
+    );
+    assert_eq!(
+        (status, deposited["balance"].as_str()),
+        (200, Some("1750")),
+        "{deposited}"
+    );
+    let (status, fraction) = server.post(
+        &format!("/accounts/{id}/deposit"),
+        json!({"amount": "0.5"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "JPY has no minor unit: {fraction}");
+    let (status, shown) = server.get(&format!("/accounts/{id}"));
+    assert_eq!(
+        (status, shown["balance"].as_str()),
+        (200, Some("1750")),
+        "{shown}"
+    );
+
+    let (status, missing) = server.get("/accounts/nobody-here");
+    assert_eq!((status, code(&missing)), (404, "not_found"), "{missing}");
+    let (status, deposit_missing) = server.post(
+        "/accounts/nobody-here/deposit",
+        json!({"amount": "1"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 404, "{deposit_missing}");
+    let (status, bad_currency) = server.post(
+        "/accounts",
+        json!({"id": common::unique("x"), "currency": "USX"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "{bad_currency}");
+    assert!(
+        bad_currency["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean USD"),
+        "{bad_currency}"
+    );
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}
