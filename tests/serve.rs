@@ -17,6 +17,14 @@ struct Server {
 
 impl Server {
     fn start(p: &Pipeline, extra: &[&str]) -> Server {
+        let mut command = vec!["serve"];
+        command.extend(extra);
+        Server::launch(p, &command, "--listen")
+    }
+
+    /// Runs `command` with `flag` naming a free loopback port, and waits
+    /// until its `/healthz` answers.
+    fn launch(p: &Pipeline, command: &[&str], flag: &str) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -24,8 +32,8 @@ impl Server {
             .unwrap()
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["serve", "--listen", listen.as_str()];
-        args.extend(extra);
+        let mut args = command.to_vec();
+        args.extend([flag, listen.as_str()]);
         let child = p.spawn(&args, &[]);
         let server = Server {
             child,
@@ -40,7 +48,7 @@ impl Server {
         while server.get("/healthz").0 != 200 {
             assert!(
                 Instant::now() < deadline,
-                "payctl serve did not answer /healthz"
+                "{command:?} did not answer /healthz"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -180,43 +188,19 @@ fn transactions_over_http_answer_with_the_right_status_and_stop_cleanly() {
 #[test]
 fn the_http_processing_simulator_answers_like_the_built_in_one_and_serves_payments_process() {
     let p = Pipeline::new();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = p.spawn(
+    let server = Server::launch(
+        &p,
         &[
             "payments",
             "simulate-processor",
-            "--listen",
-            &listen,
             "--seed",
             "7",
             "--accept-rate",
             "0.5",
         ],
-        &[],
+        "--listen",
     );
-    let server = Server {
-        child,
-        base: format!("http://{listen}"),
-        client: reqwest::Client::new(),
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.get("/healthz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the simulator did not answer /healthz"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let listen = server.base.trim_start_matches("http://").to_string();
 
     // The same seed, rates and id give the same answer every time, in
     // payctl's form and seed 003's.
@@ -296,23 +280,7 @@ fn a_worker_serves_its_metrics_health_and_readiness() {
         ])
         .expect(0);
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = p.spawn(&["transfer", "process", "--metrics-listen", &listen], &[]);
-    let server = Server {
-        child,
-        base: format!("http://{listen}"),
-        client: reqwest::Client::new(),
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    };
+    let server = Server::launch(&p, &["transfer", "process"], "--metrics-listen");
     let metrics = |server: &Server| {
         server.runtime.block_on(async {
             match server
