@@ -712,8 +712,8 @@ impl Command {
             Command::Serve(args) => {
                 let redis = app.redis.connect().await?;
                 let producer = app.producer()?.clone();
-                let (topic, shutdown) = (&app.topics.transfers, app.shutdown.clone());
-                serve::run(args, &app.kafka, redis, producer, topic, shutdown).await
+                let (topics, shutdown) = (&app.topics, app.shutdown.clone());
+                serve::run(args, &app.kafka, redis, producer, topics, shutdown).await
             }
             Command::Cluster(ClusterCommand::Info(args)) => {
                 cluster::info(args, &app.kafka, out).await

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,6 +56,7 @@ struct Service {
     producer: FutureProducer,
     kafka: Arc<KafkaConfig>,
     transfers_topic: Arc<str>,
+    transactions_topic: Arc<str>,
     timeout: Duration,
 }
 
@@ -348,6 +349,89 @@ async fn show_account(
     .await
 }
 
+/// `GET /transactions/log?user=&status=&limit=`: the transaction log,
+/// newest first, as `transactions log` reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    user: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most entries one request may ask for.
+const MAX_LOG_LIMIT: usize = 1000;
+
+async fn transaction_log(
+    State(service): State<Service>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<crate::transactions::log::Log>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "limit must be from 1 to {MAX_LOG_LIMIT}"
+        )));
+    }
+    let args = crate::transactions::log::Args {
+        user: query.user,
+        status: query.status,
+        since: None,
+        filters: Vec::new(),
+        limit,
+        wait: 1.0,
+    };
+    timed(&service, async {
+        let stop = CancellationToken::new();
+        crate::transactions::log::find(&args, &service.kafka, &service.transactions_topic, &stop)
+            .await
+            .map(Json)
+            .map_err(ApiError::from_error)
+    })
+    .await
+}
+
+/// `POST /convert`: `{"amount", "from", "to", "pivot"}`, answered at once
+/// with the stored rates, rounded as `rates convert` rounds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConvertRequest {
+    #[serde(deserialize_with = "crate::money::deserialize_typed")]
+    amount: Decimal,
+    from: String,
+    to: String,
+    #[serde(default = "default_currency")]
+    pivot: String,
+}
+
+async fn convert(
+    State(service): State<Service>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::rates::convert::ShownConversion>, ApiError> {
+    use crate::rates::convert::{compute, ShownConversion, Unanswerable};
+    let raw = read_body(raw)?;
+    let request: ConvertRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(format!("the body is not a conversion: {e}")))?;
+    let pivot =
+        crate::money::Currency::parse(&request.pivot).map_err(|e| ApiError::bad(e.to_string()))?;
+    timed(&service, async {
+        let mut redis = service.redis.clone();
+        let rates = crate::rates::all(&mut redis)
+            .await
+            .map_err(ApiError::from_error)?;
+        match compute(&rates, request.amount, &request.from, &request.to, pivot) {
+            Ok(conversion) => Ok(Json(ShownConversion(conversion))),
+            Err(e @ Unanswerable::NoRate { .. }) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_rate",
+                e.to_string(),
+            )),
+            Err(e) => Err(ApiError::bad(e.to_string())),
+        }
+    })
+    .await
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
@@ -390,7 +474,7 @@ pub async fn run(
     kafka: &KafkaConfig,
     redis: Redis,
     producer: FutureProducer,
-    transfers_topic: &str,
+    topics: &crate::config::Topics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -401,12 +485,15 @@ pub async fn run(
         redis,
         producer,
         kafka: Arc::new(kafka.clone()),
-        transfers_topic: transfers_topic.into(),
+        transfers_topic: topics.transfers.as_str().into(),
+        transactions_topic: topics.transactions.as_str().into(),
         timeout: Duration::from_secs_f64(args.request_timeout),
     };
     let app = Router::new()
         .route("/transactions", post(create_transaction))
+        .route("/transactions/log", get(transaction_log))
         .route("/transactions/{id}", get(show_transaction))
+        .route("/convert", post(convert))
         .route("/accounts", post(open_account))
         .route("/accounts/{id}", get(show_account))
         .route("/accounts/{id}/deposit", post(deposit))

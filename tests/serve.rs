@@ -387,3 +387,47 @@ fn accounts_over_http_open_deposit_and_show_with_exact_amounts() {
     common::signal(&server.child, "TERM");
     assert_eq!(common::finish(server.child).code, 0);
 }
+
+#[test]
+fn the_log_and_conversions_over_http_answer_from_the_topic_and_the_stored_rates() {
+    let p = Pipeline::new();
+    let user = common::unique("logged");
+    let events: Vec<String> = (1..=3)
+        .map(|i| {
+            json!({"transaction_id": format!("t{i}"), "user_id": user, "status": "completed"})
+                .to_string()
+        })
+        .collect();
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    common::produce_raw(&p.transactions, &user, &events);
+    p.payctl(&["rates", "set", "ISK", "JPY", "1.0735"])
+        .expect(0);
+    let server = Server::start(&p, &[]);
+
+    let (status, log) = server.get(&format!("/transactions/log?user={user}&limit=2"));
+    assert_eq!(status, 200, "{log}");
+    let ids: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["transaction_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["t3", "t2"], "newest first, at most the limit: {log}");
+    let (status, bad) = server.get("/transactions/log?limit=0");
+    assert_eq!((status, code(&bad)), (400, "invalid"), "{bad}");
+
+    let convert = json!({"amount": "100", "from": "ISK", "to": "JPY"}).to_string();
+    let (status, converted) = server.post("/convert", convert, None);
+    assert_eq!(status, 200, "{converted}");
+    // 107.35 rounded once, half to even, to JPY's 0 decimals.
+    assert_eq!(converted["result"], "107", "{converted}");
+    let unknown = json!({"amount": "1", "from": "ISK", "to": "XOF"}).to_string();
+    let (status, no_rate) = server.post("/convert", unknown, None);
+    assert_eq!((status, code(&no_rate)), (404, "no_rate"), "{no_rate}");
+    let bad = json!({"amount": "1.001", "from": "ISK", "to": "JPY"}).to_string();
+    let (status, over_precise) = server.post("/convert", bad, None);
+    assert_eq!(status, 400, "ISK has no decimals: {over_precise}");
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}

@@ -49,8 +49,9 @@ pub struct Args {
     pub wait: f64,
 }
 
+/// One outcome found, with where it was on the topic.
 #[derive(Serialize)]
-struct Entry {
+pub struct Entry {
     #[serde(flatten, serialize_with = "serialize_event")]
     event: TransactionEvent,
     partition: i32,
@@ -108,9 +109,10 @@ fn serialize_event<S: serde::Serializer>(e: &TransactionEvent, s: S) -> Result<S
     .serialize(s)
 }
 
+/// The outcomes found, newest first.
 #[derive(Serialize)]
 #[serde(transparent)]
-struct Log(Vec<Entry>);
+pub struct Log(pub Vec<Entry>);
 
 impl Report for Log {
     fn render(&self) -> Rendered {
@@ -158,6 +160,16 @@ pub async fn run(
     output: Output,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    output.emit(&find(&args, kafka, topic, &shutdown).await?)
+}
+
+/// The newest `args.limit` outcomes on `topic` that pass the filters.
+pub async fn find(
+    args: &Args,
+    kafka: &KafkaConfig,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Log> {
     anyhow::ensure!(
         args.wait.is_finite() && args.wait >= 0.0,
         "--wait must be a number of seconds"
@@ -211,8 +223,8 @@ pub async fn run(
                 from,
                 until,
                 wait,
-                &shutdown,
-                &args,
+                shutdown,
+                args,
             )
         });
         let results = futures::future::join_all(reads).await;
@@ -245,7 +257,7 @@ pub async fn run(
         "read {} of {topic}",
         crate::output::count(read, "message", "messages")
     );
-    output.emit(&Log(found))
+    Ok(Log(found))
 }
 
 /// Newest first by broker timestamp (partitions interleave), at most `limit`.
