@@ -62,7 +62,6 @@ impl Currency {
     /// the standard has replaced is refused; an unknown one is answered
     /// with the nearest codes.
     pub fn parse(code: &str) -> Result<Currency, MoneyError> {
-        use iso_currency::Flag;
         let upper = code.trim().to_ascii_uppercase();
         let Some(iso) = iso_currency::Currency::from_code(&upper) else {
             return Err(MoneyError::UnknownCurrency {
@@ -70,10 +69,7 @@ impl Currency {
                 hint: suggestion(&upper),
             });
         };
-        if let Some(by) = iso.flags().into_iter().find_map(|f| match f {
-            Flag::Superseded(by) => Some(by),
-            _ => None,
-        }) {
+        if let Some(by) = replaced_by(iso) {
             return Err(MoneyError::Superseded {
                 code: iso.code().to_string(),
                 by: by.code().to_string(),
@@ -99,6 +95,20 @@ impl Currency {
     }
 }
 
+/// Codes the `iso_currency` crate marks as replaced that ISO 4217 still
+/// lists as current. Amendment 170 (1 October 2021) added VED for the
+/// digital bolívar and kept VES as the valid code for any future
+/// transaction; the crate (0.7.1) has VES replaced by VED.
+const STILL_CURRENT: &[&str] = &["VES"];
+
+/// The code that replaced `iso`, if the standard has withdrawn it.
+fn replaced_by(iso: iso_currency::Currency) -> Option<iso_currency::Currency> {
+    if STILL_CURRENT.contains(&iso.code()) {
+        return None;
+    }
+    iso.is_superseded()
+}
+
 /// "; did you mean USD?" with up to three current codes one letter away
 /// (or two letters swapped), or nothing when none is that near.
 fn suggestion(code: &str) -> String {
@@ -120,7 +130,9 @@ fn suggestion(code: &str) -> String {
     // those sharing the longest start with what was typed first.
     let shared_start = |c: &str| c.chars().zip(&wanted).take_while(|(a, b)| a == *b).count();
     let mut codes: Vec<&'static str> = iso_currency::Currency::iter()
-        .filter(|c| c.exponent().is_some() && c.flags().is_empty())
+        .filter(|c| {
+            c.exponent().is_some() && !c.is_fund() && !c.is_special() && replaced_by(*c).is_none()
+        })
         .map(|c| c.code())
         .filter(|c| near(c))
         .collect();
@@ -611,6 +623,23 @@ mod tests {
         assert!(gold.contains("no minor unit"), "{gold}");
         let kuna = Currency::parse("HRK").unwrap_err().to_string();
         assert!(kuna.contains("replaced by EUR"), "{kuna}");
+        for unit in ["XXX", "XTS", "XDR"] {
+            assert_eq!(
+                Currency::parse(unit),
+                Err(MoneyError::NoMinorUnit(unit.into())),
+                "{unit}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_codes_of_the_bolivar_are_current() {
+        // ISO 4217 amendment 170 added VED beside VES, which stays valid.
+        for code in ["VES", "VED"] {
+            assert_eq!(Currency::parse(code).unwrap().exponent(), 2, "{code}");
+        }
+        let near = Currency::parse("VEX").unwrap_err().to_string();
+        assert!(near.contains("VES") && near.contains("VED"), "{near}");
     }
 
     #[test]

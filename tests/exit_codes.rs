@@ -71,6 +71,19 @@ fn exit_2_on_bad_input_or_configuration() {
         "{}",
         unreachable.stderr
     );
+    // Nothing listens there: a refused connection ends the run in seconds.
+    let started = Instant::now();
+    let no_broker = p
+        .payctl(&["topics", "list", "--brokers", "127.0.0.1:19999"])
+        .expect(2);
+    assert!(
+        no_broker
+            .stderr
+            .contains("cannot reach the Kafka brokers at 127.0.0.1:19999"),
+        "{}",
+        no_broker.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 #[test]
@@ -96,6 +109,44 @@ fn exit_3_when_a_threshold_is_crossed() {
         .expect(3);
     p.payctl(&["groups", "lag", &group, "--max-lag", "2"])
         .expect(0);
+}
+
+#[test]
+fn exit_3_when_work_is_left_for_the_next_run() {
+    // A Redis of its own, so the run sees only this test's payment.
+    let redis = common::PrivateRedis::start();
+    let p = Pipeline::new();
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    p.payctl_env(
+        &[
+            "payments",
+            "submit",
+            "--user",
+            &unique("dora"),
+            "--plan",
+            "p",
+            "--amount",
+            "5.00",
+        ],
+        &env,
+    )
+    .expect(0);
+    p.payctl_env(&["payments", "save", "--until-idle", "2"], &env)
+        .expect(0);
+    // Nothing listens on port 1: the processor never answers.
+    let processor = [
+        "payments",
+        "process",
+        "--processor-url",
+        "http://127.0.0.1:1/execute_transaction",
+        "--timeout",
+        "0.5",
+        "--retries",
+        "0",
+    ];
+    let run = p.payctl_env(&processor, &env).expect(3);
+    assert!(run.stderr.contains("unanswered"), "{}", run.stderr);
 }
 
 #[test]

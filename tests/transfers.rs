@@ -164,6 +164,95 @@ fn deposits_are_exact_and_checked() {
         .any(|a| a["id"] == carol.as_str() && a["currency"] == "USD"));
 }
 
+fn open_in(p: &Pipeline, prefix: &str, currency: &str, balance: &str) -> String {
+    let id = unique(prefix);
+    p.payctl(&[
+        "accounts",
+        "open",
+        &id,
+        "--currency",
+        currency,
+        "--balance",
+        balance,
+    ])
+    .expect(0);
+    id
+}
+
+#[test]
+fn yen_and_dinars_keep_their_minor_units_and_unknown_codes_get_near_ones() {
+    let p = Pipeline::new();
+    // JPY has no decimals: 1,500 yen, and half a yen is refused.
+    let yuki = open_in(&p, "yuki", "JPY", "1500");
+    let kenji = open_in(&p, "kenji", "jpy", "0");
+    assert_eq!(balance(&p, &yuki), "1500");
+    let half = p
+        .payctl(&[
+            "accounts",
+            "open",
+            &unique("half"),
+            "--currency",
+            "JPY",
+            "--balance",
+            "1.5",
+        ])
+        .expect(2);
+    assert!(
+        half.stderr
+            .contains("1.5 has more decimal places than JPY allows (0)"),
+        "{}",
+        half.stderr
+    );
+    let half_a_yen = p
+        .payctl(&[
+            "transfer", "initiate", "--from", &yuki, "--to", &kenji, "--amount", "0.5",
+        ])
+        .expect(2);
+    assert!(
+        half_a_yen.stderr.contains("than JPY allows (0)"),
+        "{}",
+        half_a_yen.stderr
+    );
+    initiate(&p, &yuki, &kenji, "500");
+    let summary = p.process(&[]);
+    assert_eq!(count(&summary, "completed"), 1);
+    assert_eq!(
+        (balance(&p, &yuki), balance(&p, &kenji)),
+        ("1000".into(), "500".into())
+    );
+
+    // KWD has three: a fils is 0.001 dinar, a tenth of one is refused.
+    let amal = open_in(&p, "amal", "KWD", "12.345");
+    assert_eq!(balance(&p, &amal), "12.345");
+    p.payctl(&["accounts", "deposit", &amal, "0.005"]).expect(0);
+    assert_eq!(balance(&p, &amal), "12.350");
+    let tenth = p
+        .payctl(&["accounts", "deposit", &amal, "0.0001"])
+        .expect(2);
+    assert!(
+        tenth
+            .stderr
+            .contains("more decimal places than KWD allows (3)"),
+        "{}",
+        tenth.stderr
+    );
+
+    // Not a currency: the nearest codes, not the whole list.
+    let typo = p
+        .payctl(&["accounts", "open", &unique("typo"), "--currency", "JPX"])
+        .expect(2);
+    assert!(
+        typo.stderr
+            .contains("unknown currency \"JPX\": not an ISO 4217 code; did you mean JPY?"),
+        "{}",
+        typo.stderr
+    );
+    let gold = p
+        .payctl(&["accounts", "open", &unique("gold"), "--currency", "XAU"])
+        .expect(2);
+    assert!(gold.stderr.contains("no minor unit"), "{}", gold.stderr);
+}
+
 #[test]
 fn a_version_conflict_is_reported_and_not_applied() {
     let p = Pipeline::new();
