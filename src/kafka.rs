@@ -882,6 +882,102 @@ fn describe_groups(
     }
 }
 
+/// Sets `settings` (name, value) on `topic` with librdkafka's
+/// IncrementalAlterConfigs admin call (rust-rdkafka wraps only the older
+/// AlterConfigs, which replaces a topic's whole set of overrides and which
+/// Tansu does not offer), through the client behind `rk`. Settings not
+/// named are left as they are. Blocking; waits at most `timeout`.
+pub fn set_topic_settings(
+    rk: *mut rdkafka::bindings::rd_kafka_t,
+    topic: &str,
+    settings: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use rdkafka::bindings as rd;
+    let text = |s: &str| std::ffi::CString::new(s).context("a setting holds a NUL byte");
+    let topic_name = text(topic)?;
+    let pairs: Vec<(std::ffi::CString, std::ffi::CString)> = settings
+        .iter()
+        .map(|(name, value)| Ok((text(name)?, text(value)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the strings outlive every call that reads them; librdkafka
+    // copies the resource on the request, so it is destroyed here once; the
+    // queue, the options and the event are destroyed once, after their
+    // contents have been copied out.
+    unsafe {
+        let resource = rd::rd_kafka_ConfigResource_new(
+            rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
+            topic_name.as_ptr(),
+        );
+        for (name, value) in &pairs {
+            let error = rd::rd_kafka_ConfigResource_add_incremental_config(
+                resource,
+                name.as_ptr(),
+                rd::rd_kafka_AlterConfigOpType_t::RD_KAFKA_ALTER_CONFIG_OP_TYPE_SET,
+                value.as_ptr(),
+            );
+            if !error.is_null() {
+                let message = c_text(rd::rd_kafka_error_string(error));
+                rd::rd_kafka_error_destroy(error);
+                rd::rd_kafka_ConfigResource_destroy(resource);
+                bail!("{message}");
+            }
+        }
+        let options = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
+        );
+        rd::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, std::ptr::null_mut(), 0);
+        let queue = rd::rd_kafka_queue_new(rk);
+        let mut resources = [resource];
+        rd::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue);
+        rd::rd_kafka_ConfigResource_destroy(resource);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        // The request times out on its own; the poll waits a little longer
+        // so that the timeout arrives as an event, not as silence.
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
+        rd::rd_kafka_queue_destroy(queue);
+        if event.is_null() {
+            bail!("the broker did not answer within {timeout:?}");
+        }
+        let error_name = |code| c_text(rd::rd_kafka_err2name(code));
+        let result = (|| {
+            let code = rd::rd_kafka_event_error(event);
+            if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE {
+                bail!(
+                    "the broker does not offer the IncrementalAlterConfigs API ({})",
+                    error_name(code)
+                );
+            }
+            if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                bail!(
+                    "{} ({})",
+                    c_text(rd::rd_kafka_event_error_string(event)),
+                    error_name(code)
+                );
+            }
+            let altered = rd::rd_kafka_event_IncrementalAlterConfigs_result(event);
+            if altered.is_null() {
+                bail!("the broker answered something other than a change of settings");
+            }
+            let mut count = 0usize;
+            let list = rd::rd_kafka_IncrementalAlterConfigs_result_resources(altered, &mut count);
+            for i in 0..count {
+                let resource = *list.add(i);
+                let code = rd::rd_kafka_ConfigResource_error(resource);
+                if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let message = c_text(rd::rd_kafka_ConfigResource_error_string(resource));
+                    bail!("the broker refused: {message} ({})", error_name(code));
+                }
+            }
+            Ok(())
+        })();
+        rd::rd_kafka_event_destroy(event);
+        result
+    }
+}
+
 /// Read-only questions to the cluster: topics, offsets, groups, lag.
 ///
 /// These are blocking librdkafka calls; async callers run them on

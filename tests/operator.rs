@@ -330,3 +330,312 @@ fn completions_for_every_shell() {
         );
     }
 }
+
+/// Partition count of `topic` as `topics describe` shows it; `None` when
+/// the broker does not have it.
+fn partitions_of(p: &Pipeline, topic: &str) -> Option<usize> {
+    let run = p.payctl(&["topics", "describe", topic, "--output", "json"]);
+    (run.code == 0).then(|| run.json()["partitions"].as_array().unwrap().len())
+}
+
+/// Runs `payctl ARGS` in a pseudo-terminal, typing `answer`; returns its
+/// exit code and everything it showed.
+fn at_a_terminal(args: &str, answer: &str) -> (i32, String) {
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_payctl")),
+            "/dev/null",
+        ])
+        .env("KAFKA_BOOTSTRAP_SERVERS", common::brokers())
+        .env("XDG_CONFIG_HOME", common::config_home())
+        .env_remove("PAYCTL_PROFILE")
+        .env_remove("PAYCTL_OUTPUT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs a command in a pseudo-terminal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn cluster_info_lists_the_brokers_the_controller_and_what_the_cluster_holds() {
+    let p = Pipeline::new();
+    let info = p
+        .payctl(&["cluster", "info", "--output", "json"])
+        .expect(0)
+        .json();
+    let brokers = info["brokers"].as_array().unwrap();
+    assert!(!brokers.is_empty(), "{info}");
+    for broker in brokers {
+        assert!(!broker["host"].as_str().unwrap().is_empty(), "{info}");
+        assert!(broker["port"].as_i64().unwrap() > 0, "{info}");
+    }
+    // Both Tansu and Apache Kafka (0.10.1 and later) name a controller and
+    // the cluster's id.
+    let controller = info["controller"].as_i64().expect("a controller");
+    let flagged: Vec<&Value> = brokers.iter().filter(|b| b["controller"] == true).collect();
+    assert_eq!(flagged.len(), 1, "{info}");
+    assert_eq!(flagged[0]["id"], controller, "{info}");
+    assert!(!info["cluster_id"].as_str().unwrap().is_empty(), "{info}");
+    // This pipeline's own topics are among those counted.
+    let topics = info["topics"].as_u64().unwrap();
+    assert!(topics >= 5, "{info}");
+    assert!(info["partitions"].as_u64().unwrap() >= topics, "{info}");
+
+    let table = p.payctl(&["cluster", "info"]).expect(0).stdout;
+    assert!(
+        table.contains(&format!("broker {controller}")) && table.contains("(controller)"),
+        "{table}"
+    );
+    for row in ["cluster id", "topics", "partitions"] {
+        assert!(table.contains(row), "{table}");
+    }
+}
+
+#[test]
+fn topics_delete_asks_refuses_unknown_names_and_reads_the_broker_back() {
+    let p = Pipeline::new();
+    let (kept, gone) = (unique("delete-kept"), unique("delete-gone"));
+    for topic in [&kept, &gone] {
+        p.payctl(&["topics", "create", topic]).expect(0);
+    }
+
+    // Off a terminal, without --yes: refused, nothing deleted.
+    let asked = p.payctl(&["topics", "delete", &kept, &gone]).expect(2);
+    assert!(asked.stderr.contains("needs --yes"), "{}", asked.stderr);
+    assert!(partitions_of(&p, &kept).is_some() && partitions_of(&p, &gone).is_some());
+
+    // One name the broker does not have: that one named, none deleted.
+    let missing = unique("delete-missing");
+    let unknown = p
+        .payctl(&["topics", "delete", &gone, &missing, "--yes"])
+        .expect(2);
+    assert!(
+        unknown
+            .stderr
+            .contains(&format!("no topic {missing} on the broker")),
+        "{}",
+        unknown.stderr
+    );
+    assert!(partitions_of(&p, &gone).is_some());
+
+    // At a terminal it asks; "n" keeps them (exit 1: the answer is no).
+    let (code, shown) = at_a_terminal(&format!("topics delete {kept} {gone}"), "n\n");
+    assert!(
+        shown.contains(&format!(
+            "delete 2 topics ({kept}, {gone}) and every message in them? [y/N]"
+        )),
+        "{shown}"
+    );
+    assert_eq!(code, 1, "{shown}");
+    assert!(partitions_of(&p, &kept).is_some() && partitions_of(&p, &gone).is_some());
+
+    // "y" deletes, and the broker no longer has it.
+    let (code, shown) = at_a_terminal(&format!("topics delete {gone}"), "y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("deleted"), "{shown}");
+    assert_eq!(partitions_of(&p, &gone), None);
+
+    // --yes in a script, one row per topic in JSON.
+    let deleted = p
+        .payctl(&["topics", "delete", &kept, "--yes", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        deleted,
+        serde_json::json!([{"topic": kept, "deleted": true}]),
+        "{deleted}"
+    );
+    assert_eq!(partitions_of(&p, &kept), None);
+    let again = p.payctl(&["topics", "delete", &kept, "--yes"]).expect(2);
+    assert!(again.stderr.contains("no topic"), "{}", again.stderr);
+}
+
+#[test]
+fn topics_add_partitions_only_grows_and_says_when_the_broker_cannot() {
+    let p = Pipeline::new();
+    let topic = unique("grow");
+    p.payctl(&["topics", "create", "--partitions", "2", &topic])
+        .expect(0);
+
+    for fewer in ["2", "1"] {
+        let refused = p
+            .payctl(&["topics", "add-partitions", &topic, "--to", fewer])
+            .expect(2);
+        assert!(
+            refused
+                .stderr
+                .contains(&format!("{topic} has 2 partitions")),
+            "{}",
+            refused.stderr
+        );
+    }
+    let missing = p
+        .payctl(&[
+            "topics",
+            "add-partitions",
+            &unique("grow-missing"),
+            "--to",
+            "3",
+        ])
+        .expect(2);
+    assert!(missing.stderr.contains("no topic"), "{}", missing.stderr);
+
+    // Apache Kafka grows the topic; Tansu does not offer CreatePartitions,
+    // and payctl says so in one line and leaves the topic as it was.
+    let more = p.payctl(&[
+        "topics",
+        "add-partitions",
+        &topic,
+        "--to",
+        "4",
+        "--output",
+        "json",
+    ]);
+    match more.code {
+        0 => {
+            let grown = more.json();
+            assert_eq!(
+                (grown["before"].clone(), grown["after"].clone()),
+                (2.into(), 4.into())
+            );
+            assert_eq!(partitions_of(&p, &topic), Some(4));
+        }
+        2 => {
+            assert_eq!(
+                more.stderr.trim(),
+                format!(
+                    "error: adding partitions: the broker at {} does not offer the CreatePartitions API",
+                    common::brokers()
+                )
+            );
+            assert_eq!(partitions_of(&p, &topic), Some(2));
+        }
+        other => panic!("exit {other}: {}", more.stderr),
+    }
+    p.payctl(&["topics", "delete", &topic, "--yes"]).expect(0);
+}
+
+#[test]
+fn topics_config_changes_the_named_settings_only_and_reads_them_back() {
+    let p = Pipeline::new();
+    let topic = unique("settings");
+    p.payctl(&["topics", "create", &topic]).expect(0);
+    let value = |settings: &Value, name: &str| {
+        settings["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].clone())
+    };
+
+    let set = p
+        .payctl(&[
+            "topics",
+            "config",
+            "set",
+            &topic,
+            "retention.ms=3600000",
+            "cleanup.policy=compact",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(set["changes"][0]["name"], "retention.ms", "{set}");
+    assert_eq!(set["changes"][0]["after"], "3600000", "{set}");
+    assert_eq!(set["changes"][1]["name"], "cleanup.policy", "{set}");
+    assert_eq!(set["changes"][1]["after"], "compact", "{set}");
+
+    let one = p
+        .payctl(&[
+            "topics",
+            "config",
+            "get",
+            &topic,
+            "retention.ms",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(one["settings"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(value(&one, "retention.ms"), Some("3600000".into()), "{one}");
+
+    // A second change shows the value it replaced, and leaves the other
+    // setting as it was.
+    let changed = p
+        .payctl(&[
+            "topics",
+            "config",
+            "set",
+            &topic,
+            "retention.ms=7200000",
+            "--output",
+            "json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        changed["changes"],
+        serde_json::json!([{"name": "retention.ms", "before": "3600000", "after": "7200000"}]),
+        "{changed}"
+    );
+    let all = p
+        .payctl(&["topics", "config", "get", &topic, "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(value(&all, "retention.ms"), Some("7200000".into()), "{all}");
+    assert_eq!(
+        value(&all, "cleanup.policy"),
+        Some("compact".into()),
+        "{all}"
+    );
+    let table = p
+        .payctl(&["topics", "config", "get", &topic, "cleanup.policy"])
+        .expect(0)
+        .stdout;
+    assert!(
+        table.contains("source") && table.contains("compact"),
+        "{table}"
+    );
+
+    let unknown = p
+        .payctl(&["topics", "config", "get", &topic, "no.such.setting"])
+        .expect(2);
+    assert!(
+        unknown.stderr.contains("no setting no.such.setting"),
+        "{}",
+        unknown.stderr
+    );
+    for malformed in ["retention.ms", "=3600000"] {
+        let refused = p
+            .payctl(&["topics", "config", "set", &topic, malformed])
+            .expect(2);
+        assert!(refused.stderr.contains("KEY=VALUE"), "{}", refused.stderr);
+    }
+    let missing = p
+        .payctl(&[
+            "topics",
+            "config",
+            "set",
+            &unique("settings-missing"),
+            "a=b",
+        ])
+        .expect(2);
+    assert!(missing.stderr.contains("no topic"), "{}", missing.stderr);
+    p.payctl(&["topics", "delete", &topic, "--yes"]).expect(0);
+}

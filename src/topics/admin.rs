@@ -6,8 +6,8 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
-use rdkafka::admin::{AdminOptions, AlterConfig, ConfigSource, NewPartitions, ResourceSpecifier};
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminOptions, ConfigSource, NewPartitions, ResourceSpecifier};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 
@@ -61,6 +61,26 @@ async fn partition_counts(
                 .map(|(_, p)| p.len())
         })
         .collect())
+}
+
+/// How long a change may take to show in the broker's metadata.
+const READ_BACK: Duration = Duration::from_secs(10);
+
+/// Reads the broker again until `settled` holds for what `read` returns,
+/// or [`READ_BACK`] has passed: metadata may lag behind a change the broker
+/// has accepted. Returns the last reading.
+async fn read_back<T, F>(read: impl Fn() -> F, settled: impl Fn(&T) -> bool) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + READ_BACK;
+    loop {
+        let reading = read().await?;
+        if settled(&reading) || std::time::Instant::now() > deadline {
+            return Ok(reading);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 // ------------------------------------------------------------------ delete
@@ -118,9 +138,10 @@ pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> an
             bail!("deleting topics needs --yes when stdin is not a terminal: nothing deleted");
         }
         let question = format!(
-            "delete {} ({}) and every message in them?",
+            "delete {} ({}) and every message in {}?",
             output::count(args.topics.len() as u64, "topic", "topics"),
-            args.topics.join(", ")
+            args.topics.join(", "),
+            if args.topics.len() == 1 { "it" } else { "them" }
         );
         if !output::confirm(&question)? {
             return Err(refuse("topics left as they are"));
@@ -137,27 +158,24 @@ pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> an
             return Err(refused(&format!("deleting topic {topic}"), code));
         }
     }
-    // Read back: the broker may take a moment to forget them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let after = partition_counts(kafka, &args.topics).await?;
-        let left: Vec<&str> = args
-            .topics
-            .iter()
-            .zip(&after)
-            .filter(|(_, count)| count.is_some())
-            .map(|(t, _)| t.as_str())
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the broker accepted the deletion, but still lists {} 10 s later",
-                left.join(", ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = read_back(
+        || partition_counts(kafka, &args.topics),
+        |counts| counts.iter().all(Option::is_none),
+    )
+    .await?;
+    let left: Vec<&str> = args
+        .topics
+        .iter()
+        .zip(&after)
+        .filter(|(_, count)| count.is_some())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !left.is_empty() {
+        bail!(
+            "the broker accepted the deletion, but still lists {} {} s later",
+            left.join(", "),
+            READ_BACK.as_secs()
+        );
     }
     output.emit(&DeletedList(
         args.topics
@@ -180,7 +198,10 @@ pub async fn delete(args: DeleteArgs, kafka: &KafkaConfig, output: Output) -> an
 
 Keys move: a key's partition is its hash modulo the count, so records of one
 key written before and after may land in different partitions, and their
-order across the change is not kept.")]
+order across the change is not kept.
+
+Needs the broker's CreatePartitions API: Apache Kafka has it, Tansu does not
+(payctl then says so and exits 2).")]
 pub struct AddPartitionsArgs {
     pub topic: String,
     /// The total number of partitions afterwards.
@@ -228,12 +249,19 @@ pub async fn add_partitions(
             return Err(refused(&format!("adding partitions to {topic}"), code));
         }
     }
-    let after = partition_counts(kafka, std::slice::from_ref(&args.topic)).await?[0].unwrap_or(0);
+    let to = args.to;
+    let after = read_back(
+        || partition_counts(kafka, std::slice::from_ref(&args.topic)),
+        |counts| counts[0] == Some(to),
+    )
+    .await?[0]
+        .unwrap_or(0);
     if after != args.to {
         bail!(
-            "the broker accepted {} partitions for {}, but reports {after}",
+            "the broker accepted {} partitions for {}, but reports {after} {} s later",
             args.to,
-            args.topic
+            args.topic,
+            READ_BACK.as_secs()
         );
     }
     output.emit(&Partitions {
@@ -252,10 +280,13 @@ pub enum ConfigCommand {
   payctl topics config get money_transfers
   payctl topics config get money_transfers retention.ms cleanup.policy --output json")]
     Get(ConfigGetArgs),
-    /// Change a topic's settings.
+    /// Change the named settings of a topic; the others stay as they are.
     #[command(after_help = "Examples:
   payctl topics config set money_transfers retention.ms=604800000
-  payctl topics config set audit cleanup.policy=compact min.insync.replicas=2")]
+  payctl topics config set audit cleanup.policy=compact min.insync.replicas=2
+
+Uses the IncrementalAlterConfigs API (Apache Kafka 2.3 and later, Tansu), so
+settings not named keep their values. Each one is read back afterwards.")]
     Set(ConfigSetArgs),
 }
 
@@ -376,12 +407,18 @@ pub async fn config_get(
         tracing::warn!("the broker reported no settings for {}", args.topic);
     }
     if !args.keys.is_empty() {
-        if let Some(unknown) = args
+        let unknown: Vec<&str> = args
             .keys
             .iter()
-            .find(|k| !all.iter().any(|s| &s.name == *k))
-        {
-            bail!("{} has no setting {unknown:?}", args.topic);
+            .filter(|k| !all.iter().any(|s| &s.name == *k))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "the broker reports no setting {} for {}",
+                unknown.join(", "),
+                args.topic
+            );
         }
         all.retain(|s| args.keys.contains(&s.name));
     }
@@ -410,8 +447,8 @@ impl Report for Changed {
         for c in &self.changes {
             table.add_row(vec![
                 c.name.clone(),
-                c.before.clone().unwrap_or_default(),
-                c.after.clone().unwrap_or_default(),
+                c.before.clone().unwrap_or_else(|| "-".into()),
+                c.after.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         Rendered::Table(table)
@@ -430,46 +467,43 @@ pub async fn config_set(
             .find(|s| s.name == name)
             .and_then(|s| s.value.clone())
     };
-    // AlterConfigs replaces a topic's whole set of overrides: keep the
-    // ones the topic has, change the named ones.
-    let mut change = AlterConfig::new(ResourceSpecifier::Topic(&args.topic));
-    for s in before.iter().filter(|s| s.source == "topic") {
-        if let Some(value) = &s.value {
-            change = change.set(&s.name, value);
-        }
-    }
-    for (key, value) in &args.settings {
-        change = change.set(key, value);
-    }
-    let results = kafka
-        .admin()?
-        .alter_configs(&[change], &options())
-        .await
-        .map_err(|e| {
-            admin_failed(
-                &format!("changing the settings of {}", args.topic),
-                "AlterConfigs",
-                kafka,
-                e,
-            )
-        })?;
-    for result in results {
-        if let Err((_, code)) = result {
-            return Err(refused(
-                &format!("changing the settings of {}", args.topic),
-                code,
-            ));
-        }
-    }
-    let after = settings(kafka, &args.topic).await?;
+    // IncrementalAlterConfigs changes the named settings only (the older
+    // AlterConfigs replaces a topic's whole set of overrides).
+    let admin = kafka.admin()?;
+    let (topic, changes) = (args.topic.clone(), args.settings.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::kafka::set_topic_settings(
+            admin.inner().native_ptr(),
+            &topic,
+            &changes,
+            Duration::from_secs(10),
+        )
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "changing the settings of {} on {}",
+            args.topic, kafka.brokers
+        )
+    })?;
+    let after = read_back(
+        || settings(kafka, &args.topic),
+        |now| {
+            args.settings
+                .iter()
+                .all(|(key, value)| value_of(now, key).as_deref() == Some(value.as_str()))
+        },
+    )
+    .await?;
     let mut changes = Vec::new();
     for (key, value) in &args.settings {
         let now = value_of(&after, key);
         if now.as_deref() != Some(value.as_str()) {
             bail!(
-                "the broker accepted {key}={value} for {}, but reports {key}={}",
+                "the broker accepted {key}={value} for {}, but reports {key}={} {} s later",
                 args.topic,
-                now.as_deref().unwrap_or("(nothing)")
+                now.as_deref().unwrap_or("(nothing)"),
+                READ_BACK.as_secs()
             );
         }
         changes.push(Change {
@@ -482,4 +516,25 @@ pub async fn config_set(
         topic: args.topic,
         changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_setting;
+
+    #[test]
+    fn a_setting_splits_at_its_first_equals_sign() {
+        let pair = |k: &str, v: &str| Ok((k.to_string(), v.to_string()));
+        assert_eq!(
+            parse_setting("retention.ms=3600000"),
+            pair("retention.ms", "3600000")
+        );
+        assert_eq!(parse_setting("a.b=x=y"), pair("a.b", "x=y"));
+        assert_eq!(parse_setting(" a.b =x"), pair("a.b", "x"));
+        assert_eq!(parse_setting("a.b="), pair("a.b", ""));
+        for malformed in ["retention.ms", "=3600000", " =x", ""] {
+            let refused = parse_setting(malformed).unwrap_err();
+            assert!(refused.contains("KEY=VALUE"), "{malformed:?}: {refused}");
+        }
+    }
 }
