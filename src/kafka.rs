@@ -563,7 +563,12 @@ impl Acks {
         .await
         .into_iter()
         .zip(topics)
-        .map(|(result, topic)| result.with_context(|| format!("producing to topic {topic}")))
+        .map(|(result, topic)| {
+            if result.is_err() {
+                crate::metrics::worker().producer_errors.inc();
+            }
+            result.with_context(|| format!("producing to topic {topic}"))
+        })
         .collect()
     }
 

@@ -250,6 +250,29 @@ fn decimal_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D:
     }
 }
 
+/// In the HTTP API's OpenAPI document: what [`deserialize_typed`] takes, a
+/// string or a JSON number, both read digit by digit.
+impl utoipa::PartialSchema for Decimal {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
+                    .examples(["12.50"]),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "An exact decimal amount, as a string (\"12.50\") or a JSON number; \
+                 never rounded, refused with more places than the currency has",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Decimal {}
+
 impl FromStr for Decimal {
     type Err = MoneyError;
 

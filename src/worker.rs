@@ -301,6 +301,8 @@ pub struct WorkerSpec {
     /// Outcome labels the summary always shows, even at zero.
     pub outcomes: &'static [&'static str],
     pub limits: WorkerLimits,
+    /// The Redis the handler writes to: `/readyz` pings it.
+    pub redis: Option<crate::store::Redis>,
 }
 
 /// Why a worker stopped.
@@ -471,7 +473,13 @@ pub async fn run<H: BatchHandler>(
     let metrics = match spec.limits.metrics_listen {
         Some(address) => {
             let stop = shutdown.child_token();
-            let server = tokio::spawn(crate::metrics::serve(address, stop.clone()));
+            let probe = crate::metrics::Probe {
+                redis: spec.redis.clone(),
+                kafka: kafka.clone(),
+                group: spec.group.clone(),
+                topics: spec.inputs.clone(),
+            };
+            let server = tokio::spawn(crate::metrics::serve(address, probe, stop.clone()));
             Some((server, stop))
         }
         None => None,
@@ -868,10 +876,11 @@ impl<H: BatchHandler> Cycle<'_, H> {
                     retrying = true;
                     let metrics = crate::metrics::worker();
                     metrics.retrying.set(1);
-                    metrics
-                        .retries
-                        .with_label_values(&[crate::metrics::cause(&error)])
-                        .inc();
+                    let cause = crate::metrics::cause(&error);
+                    metrics.retries.with_label_values(&[cause]).inc();
+                    if cause == "redis" {
+                        metrics.redis_errors.inc();
+                    }
                     tracing::warn!(
                         "batch of {} not applied, retrying in {backoff:?}: {error:#}",
                         messages.len()
@@ -1029,6 +1038,9 @@ impl<H: BatchHandler> Cycle<'_, H> {
         for verdict in &verdicts {
             *summary.outcomes.entry(verdict.outcome).or_default() += 1;
             metrics.messages.with_label_values(&[verdict.outcome]).inc();
+            if let (DEAD_LETTERED, Some(reason)) = (verdict.outcome, &verdict.reason) {
+                metrics.dead_lettered(reason);
+            }
         }
         metrics.batch_size.observe(batch.len() as f64);
         metrics.produced.inc_by(owners.len() as u64);

@@ -25,16 +25,15 @@ impl Server {
     /// Runs `command` with `flag` naming a free loopback port, and waits
     /// until its `/healthz` answers.
     fn launch(p: &Pipeline, command: &[&str], flag: &str) -> Server {
+        Server::launch_env(p, command, flag, &[])
+    }
+
+    fn launch_env(p: &Pipeline, command: &[&str], flag: &str, env: &[(&str, &str)]) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = free_address();
         let mut args = command.to_vec();
         args.extend([flag, listen.as_str()]);
-        let child = p.spawn(&args, &[]);
+        let child = p.spawn(&args, env);
         let server = Server {
             child,
             base: format!("http://{listen}"),
@@ -83,6 +82,26 @@ impl Server {
         }
         self.send(request)
     }
+}
+
+/// A loopback address with a port free a moment ago.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The Prometheus text at `base`/metrics ("" when it does not answer).
+fn scrape(server: &Server, base: &str) -> String {
+    server.runtime.block_on(async {
+        match server.client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    })
 }
 
 fn code(body: &Value) -> &str {
@@ -280,24 +299,19 @@ fn a_worker_serves_its_metrics_health_and_readiness() {
         ])
         .expect(0);
     }
+    // A forged message: dead-lettered, and counted by its kind of reason.
+    common::produce_raw(&p.transfers, "forged", &["{\"amount\": 1e9}"]);
     let server = Server::launch(&p, &["transfer", "process"], "--metrics-listen");
-    let metrics = |server: &Server| {
-        server.runtime.block_on(async {
-            match server
-                .client
-                .get(format!("{}/metrics", server.base))
-                .send()
-                .await
-            {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            }
-        })
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let text = metrics(&server);
-        if text.contains("payctl_messages_total{outcome=\"completed\"} 3") {
+        let text = scrape(&server, &server.base);
+        if text.contains("payctl_messages_total{outcome=\"completed\"} 3")
+            && text.contains("payctl_dead_letters_total{reason=\"not a transfer message\"} 1")
+            && text.contains(&format!(
+                "payctl_consumer_lag{{partition=\"0\",topic=\"{}\"}} 0",
+                p.transfers
+            ))
+        {
             break text;
         }
         assert!(
@@ -309,15 +323,23 @@ fn a_worker_serves_its_metrics_health_and_readiness() {
     for name in [
         "payctl_batch_size_bucket",
         "payctl_batch_seconds_count",
-        "payctl_produced_total 6",
+        // 6 outcome events and the dead letter.
+        "payctl_produced_total 7",
         "payctl_assigned 1",
+        "payctl_redis_errors_total 0",
+        "payctl_producer_errors_total 0",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     assert_eq!(server.get("/healthz").0, 200);
     let (status, ready) = server.get("/readyz");
-    assert_eq!(status, 200, "{ready}");
-    assert_eq!(ready["partitions_assigned"], true);
+    assert_eq!(
+        (status, ready),
+        (
+            200,
+            json!({"partitions_assigned": true, "retrying": false, "redis": true, "broker": true})
+        )
+    );
 
     common::signal(&server.child, "TERM");
     let run = common::finish(server.child);
@@ -427,6 +449,338 @@ fn the_log_and_conversions_over_http_answer_from_the_topic_and_the_stored_rates(
     let bad = json!({"amount": "1.001", "from": "ISK", "to": "JPY"}).to_string();
     let (status, over_precise) = server.post("/convert", bad, None);
     assert_eq!(status, 400, "ISK has no decimals: {over_precise}");
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}
+
+#[test]
+fn conversions_over_http_answer_now_or_through_rates_serve_and_rates_are_set_and_listed() {
+    let p = Pipeline::new();
+    let server = Server::start(&p, &[]);
+    let (status, changed) = server.send(
+        server
+            .client
+            .put(format!("{}/rates/isk/jpy", server.base))
+            .body(json!({"rate": "1.0735"}).to_string()),
+    );
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (changed["pair"].as_str(), changed["rate"].as_str()),
+        (Some("ISK/JPY"), Some("1.0735")),
+        "{changed}"
+    );
+    let announced = common::read_topic(&p.rate_changes);
+    assert_eq!(announced.len(), 1, "the change is announced: {announced:?}");
+    let (status, rates) = server.get("/rates");
+    assert_eq!(status, 200, "{rates}");
+    assert!(
+        rates
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["base"] == "ISK" && r["quote"] == "JPY" && r["rate"] == "1.0735"),
+        "{rates}"
+    );
+    for (path, body, why) in [
+        ("/rates/ISK/JPY", json!({"rate": "0"}), "zero"),
+        ("/rates/ISK/JPY", json!({"rate": "1e3"}), "an exponent"),
+        (
+            "/rates/ISK/USX",
+            json!({"rate": "1"}),
+            "an unknown currency",
+        ),
+        ("/rates/ISK/ISK", json!({"rate": "1"}), "the same currency"),
+    ] {
+        let (status, error) = server.send(
+            server
+                .client
+                .put(format!("{}{path}", server.base))
+                .body(body.to_string()),
+        );
+        assert_eq!((status, code(&error)), (400, "invalid"), "{why}: {error}");
+    }
+    assert_eq!(common::read_topic(&p.rate_changes).len(), 1);
+
+    // Async: stored pending, published, answered by `rates serve`.
+    let id = common::unique("conv");
+    let ask = json!({"id": id, "amount": "100", "from": "ISK", "to": "JPY"}).to_string();
+    let response = server.runtime.block_on(
+        server
+            .client
+            .post(format!("{}/convert?async=true", server.base))
+            .body(ask.clone())
+            .send(),
+    );
+    let response = response.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(
+        response.headers()["location"].to_str().unwrap(),
+        format!("/convert/{id}")
+    );
+    let (status, pending) = server.get(&format!("/convert/{id}"));
+    assert_eq!(
+        (status, pending["status"].as_str()),
+        (200, Some("pending")),
+        "{pending}"
+    );
+    let (status, taken) = server.post("/convert?async=true", ask, None);
+    assert_eq!((status, code(&taken)), (409, "exists"), "{taken}");
+    assert_eq!(
+        common::read_topic(&p.conversions).len(),
+        1,
+        "one request sent"
+    );
+    let (status, no_id) = server.post(
+        "/convert",
+        json!({"id": "x", "amount": "1", "from": "ISK", "to": "JPY"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "an id without async: {no_id}");
+    let (status, bad) = server.post(
+        "/convert?async=true",
+        json!({"amount": "1.5", "from": "ISK", "to": "JPY"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "ISK has no decimals: {bad}");
+    let (status, bad_query) = server.post(
+        "/convert?async=maybe",
+        json!({"amount": "1", "from": "ISK", "to": "JPY"}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "{bad_query}");
+
+    p.payctl(&["rates", "serve", "--until-idle", "2"]).expect(0);
+    let (status, done) = server.get(&format!("/convert/{id}"));
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["answer"]["result"], "107", "{done}");
+    let (status, missing) = server.get("/convert/no-such-request");
+    assert_eq!((status, code(&missing)), (404, "not_found"), "{missing}");
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}
+
+#[test]
+fn subscriptions_over_http_follow_the_subscription_rules_and_report_the_payment() {
+    let p = Pipeline::new();
+    // `payments process` takes every new payment of its database: its own.
+    let base = common::redis_url();
+    let url = format!("{}/9", base.rsplit_once('/').unwrap().0);
+    let mut redis = redis::Client::open(url.clone())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("FLUSHDB").query(&mut redis).unwrap();
+    let env = [("REDIS_URL", url.as_str())];
+    let server = Server::launch_env(&p, &["serve"], "--listen", &env);
+    let user = common::unique("subscriber");
+
+    let pay = json!({"user_id": user, "plan": "premium", "amount": "9.99"}).to_string();
+    let response = server
+        .runtime
+        .block_on(
+            server
+                .client
+                .post(format!("{}/subscriptions/pay", server.base))
+                .body(pay.clone())
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let requested: Value = server.runtime.block_on(response.json()).unwrap();
+    let id = requested["payment_id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/payments/{id}"));
+    assert_eq!(requested["amount"], "9.99", "{requested}");
+    let (status, unsaved) = server.get(&location);
+    assert_eq!(status, 404, "not saved yet: {unsaved}");
+
+    p.payctl_env(&["payments", "save", "--until-idle", "2"], &env)
+        .expect(0);
+    let (status, saved) = server.get(&location);
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(
+        (
+            saved["processing_status"].as_str(),
+            saved["payment_status"].as_str()
+        ),
+        (Some("new"), Some("unknown")),
+        "{saved}"
+    );
+    p.payctl_env(&["payments", "process", "--accept-rate", "1"], &env)
+        .expect(0);
+    let (_, processed) = server.get(&location);
+    assert_eq!(processed["payment_status"], "accepted", "{processed}");
+
+    // Active now: a second payment is refused and reaches no topic.
+    let (status, refused) = server.post("/subscriptions/pay", pay, None);
+    assert_eq!(
+        (status, code(&refused)),
+        (409, "subscription_active"),
+        "{refused}"
+    );
+    assert_eq!(common::read_topic(&p.payments).len(), 1);
+    let (status, none) = server.post(
+        "/subscriptions/refund",
+        json!({"user_id": common::unique("nobody")}).to_string(),
+        None,
+    );
+    assert_eq!((status, code(&none)), (409, "no_subscription"), "{none}");
+    let (status, refund) = server.post(
+        "/subscriptions/refund",
+        json!({"user_id": user}).to_string(),
+        None,
+    );
+    assert_eq!(status, 202, "{refund}");
+    assert_eq!(
+        (refund["kind"].as_str(), refund["amount"].as_str()),
+        (Some("refund"), Some("9.99")),
+        "the refund is of the subscription's amount: {refund}"
+    );
+    for (body, why) in [
+        (
+            json!({"user_id": user, "plan": "premium", "amount": "9.999"}),
+            "3 places in USD",
+        ),
+        (
+            json!({"user_id": user, "plan": "premium", "amount": "-1"}),
+            "negative",
+        ),
+        (
+            json!({"user_id": "", "plan": "premium", "amount": "1"}),
+            "no user",
+        ),
+        (json!({"user_id": user, "plan": "premium"}), "no amount"),
+        (
+            json!({"user_id": user, "plan": "premium", "amount": "1", "currency": "USX"}),
+            "USX",
+        ),
+    ] {
+        let (status, error) = server.post("/subscriptions/pay", body.to_string(), None);
+        assert_eq!((status, code(&error)), (400, "invalid"), "{why}: {error}");
+    }
+    assert_eq!(
+        common::read_topic(&p.payments).len(),
+        2,
+        "the payment and the refund"
+    );
+    let (status, bad_id) = server.get("/payments/a%20b");
+    assert_eq!(status, 400, "{bad_id}");
+
+    common::signal(&server.child, "TERM");
+    assert_eq!(common::finish(server.child).code, 0);
+}
+
+/// Fills a documented path's parameters with something of the right shape.
+fn concrete(path: &str) -> String {
+    path.replace("{base}", "USD")
+        .replace("{quote}", "EUR")
+        .replace("{id}", "no-such-id")
+}
+
+#[test]
+fn every_route_is_in_the_openapi_document_and_every_documented_route_answers() {
+    let p = Pipeline::new();
+    let metrics = free_address();
+    let server = Server::start(&p, &["--metrics-listen", &metrics]);
+    let (status, document) = server.get("/api/openapi");
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3."),
+        "{document}"
+    );
+    let paths = document["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    // Every route this server has, in the document with its method.
+    let routes = [
+        "GET /accounts/{id}",
+        "GET /convert/{id}",
+        "GET /healthz",
+        "GET /payments/{id}",
+        "GET /rates",
+        "GET /readyz",
+        "GET /transactions/log",
+        "GET /transactions/{id}",
+        "POST /accounts",
+        "POST /accounts/{id}/deposit",
+        "POST /convert",
+        "POST /subscriptions/pay",
+        "POST /subscriptions/refund",
+        "POST /transactions",
+        "PUT /rates/{base}/{quote}",
+    ];
+    assert_eq!(documented, routes, "the document and the routes differ");
+    // Every documented operation is answered by a handler (not the
+    // fallback), and with one of the statuses documented for it.
+    for route in routes {
+        let (method, path) = route.split_once(' ').unwrap();
+        let operation = &paths[path][method.to_lowercase()];
+        let url = format!("{}{}", server.base, concrete(path));
+        let request = match method {
+            "GET" => server.client.get(url),
+            "POST" => server.client.post(url).body("{}"),
+            _ => server.client.put(url).body("{}"),
+        };
+        let (status, body) = server.send(request);
+        assert!(
+            body["error"]["message"] != "no such endpoint",
+            "{route} is documented but not served"
+        );
+        assert!(
+            operation["responses"].get(status.to_string()).is_some(),
+            "{route} answered {status}, not documented: {body}"
+        );
+    }
+    // Bodies are described with their schemas; errors share one.
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "NewTransaction",
+        "Transfer",
+        "ErrorBody",
+        "Decimal",
+        "Payment",
+        "Conversion",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    assert_eq!(
+        paths["/transactions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/NewTransaction"
+    );
+    // The docs page carries the same document.
+    let page = server
+        .runtime
+        .block_on(async {
+            server
+                .client
+                .get(format!("{}/api/docs", server.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+        })
+        .unwrap();
+    assert!(page.contains("<html") && page.contains("\"/transactions/log\""));
+
+    // The requests above, counted by route template and status.
+    let text = scrape(&server, &format!("http://{metrics}"));
+    for line in [
+        "payctl_http_requests_total{method=\"GET\",route=\"/transactions/{id}\",status=\"404\"} 1",
+        "payctl_http_requests_total{method=\"POST\",route=\"/transactions\",status=\"400\"} 1",
+        "payctl_http_request_seconds_count{method=\"GET\",route=\"/rates\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
 
     common::signal(&server.child, "TERM");
     assert_eq!(common::finish(server.child).code, 0);

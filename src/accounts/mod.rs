@@ -22,14 +22,16 @@ use crate::output::{self, Rendered, Report};
 use crate::store::{keys, Redis, Script};
 
 /// An account as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: String,
     #[serde(serialize_with = "serialize_code")]
+    #[schema(value_type = String, example = "USD")]
     pub currency: Currency,
     /// Exact decimal with the currency's digits, printed as a JSON string
     /// (`"12.50"`): an account is only ever serialized for output.
     #[serde(serialize_with = "serialize_money")]
+    #[schema(value_type = String, example = "12.50")]
     pub balance: Money,
     pub opened_at: String,
 }

@@ -446,6 +446,7 @@ pub async fn run(
         outputs: Vec::new(),
         outcomes: &[NOTIFIED, DUPLICATE, NO_WATCHERS, DEAD_LETTERED],
         limits: args.limits.limits()?,
+        redis: Some(redis.clone()),
     };
     let mut notifier = Notifier {
         redis,

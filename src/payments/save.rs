@@ -181,6 +181,7 @@ pub async fn run(
         outputs: Vec::new(),
         outcomes: &[SAVED, ALREADY_SAVED, DEAD_LETTERED],
         limits: args.limits.limits()?,
+        redis: Some(redis.clone()),
     };
     let mut saver = Saver { redis };
     let summary = worker::run(kafka, &spec, &mut saver, shutdown).await?;

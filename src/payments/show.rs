@@ -18,7 +18,8 @@ pub struct Args {
 
 /// A payment as `--output json` prints it: the amount a string with the
 /// currency's digits (`"9.90"`); `payment:{id}` keeps its number.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView<'a> {
     pub payment_id: &'a str,
     pub user_id: &'a str,
@@ -56,7 +57,8 @@ impl<'a> From<&'a Payment> for PaymentView<'a> {
 
 /// A payment request as `payments submit --output json` prints it: the
 /// amount a string (the request on the topic keeps its number).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PaymentRequest)]
 pub struct RequestView<'a> {
     pub payment_id: &'a str,
     pub user_id: &'a str,
@@ -88,7 +90,7 @@ pub fn serialize_request<S: serde::Serializer>(
 }
 
 /// One payment, printed.
-struct Shown(Payment);
+pub struct Shown(pub Payment);
 
 impl Serialize for Shown {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -35,10 +35,11 @@ pub struct RefundArgs {
     pub user: String,
 }
 
+/// A request made, printed.
 #[derive(Serialize)]
-struct Submitted {
+pub struct Submitted {
     #[serde(flatten, serialize_with = "super::show::serialize_request")]
-    request: PaymentRequest,
+    pub request: PaymentRequest,
 }
 
 impl Report for Submitted {
@@ -60,12 +61,12 @@ fn new_request(user: &str, plan: &str, amount: Money, kind: PaymentKind) -> Paym
     }
 }
 
+/// Publishes `request` to `topic`, keyed by its user.
 async fn publish(
     request: PaymentRequest,
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
-    output: Output,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PaymentRequest> {
     let message = Outgoing {
         topic: topic.to_string(),
         key: Some(request.user_id.clone()),
@@ -73,7 +74,59 @@ async fn publish(
         headers: Vec::new(),
     };
     produce_all(producer, &[message]).await?;
-    output.emit(&Submitted { request })
+    Ok(request)
+}
+
+/// Asks to pay `amount` for `plan`: refused (a [`crate::exit::Refusal`])
+/// while `user` has an active subscription, else published to `topic`.
+pub async fn pay(
+    redis: &mut Redis,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    user: &str,
+    plan: &str,
+    amount: Money,
+) -> anyhow::Result<PaymentRequest> {
+    check_id("the user", user).map_err(anyhow::Error::msg)?;
+    check_plan("the plan", plan).map_err(anyhow::Error::msg)?;
+    if let Some(active) = payments::active_subscription(redis, user).await? {
+        let plan = active.get("plan").cloned().unwrap_or_default();
+        return Err(refuse(format!(
+            "{user} already has an active subscription ({plan}); nothing was submitted"
+        )));
+    }
+    let request = new_request(user, plan, amount, PaymentKind::Payment);
+    publish(request, producer, topic).await
+}
+
+/// Asks for a refund of `user`'s active subscription, for its plan and
+/// amount: refused (a [`crate::exit::Refusal`]) without one.
+pub async fn refund_active(
+    redis: &mut Redis,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    user: &str,
+) -> anyhow::Result<PaymentRequest> {
+    check_id("the user", user).map_err(anyhow::Error::msg)?;
+    let Some(subscription) = payments::active_subscription(redis, user).await? else {
+        return Err(refuse(format!(
+            "{user} has no active subscription to refund"
+        )));
+    };
+    let field = |name: &str| {
+        subscription
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("subscription of {user} has no {name}"))
+    };
+    // The hash may have been written by another service: check what it says.
+    let plan = field("plan")?;
+    check_plan("its plan", &plan)
+        .map_err(|e| anyhow::anyhow!("the subscription of {user} is unusable: {e}"))?;
+    let currency = Currency::parse(&field("currency")?)?;
+    let amount = Money::parse_amount(&field("amount")?, currency)?;
+    let request = new_request(user, &plan, amount, PaymentKind::Refund);
+    publish(request, producer, topic).await
 }
 
 pub async fn submit(
@@ -86,20 +139,8 @@ pub async fn submit(
     check_id("--user", &args.user).map_err(anyhow::Error::msg)?;
     check_plan("--plan", &args.plan).map_err(anyhow::Error::msg)?;
     let amount = Money::parse_amount(&args.amount, Currency::parse(&args.currency)?)?;
-    if let Some(active) = payments::active_subscription(redis, &args.user).await? {
-        let plan = active.get("plan").cloned().unwrap_or_default();
-        return Err(refuse(format!(
-            "{} already has an active subscription ({plan}); nothing was submitted",
-            args.user
-        )));
-    }
-    publish(
-        new_request(&args.user, &args.plan, amount, PaymentKind::Payment),
-        producer,
-        topic,
-        output,
-    )
-    .await
+    let request = pay(redis, producer, topic, &args.user, &args.plan, amount).await?;
+    output.emit(&Submitted { request })
 }
 
 pub async fn refund(
@@ -110,29 +151,6 @@ pub async fn refund(
     output: Output,
 ) -> anyhow::Result<()> {
     check_id("--user", &args.user).map_err(anyhow::Error::msg)?;
-    let Some(subscription) = payments::active_subscription(redis, &args.user).await? else {
-        return Err(refuse(format!(
-            "{} has no active subscription to refund",
-            args.user
-        )));
-    };
-    let field = |name: &str| {
-        subscription
-            .get(name)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("subscription of {} has no {name}", args.user))
-    };
-    // The hash may have been written by another service: check what it says.
-    let plan = field("plan")?;
-    check_plan("its plan", &plan)
-        .map_err(|e| anyhow::anyhow!("the subscription of {} is unusable: {e}", args.user))?;
-    let currency = Currency::parse(&field("currency")?)?;
-    let amount = Money::parse_amount(&field("amount")?, currency)?;
-    publish(
-        new_request(&args.user, &plan, amount, PaymentKind::Refund),
-        producer,
-        topic,
-        output,
-    )
-    .await
+    let request = refund_active(redis, producer, topic, &args.user).await?;
+    output.emit(&Submitted { request })
 }

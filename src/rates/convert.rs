@@ -62,13 +62,15 @@ pub struct Conversion {
 /// A conversion as `--output json` prints it: amounts strings with their
 /// currency's digits, rates strings with their digits. The record stored in
 /// `conversion:{id}` keeps its numbers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Conversion)]
 pub struct ConversionView<'a> {
     pub amount: String,
     pub from: &'a str,
     pub to: &'a str,
     pub result: String,
     #[serde(serialize_with = "output::decimal_text")]
+    #[schema(value_type = String)]
     pub rate: Decimal,
     pub route: &'a str,
     pub legs: Vec<LegView<'a>>,
@@ -76,10 +78,12 @@ pub struct ConversionView<'a> {
 }
 
 /// A leg as printed: its rate a string.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ConversionLeg)]
 pub struct LegView<'a> {
     pub pair: &'a str,
     #[serde(serialize_with = "output::decimal_text")]
+    #[schema(value_type = String)]
     pub rate: Decimal,
     pub inverted: bool,
 }
@@ -108,7 +112,8 @@ impl<'a> From<&'a Conversion> for ConversionView<'a> {
 }
 
 /// A conversion record as `rates result` prints it (see [`ConversionView`]).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ConversionRecord)]
 pub struct ConversionRecordView<'a> {
     pub request_id: &'a str,
     pub status: &'a str,
@@ -329,24 +334,68 @@ pub async fn run<'p>(
             Err(e) => Err(e.into()),
         };
     }
-    // Check what can be checked now; the answer waits for `rates serve`.
-    let from = Currency::parse(&args.from)?;
-    Currency::parse(&args.to)?;
-    Money::amount(amount, from).context("invalid amount")?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let asked = Ask {
+        id: None,
+        amount,
+        from: &args.from,
+        to: &args.to,
+        pivot,
+    };
+    let record = request(redis, producer()?, topic, asked).await?;
+    output.emit(&Requested {
+        request_id: record.request_id,
+    })
+}
+
+/// A conversion to ask `rates serve` for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The caller's request id (seed 004 sends one), or `None` for a new one.
+    pub id: Option<&'a str>,
+    pub amount: Decimal,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub pivot: Currency,
+}
+
+/// The request id was used before: the first request keeps it.
+#[derive(Debug, thiserror::Error)]
+#[error("conversion request {0:?} exists already; nothing was requested")]
+pub struct IdTaken(pub String);
+
+/// Stores a pending `conversion:{id}` record and publishes the request to
+/// `topic` for `rates serve` to answer; if the publish fails, the record is
+/// removed again and nothing was requested. What can be checked now is
+/// checked first: the currencies and the amount's digits.
+pub async fn request(
+    redis: &mut Redis,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    ask: Ask<'_>,
+) -> anyhow::Result<ConversionRecord> {
+    let from = Currency::parse(ask.from)?;
+    let to = Currency::parse(ask.to)?;
+    Money::amount(ask.amount, from).context("invalid amount")?;
+    let id = match ask.id {
+        Some(id) => {
+            crate::payments::check_id("the request id", id).map_err(anyhow::Error::msg)?;
+            id.to_string()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let requested_at = crate::clock::now_rfc3339();
     let request = ConversionRequest {
         id: id.clone(),
-        amount,
-        from: args.from.to_ascii_uppercase(),
-        to: args.to.to_ascii_uppercase(),
-        pivot: Some(pivot.code().into()),
+        amount: ask.amount,
+        from: from.code().into(),
+        to: to.code().into(),
+        pivot: Some(ask.pivot.code().into()),
         requested_at: Some(requested_at.clone()),
     };
     let record = ConversionRecord {
         request_id: id.clone(),
         status: "pending".into(),
-        amount,
+        amount: ask.amount,
         from: request.from.clone(),
         to: request.to.clone(),
         requested_at: Some(requested_at),
@@ -355,21 +404,25 @@ pub async fn run<'p>(
         answered_at: None,
     };
     let key = keys::conversion(&id);
-    let _: () = redis::cmd("SET")
+    let stored: Option<String> = redis::cmd("SET")
         .arg(&key)
         .arg(serde_json::to_string(&record)?)
+        .arg("NX")
         .arg("EX")
         .arg(CONVERSION_TTL_SECS)
         .query_async(redis)
         .await
         .context("storing the conversion request")?;
+    if stored.is_none() {
+        return Err(IdTaken(id).into());
+    }
     let message = Outgoing {
         topic: topic.to_string(),
         key: Some(id.clone()),
         payload: serde_json::to_vec(&request)?,
         headers: Vec::new(),
     };
-    if let Err(e) = async { produce_all(producer()?, &[message]).await }.await {
+    if let Err(e) = produce_all(producer, &[message]).await {
         let _: i64 = redis::cmd("DEL")
             .arg(&key)
             .query_async(redis)
@@ -377,7 +430,18 @@ pub async fn run<'p>(
             .unwrap_or(0);
         return Err(e.context("the conversion request was not published; nothing was requested"));
     }
-    output.emit(&Requested { request_id: id })
+    Ok(record)
+}
+
+/// The record of an async conversion, `None` for an unknown id.
+pub async fn lookup(redis: &mut Redis, id: &str) -> anyhow::Result<Option<ConversionRecord>> {
+    let json: Option<String> = redis::cmd("GET")
+        .arg(keys::conversion(id))
+        .query_async(redis)
+        .await
+        .context("reading the conversion")?;
+    json.map(|json| serde_json::from_str(&json).context("reading the conversion record"))
+        .transpose()
 }
 
 /// How long conversion requests and answers are kept.

@@ -10,7 +10,5 @@ use crate::store::Redis;
 pub struct Args {}
 
 pub async fn run(_args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
-    let mut list: Vec<_> = rates::all(redis).await?.into_values().collect();
-    list.sort_by(|a, b| (&a.base, &a.quote).cmp(&(&b.base, &b.quote)));
-    output.emit(&RateList(list))
+    output.emit(&RateList(rates::sorted(redis).await?))
 }

@@ -93,11 +93,13 @@ pub struct Rate {
 
 /// A rate as `--output json` prints it: the rate a string with its digits
 /// (`"0.9215"`); the stored JSON keeps its number.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Rate)]
 pub struct RateView<'a> {
     pub base: &'a str,
     pub quote: &'a str,
     #[serde(serialize_with = "output::decimal_text")]
+    #[schema(value_type = String, example = "0.9215")]
     pub rate: Decimal,
     pub updated_at: &'a str,
 }
@@ -116,14 +118,17 @@ impl<'a> From<&'a Rate> for RateView<'a> {
 /// A rate change as printed (`rates set`, `rates import`): the event's
 /// fields, rates as strings, and its time named `updated_at` as `rates list`
 /// names it (the event on `rate_changes` keeps `changed_at`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RateChange)]
 pub struct RateChangeView<'a> {
     pub event_id: &'a str,
     pub pair: &'a str,
     pub base: &'a str,
     pub quote: &'a str,
     #[serde(serialize_with = "output::decimal_text")]
+    #[schema(value_type = String)]
     pub rate: Decimal,
+    #[schema(value_type = Option<String>)]
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "output::optional_decimal_text"
@@ -144,6 +149,18 @@ impl<'a> From<&'a RateChangeEvent> for RateChangeView<'a> {
             updated_at: &e.changed_at,
         }
     }
+}
+
+/// One rate change, printed (as [`RateChangeView`]).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ShownChange(#[serde(serialize_with = "serialize_change")] pub RateChangeEvent);
+
+fn serialize_change<S: serde::Serializer>(
+    change: &RateChangeEvent,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    RateChangeView::from(change).serialize(serializer)
 }
 
 /// Serializes rate changes for output, as [`RateChangeView`]s.
@@ -176,6 +193,13 @@ impl Report for RateList {
         }
         Rendered::Table(table)
     }
+}
+
+/// Every stored rate, sorted by base then quote.
+pub async fn sorted(redis: &mut Redis) -> anyhow::Result<Vec<Rate>> {
+    let mut list: Vec<_> = all(redis).await?.into_values().collect();
+    list.sort_by(|a, b| (&a.base, &a.quote).cmp(&(&b.base, &b.quote)));
+    Ok(list)
 }
 
 /// Every stored rate, by pair.

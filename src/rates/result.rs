@@ -1,12 +1,9 @@
 //! `payctl rates result`: the answer to an `--async` conversion, or that it is pending.
 
-use anyhow::Context as _;
-use redis::AsyncCommands;
-
 use crate::exit::refuse;
 use crate::output::Output;
-use crate::rates::convert::{ConversionRecord, ShownRecord};
-use crate::store::{keys, Redis};
+use crate::rates::convert::{self, ShownRecord};
+use crate::store::Redis;
 
 /// Show an async conversion: pending, done (with the answer) or failed (exit 1).
 #[derive(Debug, clap::Args)]
@@ -19,15 +16,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, redis: &mut Redis, output: Output) -> anyhow::Result<()> {
-    let json: Option<String> = redis
-        .get(keys::conversion(&args.id))
-        .await
-        .context("reading the conversion")?;
-    let Some(json) = json else {
+    let Some(record) = convert::lookup(redis, &args.id).await? else {
         return Err(refuse(format!("no conversion request {:?}", args.id)));
     };
-    let record: ConversionRecord =
-        serde_json::from_str(&json).context("reading the conversion record")?;
     let shown = ShownRecord(record);
     output.emit(&shown)?;
     match (shown.0.status.as_str(), &shown.0.error) {

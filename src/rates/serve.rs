@@ -161,6 +161,7 @@ pub async fn run(
         outputs: Vec::new(),
         outcomes: &[ANSWERED, FAILED, ALREADY_ANSWERED, DEAD_LETTERED],
         limits: args.limits.limits()?,
+        redis: Some(redis.clone()),
     };
     let mut server = ConversionServer {
         redis,

@@ -50,9 +50,11 @@ pub struct Args {
 }
 
 /// One outcome found, with where it was on the topic.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LogEntry)]
 pub struct Entry {
     #[serde(flatten, serialize_with = "serialize_event")]
+    #[schema(value_type = EventView)]
     event: TransactionEvent,
     partition: i32,
     offset: i64,
@@ -61,8 +63,9 @@ pub struct Entry {
 
 /// An event as printed: the amount a string with the currency's digits
 /// (`"12.50"`); the event on the topic keeps its number.
-#[derive(Serialize)]
-struct EventView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TransactionEvent)]
+pub(crate) struct EventView<'a> {
     transaction_id: &'a str,
     user_id: &'a str,
     status: &'a str,

@@ -111,9 +111,10 @@ pub struct TransferRequest {
 }
 
 /// A transfer after initiate: the record, and whether this call created it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Initiated {
     #[serde(flatten, serialize_with = "super::serialize_for_output")]
+    #[schema(value_type = crate::transfer::TransferView)]
     pub transfer: Transfer,
     /// False when an idempotency key returned an earlier transfer.
     pub created: bool,

@@ -20,7 +20,9 @@ use crate::output::{self, Rendered, Report};
 use crate::store::{keys, Redis};
 
 /// Where a transfer is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferStatus {
     /// Stored and published, waiting for `transfer process`.
@@ -86,7 +88,8 @@ impl Transfer {
 /// A transfer as `--output json` prints it: the stored fields, the amount a
 /// string with the currency's digits (`"12.50"`). The record in Redis and
 /// the message on the topic keep seed 001's JSON number.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Transfer)]
 pub struct TransferView<'a> {
     pub transfer_id: &'a str,
     pub sender_id: &'a str,

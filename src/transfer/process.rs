@@ -694,6 +694,7 @@ pub async fn run(
         outputs: vec![topics.transactions.clone()],
         outcomes: &[COMPLETED, REJECTED, CONFLICT, DUPLICATE, DEAD_LETTERED],
         limits: args.limits.limits()?,
+        redis: Some(redis.clone()),
     };
     let mut processor = TransferProcessor::new(redis, !args.no_ledger, topics.transactions.clone());
     let summary = worker::run(kafka, &spec, &mut processor, shutdown).await?;
