@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             batch_size: WorkerLimits::DEFAULT_BATCH_SIZE,
             ..WorkerLimits::default()
         },
+        redis: Some(redis.clone()),
     };
     let mut processor = TransferProcessor::new(
         redis_config.connect().await?,

@@ -741,7 +741,7 @@ impl Command {
                 let producer = app.producer()?;
                 let (progress, shutdown) = (app.progress, app.shutdown.clone());
                 dlq::redrive(
-                    args, &app.kafka, &mut redis, &producer, out, progress, shutdown,
+                    args, &app.kafka, &mut redis, producer, out, progress, shutdown,
                 )
                 .await
             }

@@ -892,7 +892,7 @@ fn describe_groups(
 /// AlterConfigs, which replaces a topic's whole set of overrides and which
 /// Tansu does not offer), through the client behind `rk`. Settings not
 /// named are left as they are. Blocking; waits at most `timeout`.
-pub fn set_topic_settings(
+pub(crate) fn set_topic_settings(
     rk: *mut rdkafka::bindings::rd_kafka_t,
     topic: &str,
     settings: &[(String, String)],

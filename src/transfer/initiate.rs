@@ -1025,7 +1025,7 @@ mod tests {
         assert_eq!(file_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
         let mut keyed = request("alice", "bob", "1");
         keyed.idempotency_key = Some("mine".into());
-        let mut requests = vec![
+        let mut requests = [
             request("alice", "bob", "1"),
             keyed,
             request("alice", "bob", "1"),
