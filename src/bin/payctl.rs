@@ -53,7 +53,10 @@ async fn main() {
             };
             // stderr may be closed (`2>&-`) or full (`2>/dev/full`): the
             // exit code still tells.
-            let text = error_text(&error);
+            let mut text = error_text(&error);
+            if payctl::failure::spans_slots(&error) {
+                text.push_str(payctl::failure::SPANS_SLOTS_HINT);
+            }
             let _ = writeln!(std::io::stderr(), "error: {}", scrub(&text));
             exit_for(&error)
         }
