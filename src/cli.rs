@@ -254,7 +254,7 @@ pub enum Command {
         after_help = "Examples:\n  payctl transactions log --user alice"
     )]
     Transactions(TransactionsCommand),
-    /// The transaction API over HTTP: POST/GET /transactions, health.
+    /// The HTTP API: transfers, accounts, rates and conversions, subscriptions; OpenAPI 3 at /api/openapi.
     Serve(serve::Args),
     /// Is the pipeline healthy? Broker, Redis, topics, lag, DLQs.
     Status(status::Args),
