@@ -345,6 +345,7 @@ pub enum AccountsCommand {
     Deposit(accounts::deposit::Args),
     Show(accounts::show::Args),
     List(accounts::list::Args),
+    Audit(accounts::audit::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -554,6 +555,9 @@ impl Command {
                     }
                     AccountsCommand::Show(args) => accounts::show::run(args, &mut redis, out).await,
                     AccountsCommand::List(args) => accounts::list::run(args, &mut redis, out).await,
+                    AccountsCommand::Audit(args) => {
+                        accounts::audit::run(args, &mut redis, out).await
+                    }
                 }
             }
             Command::Transfer(TransferCommand::Initiate(args)) => {

@@ -4,6 +4,7 @@
 //! set `accounts` lists ids by opening time. Balances change only through
 //! Lua scripts, so a check and its write are one atomic step.
 
+pub mod audit;
 pub mod deposit;
 pub mod list;
 pub mod open;

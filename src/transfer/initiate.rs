@@ -374,6 +374,9 @@ impl Publisher<'_> {
         if transfers.is_empty() {
             return Ok(Vec::new());
         }
+        if self.redis.is_cluster() {
+            return self.initiate_across_slots(transfers).await;
+        }
         for script in [&*INITIATE, &*DISCARD] {
             script.load(self.redis).await?;
         }
@@ -489,6 +492,117 @@ impl Publisher<'_> {
                         transfer.sender_id, transfer.receiver_id
                     )))),
                 },
+            });
+        }
+        Ok(results)
+    }
+}
+
+impl Publisher<'_> {
+    /// [`Publisher::initiate`] on a Redis Cluster (see [`super::saga`]): a
+    /// transfer with an idempotency key takes its id from the key, so the key
+    /// and its transfer are one record, stored or found in one atomic step.
+    async fn initiate_across_slots(
+        &mut self,
+        transfers: Vec<Transfer>,
+    ) -> anyhow::Result<Vec<anyhow::Result<Initiated>>> {
+        super::saga::load(self.redis).await?;
+        let score = crate::clock::now_millis();
+        let mut steps = Vec::with_capacity(transfers.len());
+        for mut transfer in transfers {
+            if let Some(key) = &transfer.idempotency_key {
+                transfer.transfer_id = super::saga::id_for_key(key);
+            }
+            let json = serde_json::to_vec(&transfer)?;
+            let key = transfer.idempotency_key.clone().unwrap_or_default();
+            let id = transfer.transfer_id.clone();
+            let read = |record: Vec<u8>| {
+                std::str::from_utf8(&record)
+                    .context("it is not UTF-8")
+                    .and_then(|json| super::parse_stored(&id, json))
+                    .map(|earlier| (earlier, record.clone()))
+                    .with_context(|| {
+                        format!(
+                            "idempotency key {key} names transfer {id}, which payctl cannot read"
+                        )
+                    })
+            };
+            steps.push(
+                match super::saga::store_new(self.redis, &transfer, &json, score).await? {
+                    super::saga::Stored::Created => Step::New(transfer, json),
+                    super::saga::Stored::Earlier(record) => match read(record) {
+                        Ok((earlier, _)) => Step::Earlier(earlier),
+                        Err(e) => Step::Failed(e),
+                    },
+                    super::saga::Stored::Adopted(record) => match read(record) {
+                        Ok((earlier, record)) => Step::Republish(earlier, record),
+                        Err(e) => Step::Failed(e),
+                    },
+                    super::saga::Stored::Different => Step::Failed(refuse(format!(
+                        "idempotency key {key} was used for a different transfer"
+                    ))),
+                },
+            );
+        }
+        let outgoing: Vec<Outgoing> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::New(t, json) | Step::Republish(t, json) => Some(Outgoing {
+                    topic: self.topic.to_string(),
+                    key: Some(t.sender_id.clone()),
+                    payload: json.clone(),
+                    headers: Vec::new(),
+                }),
+                Step::Earlier(_) | Step::Failed(_) => None,
+            })
+            .collect();
+        let mut acks = produce_each(self.producer, &outgoing).await.into_iter();
+        let mut results = Vec::with_capacity(steps.len());
+        for step in steps {
+            let ack = match &step {
+                Step::New(..) | Step::Republish(..) => {
+                    acks.next().expect("one ack per published transfer")
+                }
+                Step::Earlier(_) | Step::Failed(_) => Ok(()),
+            };
+            results.push(match (step, ack) {
+                (Step::Failed(e), _) => Err(e),
+                (Step::Earlier(transfer), _) => Ok(Initiated {
+                    transfer,
+                    created: false,
+                }),
+                (Step::New(transfer, _), Ok(())) => {
+                    super::saga::published(self.redis, &transfer.transfer_id).await?;
+                    Ok(Initiated {
+                        transfer,
+                        created: true,
+                    })
+                }
+                (Step::Republish(transfer, _), Ok(())) => {
+                    super::saga::published(self.redis, &transfer.transfer_id).await?;
+                    Ok(Initiated {
+                        transfer,
+                        created: false,
+                    })
+                }
+                (Step::Republish(transfer, _), Err(e)) => Err(e.context(NotAcknowledged(format!(
+                    "transfer {} is stored but still not published; run the same command again",
+                    transfer.transfer_id
+                )))),
+                (Step::New(transfer, json), Err(e)) => {
+                    if super::saga::discard_one(self.redis, &transfer.transfer_id, &json).await? {
+                        Err(e.context(NotAcknowledged(format!(
+                            "transfer from {} to {} was not published; nothing was initiated",
+                            transfer.sender_id, transfer.receiver_id
+                        ))))
+                    } else {
+                        Err(e.context(NotAcknowledged(format!(
+                            "transfer {} was stored, but its message was not acknowledged; a \
+                             worker or a replay of its idempotency key has taken it over, so it stays",
+                            transfer.transfer_id
+                        ))))
+                    }
+                }
             });
         }
         Ok(results)

@@ -9,6 +9,7 @@ pub mod list;
 pub mod process;
 pub mod resend;
 pub mod rows;
+pub mod saga;
 pub mod show;
 
 use anyhow::Context as _;

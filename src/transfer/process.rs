@@ -116,15 +116,20 @@ impl TransferProcessor {
         if unknown.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for id in &unknown {
-            pipe.hget(keys::account(id), "currency");
-        }
-        let found: Vec<Option<String>> = pipe
-            .query_async(&mut self.redis)
-            .await
-            .context("reading account currencies")?;
+        let lookups = unknown
+            .iter()
+            .map(|id| {
+                let mut command = redis::cmd("HGET");
+                command.arg(keys::account(id)).arg("currency");
+                command
+            })
+            .collect();
+        let found: Vec<redis::RedisResult<Option<String>>> =
+            crate::store::query_each(&mut self.redis, lookups)
+                .await
+                .context("reading account currencies")?;
         for (id, code) in unknown.into_iter().zip(found) {
+            let code = code.with_context(|| format!("reading the currency of {id}"))?;
             if let Some(currency) = code.and_then(|c| Currency::parse(&c).ok()) {
                 self.currencies.insert(id.to_string(), currency);
             }
@@ -153,15 +158,42 @@ impl TransferProcessor {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&keys);
-        pipe.cmd("HMGET")
-            .arg(keys::TRANSFERS_ANNOUNCED)
-            .arg(&fields);
-        let (records, marks): (Vec<Option<String>>, Vec<Option<String>>) = pipe
-            .query_async(&mut self.redis)
-            .await
-            .context("reading transfer records")?;
+        let (records, marks): (Vec<Option<String>>, Vec<Option<String>>) =
+            if self.redis.is_cluster() {
+                // Records of many slots: one GET each, many in flight.
+                let gets = keys
+                    .iter()
+                    .map(|key| {
+                        let mut command = redis::cmd("GET");
+                        command.arg(key);
+                        command
+                    })
+                    .collect();
+                let records: Vec<redis::RedisResult<Option<String>>> =
+                    crate::store::query_each(&mut self.redis, gets)
+                        .await
+                        .context("reading transfer records")?;
+                let records = records
+                    .into_iter()
+                    .collect::<redis::RedisResult<_>>()
+                    .context("reading transfer records")?;
+                let marks = redis::cmd("HMGET")
+                    .arg(keys::TRANSFERS_ANNOUNCED)
+                    .arg(&fields)
+                    .query_async(&mut self.redis)
+                    .await
+                    .context("reading announced transfers")?;
+                (records, marks)
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.cmd("MGET").arg(&keys);
+                pipe.cmd("HMGET")
+                    .arg(keys::TRANSFERS_ANNOUNCED)
+                    .arg(&fields);
+                pipe.query_async(&mut self.redis)
+                    .await
+                    .context("reading transfer records")?
+            };
         let announced = fields
             .into_iter()
             .zip(marks)
@@ -258,6 +290,62 @@ impl TransferProcessor {
         })
     }
 
+    /// On a Redis Cluster: each planned transfer in order, step by step
+    /// within one slot at a time (see [`super::saga`]); the replies in the
+    /// shape of [`Self::batch_call`]'s.
+    async fn apply_across_slots(
+        &mut self,
+        applying: &[&Planned],
+        now: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut replies = Vec::with_capacity(2 * applying.len());
+        for planned in applying {
+            let t = &planned.transfer;
+            let completed = serde_json::to_vec(&self.completed(planned, now))?;
+            let step = super::saga::Step {
+                id: &t.transfer_id,
+                sender: &t.sender_id,
+                receiver: &t.receiver_id,
+                read: planned.read.as_deref(),
+                mode: self.mode(planned),
+                amount_minor: planned.amount_minor,
+                currency: planned.currency.map(|c| c.code()).unwrap_or(""),
+                completed: &completed,
+                reason: planned.reject.unwrap_or(""),
+                ledger: self.ledger,
+            };
+            let (outcome, detail) = super::saga::apply(&mut self.redis, &step).await?;
+            replies.push(outcome);
+            replies.push(detail);
+        }
+        Ok(replies)
+    }
+
+    /// The record of `planned` once completed.
+    fn completed(&self, planned: &Planned, now: &str) -> Transfer {
+        let t = &planned.transfer;
+        Transfer {
+            status: TransferStatus::Completed,
+            version: t.version + 1,
+            currency: planned
+                .currency
+                .map(|c| c.code().to_string())
+                .or(t.currency.clone()),
+            updated_at: Some(now.to_string()),
+            reason: None,
+            ..t.clone()
+        }
+    }
+
+    /// What the script does with `planned`.
+    fn mode(&self, planned: &Planned) -> &'static str {
+        match (planned.reject, self.ledger) {
+            (Some(_), _) => "reject",
+            (None, true) => "ledger",
+            (None, false) => "status-only",
+        }
+    }
+
     /// One script call that applies every planned transfer in order
     /// (see process.lua); `now` is their `updated_at`.
     fn batch_call(&self, applying: &[&Planned], now: &str) -> anyhow::Result<redis::Cmd> {
@@ -274,22 +362,8 @@ impl TransferProcessor {
         cmd.arg(crate::money::MAX_MINOR_UNITS);
         for planned in applying {
             let t = &planned.transfer;
-            let completed = Transfer {
-                status: TransferStatus::Completed,
-                version: t.version + 1,
-                currency: planned
-                    .currency
-                    .map(|c| c.code().to_string())
-                    .or(t.currency.clone()),
-                updated_at: Some(now.to_string()),
-                reason: None,
-                ..t.clone()
-            };
-            let mode = match (planned.reject, self.ledger) {
-                (Some(_), _) => "reject",
-                (None, true) => "ledger",
-                (None, false) => "status-only",
-            };
+            let completed = self.completed(planned, now);
+            let mode = self.mode(planned);
             cmd.arg(planned.read.as_deref().unwrap_or(""))
                 .arg(mode)
                 .arg(planned.amount_minor)
@@ -397,6 +471,8 @@ impl TransferProcessor {
             .collect();
         let replies: Vec<String> = if applying.is_empty() {
             Vec::new()
+        } else if self.redis.is_cluster() {
+            self.apply_across_slots(&applying, &now).await?
         } else {
             self.batch_call(&applying, &now)?
                 .query_async(&mut self.redis)
@@ -615,7 +691,11 @@ impl BatchHandler for TransferProcessor {
     }
 
     async fn prepare(&mut self) -> anyhow::Result<()> {
-        PROCESS.load(&mut self.redis).await?;
+        if self.redis.is_cluster() {
+            super::saga::load(&mut self.redis).await?;
+        } else {
+            PROCESS.load(&mut self.redis).await?;
+        }
         ANNOUNCED.load(&mut self.redis).await?;
         Ok(())
     }
