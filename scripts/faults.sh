@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The fault suite at scale: every scenario of tests/faults.rs (kill -9,
-# rebalance, outage, hostile input, SIGTERM), release build, each scenario
-# on a private stack of its own (scripts/stack.sh on free ports; the stack
-# on 6379/9092 is left alone).
+# rebalance, outage, hostile input, SIGTERM, and a master of a Redis Cluster
+# killed under transfers across slots), release build, each scenario on a
+# private stack of its own (scripts/stack.sh on free ports; the stack on
+# 6379/9092 and the cluster on 7001-7003 are left alone).
 #
 #   scripts/faults.sh                 # every scenario, 100,000 transfers each
 #   scripts/faults.sh kill_9 sigterm  # only these (names as in tests/faults.rs)
+#   scripts/faults.sh cluster_master_kill   # the Redis Cluster scenario (a tenth of the scale)
 #   PAYCTL_FAULT_SCALE=20000 scripts/faults.sh
 #   PAYCTL_FAULT_SEED=123456 scripts/faults.sh   # repeat a run's random choices
 #

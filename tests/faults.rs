@@ -1,7 +1,7 @@
 //! The fault suite (issue 8): payctl as a black box (the real binary, Redis
 //! and Kafka clients) under kill -9, rebalances, a frozen broker, a killed
-//! Redis, hostile input and SIGTERM, each scenario against its own private
-//! stack.
+//! Redis, hostile input and SIGTERM, and a killed master of a Redis Cluster
+//! (issue 14), each scenario against its own private stack.
 //!
 //! Each scenario prints one line of figures (`[faults] name: …`) and fails
 //! when a promise breaks, with a few example ids per broken promise. The
@@ -1263,4 +1263,243 @@ fn count_records(
     let ok = keys.len() - failures.len();
     checks.expect(&format!("good {prefix} messages processed"), failures);
     ok
+}
+
+/// Scenario 6: transfers across the slots of a 3-master Redis Cluster,
+/// two `transfer process` workers, and one master killed with kill -9
+/// while work is left, then restarted from its append-only file. Every
+/// transfer is decided; each account ends at its opening balance minus
+/// what it sent and plus what it received in completed transfers; nothing
+/// is left in flight and `accounts audit` finds the total unchanged and no
+/// marker out of place.
+#[test]
+fn cluster_master_kill() {
+    let _one = serial();
+    let started = Instant::now();
+    // Each transfer is a few round trips on a cluster: a tenth of the scale.
+    let n = (scale() / 10).max(300);
+    let (mut rng, seed) = rng();
+    let stack = Stack::up_cluster("cluster-kill");
+    let mut checks = Checks::default();
+
+    let accounts: Vec<String> = (0..(n / 20).clamp(10, 500))
+        .map(|i| format!("ck-{i:04}"))
+        .collect();
+    let opening_cents: i64 = 100_000;
+    for id in &accounts {
+        stack
+            .payctl(&["accounts", "open", id, "--balance", "1000.00"], &[])
+            .expect_success();
+    }
+    let mut rows = csv::Writer::from_writer(Vec::new());
+    rows.write_record(["from", "to", "amount"]).unwrap();
+    for _ in 0..n {
+        let from = rng.below(accounts.len());
+        let to = (from + 1 + rng.below(accounts.len() - 1)) % accounts.len();
+        let cents = 1 + rng.below(30_000) as i64;
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        rows.write_record([&accounts[from], &accounts[to], &amount])
+            .unwrap();
+    }
+    let file = stack.dir.join("transfers.csv");
+    std::fs::write(&file, rows.into_inner().unwrap()).unwrap();
+    let initiated = stack
+        .payctl(
+            &[
+                "transfer",
+                "initiate",
+                "--file",
+                file.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .expect_success();
+    let summary: Value = serde_json::from_str(&initiated.stdout).unwrap_or_default();
+    checks.ensure("every row initiated", summary["created"] == n, || {
+        format!("initiate --file: {summary}")
+    });
+    let total_before = audit_total(&stack, &mut checks);
+
+    let mut cluster = cluster_connection(&stack);
+    let pending = |cluster: &mut redis::cluster::ClusterConnection| -> usize {
+        redis::cmd("ZCARD")
+            .arg("transfers:pending")
+            .query(cluster)
+            .unwrap_or(usize::MAX)
+    };
+    let workers: Vec<stack::Worker> = (0..2)
+        .map(|_| stack.spawn("process", &["transfer", "process"], &[]))
+        .collect();
+    // Kill a master once a fifth of the transfers is decided.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pending(&mut cluster) > n * 4 / 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left_at_kill = pending(&mut cluster);
+    let victim = *rng.pick(&stack.cluster_ports());
+    stack.kill_master(victim);
+    std::thread::sleep(Duration::from_millis(500 + rng.below(1000) as u64));
+    stack.restart();
+    checks.ensure(
+        "the kill landed while work was left",
+        left_at_kill > 0 && left_at_kill < n,
+        || format!("{left_at_kill} of {n} transfers pending at the kill"),
+    );
+    let mut cluster = cluster_connection(&stack);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut left = pending(&mut cluster);
+    while left > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        left = pending(&mut cluster);
+    }
+    checks.ensure("every transfer decided", left == 0, || {
+        format!("{left} transfers still pending after 300 s")
+    });
+    for worker in workers {
+        let (run, clean) = worker.terminate(&stack, Duration::from_secs(20));
+        checks.ensure(
+            "workers stop cleanly on SIGTERM",
+            clean && run.code == Some(0),
+            || format!("{}: {:?} {}", run.label, run.code, run.last_error_line()),
+        );
+    }
+
+    // Each account: opening − sent + received, over completed transfers.
+    let ids: Vec<String> = {
+        let listed: Vec<String> = redis::cmd("ZRANGE")
+            .arg("transfers")
+            .arg(0)
+            .arg(-1)
+            .query(&mut cluster)
+            .unwrap_or_default();
+        listed
+    };
+    let mut expected = vec![opening_cents; accounts.len()];
+    let index: HashMap<&str, usize> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.as_str(), i))
+        .collect();
+    let (mut completed, mut rejected, mut undecided) = (0, 0, Vec::new());
+    for id in &ids {
+        let record: Option<String> = redis::cmd("GET")
+            .arg(format!("transfer:{id}"))
+            .query(&mut cluster)
+            .unwrap_or(None);
+        let record: Value = record
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .unwrap_or_default();
+        match record["status"].as_str() {
+            Some("completed") => {
+                completed += 1;
+                let amount = record["amount"].as_f64().unwrap_or(0.0);
+                let cents = (amount * 100.0).round() as i64;
+                let from = index[record["sender_id"].as_str().unwrap()];
+                let to = index[record["receiver_id"].as_str().unwrap()];
+                expected[from] -= cents;
+                expected[to] += cents;
+            }
+            Some("rejected") => rejected += 1,
+            _ => undecided.push(format!("{id}: {record}")),
+        }
+    }
+    checks.ensure("one record per row", ids.len() == n, || {
+        format!("{} transfers indexed for {n} rows", ids.len())
+    });
+    checks.expect(
+        "every record decided",
+        undecided.into_iter().take(5).collect(),
+    );
+    let mut wrong = Vec::new();
+    for (i, id) in accounts.iter().enumerate() {
+        let balance: Option<i64> = redis::cmd("HGET")
+            .arg(format!("account:{id}"))
+            .arg("balance")
+            .query(&mut cluster)
+            .unwrap_or(None);
+        if balance != Some(expected[i]) {
+            wrong.push(format!(
+                "{id}: balance {balance:?}, expected {}",
+                expected[i]
+            ));
+        }
+    }
+    checks.expect(
+        "each balance is its opening minus what it sent plus what it received",
+        wrong.into_iter().take(5).collect(),
+    );
+    let total_after = audit_total(&stack, &mut checks);
+    checks.ensure(
+        "the total is unchanged, nothing in flight",
+        total_after == total_before,
+        || format!("audit before {total_before:?}, after {total_after:?}"),
+    );
+    checks.expect("no panic", stack.panics());
+    report(
+        "cluster-kill",
+        format!(
+            "{n} transfers over {} accounts on 3 masters, 2 workers, master {victim} killed -9 with {left_at_kill} pending and restarted, {completed} completed, {rejected} rejected, audit {} before and after, in flight {}, seed {seed}",
+            accounts.len(),
+            total_before.0,
+            total_after.1,
+        ),
+        &checks,
+        started,
+    );
+}
+
+/// A cluster connection to the stack's Redis Cluster, waiting for it to
+/// serve every slot (after a restart).
+fn cluster_connection(stack: &Stack) -> redis::cluster::ClusterConnection {
+    let nodes: Vec<String> = stack
+        .cluster_ports()
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = redis::cluster::ClusterClient::new(nodes.clone())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| {
+                redis::cmd("ZCARD")
+                    .arg("transfers:pending")
+                    .query::<i64>(&mut c)
+                    .map(|_| c)
+            });
+        match attempt {
+            Ok(connection) => return connection,
+            Err(e) if Instant::now() > deadline => panic!("the cluster does not answer: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `accounts audit`'s USD total and money in flight; a failed audit or an
+/// anomaly is a broken promise.
+fn audit_total(stack: &Stack, checks: &mut Checks) -> (String, String) {
+    let run = stack.payctl(&["accounts", "audit", "--output", "json"], &[]);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    checks.ensure(
+        "accounts audit finds nothing out of place",
+        run.code == Some(0),
+        || {
+            format!(
+                "audit exit {:?}: {} {}",
+                run.code,
+                report["anomalies"],
+                run.last_error_line()
+            )
+        },
+    );
+    let usd = report["currencies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["currency"] == "USD"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        usd["total"].as_str().unwrap_or("?").to_string(),
+        usd["in_flight"].as_str().unwrap_or("?").to_string(),
+    )
 }

@@ -73,6 +73,7 @@ impl BatchHandler for ConversionServer {
         let now = crate::clock::now_rfc3339();
         let mut pipe = redis::pipe();
         let mut answered = Vec::new();
+        let mut cluster_answers: Vec<(String, String)> = Vec::new();
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         for delivery in batch {
             let request: ConversionRequest = match serde_json::from_slice(&delivery.payload) {
@@ -124,16 +125,34 @@ impl BatchHandler for ConversionServer {
                 answered_at: Some(now.clone()),
             };
             let key = keys::conversion(&request.id);
+            let json = serde_json::to_string(&record)?;
             let mut call = ANSWER.call(&[&key]);
-            call.arg(serde_json::to_string(&record)?)
-                .arg(CONVERSION_TTL_SECS);
+            call.arg(&json).arg(CONVERSION_TTL_SECS);
             pipe.add_command(call);
+            cluster_answers.push((key, json));
             answered.push(if status == "done" { ANSWERED } else { FAILED });
             verdicts.push(None);
         }
-        let written: Vec<i64> = run_pipeline(&pipe, &mut self.redis)
-            .await
-            .context("writing conversion answers")?;
+        let written: Vec<i64> = if self.redis.is_cluster() {
+            // Answers of many slots: one script call each.
+            let mut written = Vec::with_capacity(cluster_answers.len());
+            for (key, record) in &cluster_answers {
+                let n: i64 = ANSWER
+                    .invocation()
+                    .key(key)
+                    .arg(record)
+                    .arg(CONVERSION_TTL_SECS)
+                    .invoke_async(&mut self.redis)
+                    .await
+                    .context("writing conversion answers")?;
+                written.push(n);
+            }
+            written
+        } else {
+            run_pipeline(&pipe, &mut self.redis)
+                .await
+                .context("writing conversion answers")?
+        };
         let mut results = answered.into_iter().zip(written);
         Ok(verdicts
             .into_iter()

@@ -458,6 +458,26 @@ impl TransferProcessor {
             .zip(records)
             .map(|(message, read)| self.plan(message, read))
             .collect();
+        if self.redis.is_cluster() {
+            // A transfer decided on a cluster leaves the pending index in a
+            // step of its own; a crash before it leaves the id there, and
+            // the redelivery (a duplicate now) takes it out.
+            let decided: Vec<&str> = plans
+                .iter()
+                .filter_map(|plan| match plan {
+                    Plan::Duplicate(stored) => Some(stored.transfer_id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if !decided.is_empty() {
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(keys::PENDING_TRANSFERS)
+                    .arg(&decided)
+                    .query_async(&mut self.redis)
+                    .await
+                    .context("updating the pending transfers")?;
+            }
+        }
         // One script call for the batch. Each transfer's reply stands
         // alone: an error caused by one transfer's data (WRONGTYPE on its
         // accounts) dead-letters that transfer only.
@@ -710,12 +730,13 @@ impl BatchHandler for TransferProcessor {
             mark.0 = mark.0.max(delivery.offset);
             mark.1 = mark.1.max(delivery.timestamp_ms.unwrap_or(-1));
         }
-        let mut call = ANNOUNCED.call(&[keys::TRANSFERS_ANNOUNCED]);
+        let mut call = ANNOUNCED.invocation();
+        call.key(keys::TRANSFERS_ANNOUNCED);
         for (field, (offset, ts)) in marks {
             call.arg(field).arg(offset).arg(ts);
         }
         let _: i64 = call
-            .query_async(&mut self.redis)
+            .invoke_async(&mut self.redis)
             .await
             .context("noting announced transfers")?;
         Ok(())

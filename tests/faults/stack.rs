@@ -45,6 +45,8 @@ pub struct Stack {
     pub dir: PathBuf,
     pub redis_port: u16,
     pub kafka_port: u16,
+    /// The first of the Redis Cluster's three ports, for a cluster stack.
+    pub cluster_port: Option<u16>,
     /// Every payctl run's stderr that mentions a panic: `label: line`.
     panics: Mutex<Vec<String>>,
     /// Numbers the log files of spawned workers.
@@ -64,6 +66,7 @@ impl Stack {
             dir,
             redis_port: free_port(),
             kafka_port: free_port(),
+            cluster_port: None,
             panics: Mutex::new(Vec::new()),
             spawned: Mutex::new(0),
         };
@@ -71,9 +74,58 @@ impl Stack {
         stack
     }
 
+    /// Like [`Stack::up`], with a 3-master Redis Cluster instead of the
+    /// single Redis (`scripts/stack.sh up --redis-cluster`).
+    pub fn up_cluster(name: &str) -> Stack {
+        let dir = std::env::temp_dir().join("payctl-faults").join(format!(
+            "{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the stack directory");
+        let stack = Stack {
+            name: name.to_string(),
+            dir,
+            redis_port: free_port(),
+            kafka_port: free_port(),
+            cluster_port: Some(free_cluster_ports()),
+            panics: Mutex::new(Vec::new()),
+            spawned: Mutex::new(0),
+        };
+        stack.script("up");
+        stack
+    }
+
+    /// The cluster's master ports.
+    pub fn cluster_ports(&self) -> Vec<u16> {
+        let base = self.cluster_port.expect("a cluster stack");
+        vec![base, base + 1, base + 2]
+    }
+
+    /// `kill -9` the cluster master on `port`, and waits until it is gone.
+    pub fn kill_master(&self, port: u16) {
+        let file = self.dir.join(format!("cluster/{port}/redis.pid"));
+        let pid: u32 = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+            .trim()
+            .parse()
+            .expect("a pid");
+        send_signal(pid, "KILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis-server outlived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn script(&self, verb: &str) {
-        let output = Command::new(stack_script())
-            .arg(verb)
+        let mut command = Command::new(stack_script());
+        command.arg(verb);
+        if let Some(port) = self.cluster_port {
+            command
+                .arg("--redis-cluster")
+                .env("REDIS_CLUSTER_PORT", port.to_string());
+        }
+        let output = command
             .env("REDIS_PORT", self.redis_port.to_string())
             .env("KAFKA_PORT", self.kafka_port.to_string())
             .env("PAYCTL_STACK_DIR", &self.dir)
@@ -94,7 +146,17 @@ impl Stack {
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.redis_port)
+        match self.cluster_port {
+            Some(_) => {
+                let nodes: Vec<String> = self
+                    .cluster_ports()
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .collect();
+                format!("redis+cluster://{}", nodes.join(","))
+            }
+            None => format!("redis://127.0.0.1:{}/0", self.redis_port),
+        }
     }
 
     /// A fresh connection, waiting up to 30 s for Redis to answer (it may
@@ -251,6 +313,10 @@ impl Drop for Stack {
         }
         let _ = Command::new(stack_script())
             .arg("down")
+            .env(
+                "REDIS_CLUSTER_PORT",
+                self.cluster_port.unwrap_or(7001).to_string(),
+            )
             .env("REDIS_PORT", self.redis_port.to_string())
             .env("KAFKA_PORT", self.kafka_port.to_string())
             .env("PAYCTL_STACK_DIR", &self.dir)
@@ -402,6 +468,22 @@ fn send_signal(pid: u32, name: &str) {
         .status()
         .expect("running kill");
     assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A first port such that it, the next two, and their cluster bus ports
+/// (+10000) are free.
+fn free_cluster_ports() -> u16 {
+    for _ in 0..200 {
+        let base = 20000 + (uuid::Uuid::new_v4().as_u128() % 9000) as u16;
+        let free = (0..3).all(|i| {
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && TcpListener::bind(("127.0.0.1", base + i + 10000)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no three free ports (and bus ports) for a Redis Cluster");
 }
 
 fn free_port() -> u16 {
