@@ -128,6 +128,23 @@ fn balance(p: &Pipeline, id: &str) -> String {
         .to_string()
 }
 
+/// `transfer process` on the cluster until idle; its summary.
+fn process(p: &Pipeline) -> serde_json::Value {
+    on_cluster(
+        p,
+        &[
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--output",
+            "json",
+        ],
+    )
+    .expect(0)
+    .json()
+}
+
 /// How many anomalies `accounts audit` finds on the cluster (it exits 1
 /// exactly when there are some).
 fn anomalies(p: &Pipeline) -> usize {
@@ -171,19 +188,7 @@ fn transfers_across_slots_move_money_once_and_every_outcome_is_kept() {
     initiate("0.25", &bob, None).expect(0);
     assert_eq!(common::read_topic(&p.transfers).len(), 3);
 
-    let summary = on_cluster(
-        &p,
-        &[
-            "transfer",
-            "process",
-            "--until-idle",
-            "2",
-            "--output",
-            "json",
-        ],
-    )
-    .expect(0)
-    .json();
+    let summary = process(&p);
     assert_eq!(summary["outcomes"]["completed"], 2, "{summary}");
     assert_eq!(summary["outcomes"]["rejected"], 1, "{summary}");
     assert_eq!(
@@ -322,19 +327,7 @@ fn a_worker_killed_between_the_debit_and_the_credit_finishes_the_transfer_once()
     assert_eq!(balance(&p, &alice), "70.00");
     assert_eq!(balance(&p, &bob), "0.00");
     assert_eq!(chf(&p), (total.clone(), "30.00".into()));
-    let run = on_cluster(
-        &p,
-        &[
-            "transfer",
-            "process",
-            "--until-idle",
-            "2",
-            "--output",
-            "json",
-        ],
-    )
-    .expect(0)
-    .json();
+    let run = process(&p);
     assert_eq!(run["outcomes"]["completed"], 1, "{run}");
     assert_eq!(
         (balance(&p, &alice), balance(&p, &bob)),
@@ -360,19 +353,7 @@ fn a_credit_the_receiver_refuses_is_refunded_once() {
         .arg(&receiver)
         .query(&mut node_for(&receiver))
         .unwrap();
-    let run = on_cluster(
-        &p,
-        &[
-            "transfer",
-            "process",
-            "--until-idle",
-            "2",
-            "--output",
-            "json",
-        ],
-    )
-    .expect(0)
-    .json();
+    let run = process(&p);
     assert_eq!(run["outcomes"]["rejected"], 1, "{run}");
     assert_eq!(balance(&p, &alice), "10.00");
     let shown = on_cluster(&p, &["transfer", "show", &id, "--output", "json"])
