@@ -249,7 +249,9 @@ async fn known_accounts(
     Ok(known)
 }
 
-static INITIATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("initiate.lua")));
+static INITIATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&[include_str!("canonical.lua"), include_str!("initiate.lua")].concat())
+});
 static DISCARD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("discard.lua")));
 
 /// KEYS of both scripts, in their order.
@@ -409,18 +411,7 @@ impl Publisher<'_> {
             .map(|((transfer, json), reply)| Step::from_reply(transfer, json, reply))
             .collect();
 
-        let outgoing: Vec<Outgoing> = steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::New(t, json) | Step::Republish(t, json) => Some(Outgoing {
-                    topic: self.topic.to_string(),
-                    key: Some(t.sender_id.clone()),
-                    payload: json.clone(),
-                    headers: Vec::new(),
-                }),
-                Step::Earlier(_) | Step::Failed(_) => None,
-            })
-            .collect();
+        let outgoing = self.to_publish(&steps);
         let mut acks = produce_each(self.producer, &outgoing).await.into_iter();
 
         // Acknowledged: published. Not acknowledged and new: undone, unless
@@ -499,6 +490,23 @@ impl Publisher<'_> {
 }
 
 impl Publisher<'_> {
+    /// The messages of the steps that publish: new transfers, and adopted
+    /// ones whose publish did not finish, keyed by sender.
+    fn to_publish(&self, steps: &[Step]) -> Vec<Outgoing> {
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::New(t, json) | Step::Republish(t, json) => Some(Outgoing {
+                    topic: self.topic.to_string(),
+                    key: Some(t.sender_id.clone()),
+                    payload: json.clone(),
+                    headers: Vec::new(),
+                }),
+                Step::Earlier(_) | Step::Failed(_) => None,
+            })
+            .collect()
+    }
+
     /// [`Publisher::initiate`] on a Redis Cluster (see [`super::saga`]): a
     /// transfer with an idempotency key takes its id from the key, so the key
     /// and its transfer are one record, stored or found in one atomic step.
@@ -506,7 +514,6 @@ impl Publisher<'_> {
         &mut self,
         transfers: Vec<Transfer>,
     ) -> anyhow::Result<Vec<anyhow::Result<Initiated>>> {
-        super::saga::load(self.redis).await?;
         let score = crate::clock::now_millis();
         let mut steps = Vec::with_capacity(transfers.len());
         for mut transfer in transfers {
@@ -544,18 +551,7 @@ impl Publisher<'_> {
                 },
             );
         }
-        let outgoing: Vec<Outgoing> = steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::New(t, json) | Step::Republish(t, json) => Some(Outgoing {
-                    topic: self.topic.to_string(),
-                    key: Some(t.sender_id.clone()),
-                    payload: json.clone(),
-                    headers: Vec::new(),
-                }),
-                Step::Earlier(_) | Step::Failed(_) => None,
-            })
-            .collect();
+        let outgoing = self.to_publish(&steps);
         let mut acks = produce_each(self.producer, &outgoing).await.into_iter();
         let mut results = Vec::with_capacity(steps.len());
         for step in steps {

@@ -711,11 +711,9 @@ impl BatchHandler for TransferProcessor {
     }
 
     async fn prepare(&mut self) -> anyhow::Result<()> {
-        if self.redis.is_cluster() {
-            super::saga::load(&mut self.redis).await?;
-        } else {
-            PROCESS.load(&mut self.redis).await?;
-        }
+        // On a cluster the saga's scripts load where they run (see
+        // `Script::load`); this does nothing there.
+        PROCESS.load(&mut self.redis).await?;
         ANNOUNCED.load(&mut self.redis).await?;
         Ok(())
     }

@@ -161,24 +161,13 @@ return 1
 });
 
 static INITIATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    let body = r#"
 -- KEYS: the transfer record, its publishing mark, its adoption mark.
 -- ARGV: the new record's JSON, sender, receiver, amount (decimal text), currency
 -- Returns {'created'} | {'earlier', record} | {'adopted', record} | {'different'}
 -- A record with the same id exists only when the id comes from an
 -- idempotency key: then it is the key's transfer, compared by value.
-local function canonical(text)
-  if type(text) ~= 'string' then return nil end
-  local sign, int, frac = string.match(text, '^%s*(%-?)(%d*)%.?(%d*)%s*$')
-  if not int or (int == '' and frac == '') then return nil end
-  int = string.gsub(int, '^0+', '')
-  frac = string.gsub(frac, '0+$', '')
-  if int == '' then int = '0' end
-  if int == '0' and frac == '' then sign = '' end
-  if frac ~= '' then return sign .. int .. '.' .. frac end
-  return sign .. int
-end
+-- canonical(text) comes from canonical.lua, prepended.
 local stored = redis.call('GET', KEYS[1])
 if not stored then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -196,8 +185,8 @@ if t.status == 'initiated' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'adopted', stored}
 end
 return {'earlier', stored}
-"#,
-    )
+"#;
+    Script::new(&[include_str!("canonical.lua"), body].concat())
 });
 
 static DISCARD: LazyLock<Script> = LazyLock::new(|| {
@@ -360,16 +349,6 @@ pub async fn discard_one(redis: &mut Redis, id: &str, stored: &[u8]) -> anyhow::
 /// record's slot.
 pub fn claim_key(id: &str) -> String {
     format!("{{{}}}:claim", keys::transfer(id))
-}
-
-/// Loads the scripts on every master (after a restart, too).
-pub async fn load(redis: &mut Redis) -> anyhow::Result<()> {
-    for script in [
-        &*CLAIM, &*DEBIT, &*CREDIT, &*SETTLE, &*COMPLETE, &*INITIATE, &*DISCARD,
-    ] {
-        script.load(redis).await?;
-    }
-    Ok(())
 }
 
 /// One transfer to apply.
@@ -551,20 +530,32 @@ pub async fn audit(
     let mut currency_of = HashMap::new();
     let mut debits: Vec<(String, HashMap<String, String>)> = Vec::new();
     let mut credits: HashMap<String, HashMap<String, String>> = HashMap::new();
+    // Every account's two marker hashes, many reads in flight at once.
+    let reads = accounts
+        .iter()
+        .flat_map(|a| [debits_key(&a.id), credits_key(&a.id)])
+        .map(|key| {
+            let mut command = redis::cmd("HGETALL");
+            command.arg(key);
+            command
+        })
+        .collect();
+    let mut markers = crate::store::query_each::<HashMap<String, String>>(redis, reads)
+        .await
+        .context("reading transfer markers")?
+        .into_iter();
     for account in accounts {
         let code = account.currency.code().to_string();
         *report.balances.entry(code.clone()).or_default() += account.balance.minor_units();
         currency_of.insert(account.id.clone(), code);
-        let d: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(debits_key(&account.id))
-            .query_async(redis)
-            .await
-            .with_context(|| format!("reading the debits of {}", account.id))?;
-        let c: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(credits_key(&account.id))
-            .query_async(redis)
-            .await
-            .with_context(|| format!("reading the credits of {}", account.id))?;
+        let mut next = |what: &str| {
+            markers
+                .next()
+                .expect("two answers per account")
+                .with_context(|| format!("reading the {what} of {}", account.id))
+        };
+        let d = next("debits")?;
+        let c = next("credits")?;
         debits.push((account.id.clone(), d));
         credits.insert(account.id.clone(), c);
     }
