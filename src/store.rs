@@ -61,6 +61,12 @@ pub mod keys {
     /// Hash of each input partition's highest applied offset, for
     /// `notify consume` (field `topic/partition`, value `offset:timestamp`).
     pub const NOTIFY_APPLIED: &str = "notify:applied";
+    /// On a Redis Cluster, [`NOTIFY_APPLIED`] of one hash slot's lists: a
+    /// batch's notifications are pushed one slot at a time, each slot's
+    /// with its own record, in the same atomic step.
+    pub fn notify_applied_in(slot: u16) -> String {
+        format!("{NOTIFY_APPLIED}:{}", super::slot_tag(slot))
+    }
     /// Users watching a pair's rate.
     pub fn watchers(pair: &str) -> String {
         format!("watchers:{pair}")
@@ -254,7 +260,7 @@ pub async fn query_each<T: redis::FromRedisValue>(
         }
         Redis::Cluster(_) => {
             let shared = redis.clone();
-            let answers: Vec<redis::RedisResult<T>> = futures::stream::iter(commands)
+            let answers = futures::stream::iter(commands)
                 .map(|command| {
                     let mut cluster = shared.clone();
                     async move { command.query_async::<T>(&mut cluster).await }
@@ -262,21 +268,90 @@ pub async fn query_each<T: redis::FromRedisValue>(
                 .buffered(CLUSTER_IN_FLIGHT)
                 .collect()
                 .await;
-            // A connection failure fails the whole read, as on one server.
-            if let Some(e) = answers.iter().find_map(|a| {
-                a.as_ref().err().filter(|e| {
-                    crate::failure::classify_redis(e) != crate::failure::Class::Permanent
-                })
-            }) {
-                return Err(e.clone());
-            }
-            Ok(answers)
+            connection_failure_first(answers)
         }
     }
 }
 
+/// Runs script invocations, each about keys of one hash slot, many in
+/// flight at once, and answers each in order with its own result. Each
+/// loads its script where it runs if that server does not know it (a
+/// restarted master, a slot moved to another). An error of the connection
+/// is the outer `Err`, as in [`query_each`].
+pub async fn invoke_each<T: redis::FromRedisValue>(
+    redis: &mut Redis,
+    invocations: Vec<redis::ScriptInvocation<'_>>,
+) -> redis::RedisResult<Vec<redis::RedisResult<T>>> {
+    use futures::StreamExt as _;
+    let shared = redis.clone();
+    let answers = futures::stream::iter(invocations)
+        .map(|invocation| {
+            let mut connection = shared.clone();
+            async move { invocation.invoke_async::<T>(&mut connection).await }
+        })
+        .buffered(CLUSTER_IN_FLIGHT)
+        .collect()
+        .await;
+    connection_failure_first(answers)
+}
+
+/// A connection failure among `answers` fails them all, as one pipeline
+/// on one server would: the caller retries the whole, each step being
+/// idempotent. Errors of a command itself stay with its answer.
+fn connection_failure_first<T>(
+    answers: Vec<redis::RedisResult<T>>,
+) -> redis::RedisResult<Vec<redis::RedisResult<T>>> {
+    if let Some(e) = answers.iter().find_map(|a| {
+        a.as_ref()
+            .err()
+            .filter(|e| crate::failure::classify_redis(e) != crate::failure::Class::Permanent)
+    }) {
+        return Err(e.clone());
+    }
+    Ok(answers)
+}
+
 /// Commands in flight at once on a cluster connection, in [`query_each`].
 const CLUSTER_IN_FLIGHT: usize = 128;
+
+/// Hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of
+/// the key's hash tag (the text between its first `{` and the next `}`, if
+/// not empty) or else of the whole key, modulo [`SLOTS`].
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
+}
+
+/// A hash tag (`{…}`, braces included) that puts a key in `slot`: how
+/// payctl keeps its own per-slot records (for example which offsets a
+/// worker has applied) beside keys whose names it must not change.
+pub fn slot_tag(wanted: u16) -> &'static str {
+    static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut tags = vec![String::new(); usize::from(SLOTS)];
+        let mut missing = tags.len();
+        // About 170,000 CRCs cover every slot (the coupon collector's n ln n).
+        for n in 0u64.. {
+            let text = n.to_string();
+            let found = &mut tags[usize::from(slot(text.as_bytes()))];
+            if found.is_empty() {
+                *found = format!("{{{text}}}");
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    &TAGS[usize::from(wanted % SLOTS)]
+}
 
 /// The URL scheme of a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -751,6 +826,21 @@ mod tests {
 
     fn refusal(config: &RedisConfig) -> String {
         format!("{:#}", config.client().unwrap_err())
+    }
+
+    #[test]
+    fn slots_are_the_clusters_and_every_slot_has_a_tag() {
+        // Figures from Redis's cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}".as_slice()));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        for s in [0, 1, 5461, 12182, SLOTS - 1] {
+            let tag = slot_tag(s);
+            assert_eq!(slot(format!("notify:applied:{tag}").as_bytes()), s, "{tag}");
+        }
     }
 
     #[test]

@@ -268,39 +268,110 @@ impl Notifier {
             return Ok(HashMap::new());
         }
         let pairs: Vec<String> = pairs.into_iter().collect();
-        let mut pipe = redis::pipe();
-        for pair in &pairs {
-            pipe.smembers(keys::watchers(pair));
-        }
-        let members: Vec<Vec<String>> = pipe
-            .query_async(&mut self.redis)
+        let reads = pairs
+            .iter()
+            .map(|pair| redis::cmd("SMEMBERS").arg(keys::watchers(pair)).to_owned())
+            .collect();
+        let members = crate::store::query_each::<Vec<String>>(&mut self.redis, reads)
             .await
+            .context("reading watchers")?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
             .context("reading watchers")?;
         Ok(pairs.into_iter().zip(members).collect())
+    }
+
+    /// Pushes every planned notification, in message order, and answers 1
+    /// for each pushed, 0 for each found there already. On one server, one
+    /// script call for the batch; on a cluster, one per hash slot of the
+    /// lists (many in flight), each with its slot's own applied-offsets
+    /// record, so each slot's pushes are exactly once on their own and a
+    /// crash between two slots' calls leaves the rest to the redelivery.
+    async fn push(&mut self, planned: &[(&Delivery, &Push)]) -> anyhow::Result<Vec<i64>> {
+        if planned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_slot: Vec<(String, Vec<usize>)> = Vec::new();
+        if self.redis.is_cluster() {
+            let mut slots: HashMap<u16, Vec<usize>> = HashMap::new();
+            for (i, (_, push)) in planned.iter().enumerate() {
+                let slot = crate::store::slot(push.user_key.as_bytes());
+                slots.entry(slot).or_default().push(i);
+            }
+            by_slot.extend(
+                slots
+                    .into_iter()
+                    .map(|(slot, members)| (keys::notify_applied_in(slot), members)),
+            );
+        } else {
+            by_slot.push((
+                keys::NOTIFY_APPLIED.to_string(),
+                (0..planned.len()).collect(),
+            ));
+        }
+        let calls = by_slot
+            .iter()
+            .map(|(applied, members)| self.notify_call(applied, planned, members))
+            .collect();
+        let answers = crate::store::invoke_each::<Vec<i64>>(&mut self.redis, calls)
+            .await
+            .context("storing notifications")?;
+        let mut pushed = vec![0; planned.len()];
+        for ((_, members), answer) in by_slot.iter().zip(answers) {
+            let answer = answer.context("storing notifications")?;
+            for (&i, new) in members.iter().zip(answer) {
+                pushed[i] = new;
+            }
+        }
+        Ok(pushed)
+    }
+
+    /// The script call that pushes `planned[members]` with the applied
+    /// offsets in `applied`: the keys first, then five arguments per push.
+    fn notify_call(
+        &self,
+        applied: &str,
+        planned: &[(&Delivery, &Push)],
+        members: &[usize],
+    ) -> redis::ScriptInvocation<'static> {
+        let mut call = NOTIFY.invocation();
+        call.key(applied);
+        for &i in members {
+            call.key(planned[i].1.user_key.as_str());
+        }
+        call.arg(self.dedup_window)
+            .arg(if self.replay { "1" } else { "0" });
+        let mut field = String::new();
+        for &i in members {
+            let (delivery, push) = planned[i];
+            field.clear();
+            {
+                use std::fmt::Write as _;
+                let _ = write!(field, "{}/{}", delivery.topic, delivery.partition);
+            }
+            call.arg(field.as_str())
+                .arg(delivery.offset)
+                .arg(delivery.timestamp_ms.unwrap_or(-1))
+                .arg(push.json.as_str())
+                .arg(push.mark.as_deref().unwrap_or(""));
+        }
+        call
     }
 
     /// Seed 003: a payment is `completed` once its user is notified. Runs
     /// after the pushes, so a payment is never completed without its notification.
     async fn complete_payments(&mut self, plans: &[Plan]) -> anyhow::Result<()> {
-        let mut pipe = redis::pipe();
-        let mut any = false;
-        for plan in plans {
-            if let Plan::Transaction(Push {
-                payment_id: Some(id),
-                ..
-            }) = plan
-            {
-                pipe.add_command(payments::complete_command(id));
-                any = true;
-            }
-        }
-        if any {
-            let _: Vec<i64> = pipe
-                .query_async(&mut self.redis)
-                .await
-                .context("completing payments")?;
-        }
-        Ok(())
+        let ids: Vec<&str> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                Plan::Transaction(Push {
+                    payment_id: Some(id),
+                    ..
+                }) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        payments::complete(&mut self.redis, &ids).await
     }
 }
 
@@ -383,34 +454,7 @@ impl BatchHandler for Notifier {
             pushes_per_message.push(pushes.len());
             planned.extend(pushes.iter().map(|push| (delivery, push)));
         }
-        let pushed: Vec<i64> = if planned.is_empty() {
-            Vec::new()
-        } else {
-            let mut call = NOTIFY.call(
-                &std::iter::once(keys::NOTIFY_APPLIED)
-                    .chain(planned.iter().map(|(_, push)| push.user_key.as_str()))
-                    .collect::<Vec<_>>(),
-            );
-            call.arg(self.dedup_window)
-                .arg(if self.replay { "1" } else { "0" });
-            let mut field = String::new();
-            for (delivery, push) in &planned {
-                field.clear();
-                {
-                    use std::fmt::Write as _;
-                    let _ = write!(field, "{}/{}", delivery.topic, delivery.partition);
-                }
-                call.arg(field.as_str())
-                    .arg(delivery.offset)
-                    .arg(delivery.timestamp_ms.unwrap_or(-1))
-                    .arg(push.json.as_str())
-                    .arg(push.mark.as_deref().unwrap_or(""));
-            }
-            call.query_async(&mut self.redis)
-                .await
-                .context("storing notifications")?
-        };
-
+        let pushed = self.push(&planned).await?;
         self.complete_payments(plans).await?;
 
         let mut pushed = pushed.into_iter();

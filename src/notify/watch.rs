@@ -50,16 +50,29 @@ pub async fn run(
     validate_user(&args.user)?;
     let pair: Pair = args.pair.parse()?;
     let pair = pair.to_string();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    if watching {
-        pipe.sadd(keys::watchers(&pair), &args.user)
-            .sadd(keys::watching(&args.user), &pair);
+    let verb = if watching { "SADD" } else { "SREM" };
+    let watchers = redis::cmd(verb)
+        .arg(keys::watchers(&pair))
+        .arg(&args.user)
+        .to_owned();
+    let watched = redis::cmd(verb)
+        .arg(keys::watching(&args.user))
+        .arg(&pair)
+        .to_owned();
+    if redis.is_cluster() {
+        // The two sets live in different slots: each change on its own,
+        // both idempotent, so running the command again finishes a half.
+        for answer in crate::store::query_each::<i64>(redis, vec![watchers, watched])
+            .await
+            .context("updating watchers")?
+        {
+            answer.context("updating watchers")?;
+        }
     } else {
-        pipe.srem(keys::watchers(&pair), &args.user)
-            .srem(keys::watching(&args.user), &pair);
+        let mut pipe = redis::pipe();
+        pipe.atomic().add_command(watchers).add_command(watched);
+        let _: (i64, i64) = pipe.query_async(redis).await.context("updating watchers")?;
     }
-    let _: (i64, i64) = pipe.query_async(redis).await.context("updating watchers")?;
     output.emit(&Watching {
         user: args.user,
         pair,

@@ -335,33 +335,82 @@ static COMPLETE: std::sync::LazyLock<crate::store::Script> = std::sync::LazyLock
     crate::store::Script::new(
         r#"
 -- A processed payment whose notification is written becomes completed.
--- KEYS: payment, processed set, completed set. ARGV: id
+-- KEYS: payment, then (on one server) the processed and completed sets.
+-- ARGV: id. Returns 1 completed now, 2 completed before, 0 not processed.
 local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
 local ok, payment = pcall(cjson.decode, current)
-if not ok or type(payment) ~= 'table' or payment.processing_status ~= 'processed' then return 0 end
+if not ok or type(payment) ~= 'table' then return 0 end
+if payment.processing_status == 'completed' then return 2 end
+if payment.processing_status ~= 'processed' then return 0 end
 local updated = string.gsub(current, '"processing_status":"processed"', '"processing_status":"completed"', 1)
 redis.call('SET', KEYS[1], updated)
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
+if #KEYS == 3 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
 return 1
 "#,
     )
 });
 
-/// Loads the completion script (call before [`complete_command`] in a pipeline).
+/// Loads the completion script (call before [`complete`]).
 pub async fn load_completion(redis: &mut Redis) -> anyhow::Result<()> {
     COMPLETE.load(redis).await
 }
 
-/// Marks a `processed` payment `completed`: its notification has been written.
-pub fn complete_command(payment_id: &str) -> redis::Cmd {
-    let payment = keys::payment(payment_id);
+/// Marks `processed` payments `completed`: their notifications have been
+/// written. On one server the record and the status sets change in one
+/// step per payment, all in one round trip. On a cluster, where the sets
+/// live in other slots, the record changes first and the sets follow for
+/// every payment completed now or before, so a redelivery after a crash
+/// between the two finishes the sets.
+pub async fn complete(redis: &mut Redis, payment_ids: &[&str]) -> anyhow::Result<()> {
+    if payment_ids.is_empty() {
+        return Ok(());
+    }
     let processed = keys::by_status(ProcessingStatus::Processed);
     let completed = keys::by_status(ProcessingStatus::Completed);
-    let mut cmd = COMPLETE.call(&[&payment, &processed, &completed]);
-    cmd.arg(payment_id);
-    cmd
+    if !redis.is_cluster() {
+        let mut pipe = redis::pipe();
+        for id in payment_ids {
+            pipe.add_command({
+                let mut cmd = COMPLETE.call(&[&keys::payment(id), &processed, &completed]);
+                cmd.arg(*id);
+                cmd
+            });
+        }
+        let _: Vec<i64> = pipe
+            .query_async(redis)
+            .await
+            .context("completing payments")?;
+        return Ok(());
+    }
+    let records = payment_ids
+        .iter()
+        .map(|id| {
+            let mut call = COMPLETE.invocation();
+            call.key(keys::payment(id)).arg(*id);
+            call
+        })
+        .collect();
+    let answers = crate::store::invoke_each::<i64>(redis, records)
+        .await
+        .context("completing payments")?;
+    let mut moves = Vec::new();
+    for (id, answer) in payment_ids.iter().zip(answers) {
+        if answer.context("completing a payment")? > 0 {
+            moves.push(redis::cmd("SREM").arg(&processed).arg(*id).to_owned());
+            moves.push(redis::cmd("SADD").arg(&completed).arg(*id).to_owned());
+        }
+    }
+    for answer in crate::store::query_each::<i64>(redis, moves)
+        .await
+        .context("moving completed payments between status sets")?
+    {
+        answer.context("moving a completed payment between status sets")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
