@@ -2,9 +2,9 @@
 //! three masters on loopback), reached with a `redis+cluster://` URL.
 //!
 //! What works there (accounts, transfers across slots, rates, conversions,
-//! notifications, reads) is checked to work, money counted with `accounts
-//! audit`; what does not yet (payments: scripts whose keys span hash slots)
-//! is checked to refuse whole, writing nothing and dead-lettering nothing.
+//! notifications, subscription payments, reads) is checked to work, money
+//! counted with `accounts audit`, crashes between the steps of one
+//! operation crafted and finished.
 
 mod common;
 
@@ -490,53 +490,186 @@ fn tag_of(wanted: u16) -> String {
     tag
 }
 
+fn json_on_cluster(p: &Pipeline, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--output", "json"]);
+    on_cluster(p, &all).expect(0).json()
+}
+
+fn submit(p: &Pipeline, user: &str) -> String {
+    on_cluster(
+        p,
+        &[
+            "payments", "submit", "--user", user, "--plan", "premium", "--amount", "9.99",
+        ],
+    )
+    .expect(0)
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// (processing status, payment status) of a payment on the cluster.
+fn statuses(p: &Pipeline, id: &str) -> (String, String) {
+    let shown = json_on_cluster(p, &["payments", "show", id]);
+    (
+        shown["processing_status"].as_str().unwrap().to_string(),
+        shown["payment_status"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Runs a command on the master that serves `key`.
+fn on_node<T: redis::FromRedisValue>(key: &str, cmd: &mut redis::Cmd) -> T {
+    cmd.query(&mut node_for(key)).unwrap()
+}
+
+fn subscription(user: &str) -> std::collections::HashMap<String, String> {
+    let key = format!("subscription:{user}");
+    on_node(&key, redis::cmd("HGETALL").arg(&key))
+}
+
 #[test]
-fn a_worker_meeting_keys_across_slots_stops_without_writing_committing_or_dead_lettering() {
+fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crashes() {
     let p = Pipeline::new();
-    // Payment requests: `payments save` does not yet handle a cluster,
-    // where a payment's record and the status sets live in different slots.
-    let users: Vec<String> = (0..6).map(|_| unique("payer")).collect();
-    for user in &users {
-        on_cluster(
-            &p,
-            &[
-                "payments", "submit", "--user", user, "--plan", "premium", "--amount", "9.99",
-            ],
-        )
-        .expect(0);
-    }
-    let stopped = on_cluster(&p, &["payments", "save", "--until-idle", "3"]).expect(2);
-    assert!(
-        stopped.stderr.contains("nothing was written")
-            && stopped.stderr.contains("different hash slots"),
-        "{}",
-        stopped.stderr
+    let users: Vec<String> = (0..10).map(|_| unique("payer")).collect();
+    let mut ids: Vec<String> = users.iter().map(|user| submit(&p, user)).collect();
+    // The first user asks three times before anything is processed: one
+    // charge, the latest request; the others are duplicated.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let second = submit(&p, &users[0]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let latest = submit(&p, &users[0]);
+    let saved = json_on_cluster(&p, &["payments", "save", "--until-idle", "3"]);
+    assert_eq!(saved["outcomes"]["saved"], 12, "{saved}");
+    // Saved again by another group: nothing is saved or listed twice.
+    let again = json_on_cluster(
+        &p,
+        &[
+            "payments",
+            "save",
+            "--group",
+            &unique("again"),
+            "--until-idle",
+            "3",
+        ],
     );
-    let mut written = 0;
-    for mut master in masters() {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("payment:*")
-            .query(&mut master)
-            .unwrap();
-        written += keys
+    assert_eq!(again["outcomes"]["duplicate"], 12, "{again}");
+
+    json_on_cluster(
+        &p,
+        &[
+            "payments",
+            "process",
+            "--accept-rate",
+            "1",
+            "--until-idle",
+            "2",
+        ],
+    );
+    assert_eq!(
+        statuses(&p, &latest),
+        ("processed".into(), "accepted".into())
+    );
+    for id in [&ids[0], &second] {
+        assert_eq!(statuses(&p, id).0, "duplicated", "{id}");
+    }
+    for (user, id) in users.iter().zip(&ids).skip(1) {
+        assert_eq!(
+            statuses(&p, id),
+            ("processed".into(), "accepted".into()),
+            "{id}"
+        );
+        assert_eq!(subscription(user)["payment_id"], *id);
+    }
+    assert_eq!(subscription(&users[0])["payment_id"], latest);
+    assert_eq!(subscription(&users[0])["status"], "active");
+    ids[0] = latest.clone();
+
+    // Each answer was announced once; `notify consume` completes them.
+    let events = common::read_topic(&p.transactions);
+    for id in &ids {
+        let announced = events
             .iter()
-            .filter(|k| users.iter().any(|u| k.contains(u.as_str())))
+            .filter(|(_, e)| e.contains(id.as_str()))
             .count();
+        assert_eq!(announced, 1, "{id}");
     }
-    assert_eq!(written, 0, "a refused batch wrote a payment");
+    json_on_cluster(&p, &["notify", "consume", "--until-idle", "3"]);
+    for id in &ids {
+        assert_eq!(statuses(&p, id).0, "completed", "{id}");
+    }
+    let completed: Vec<String> = {
+        let key = "payments:status:completed";
+        on_node(key, redis::cmd("SMEMBERS").arg(key))
+    };
     assert!(
-        common::read_topic(&format!("{}.dlq", p.payments)).is_empty(),
-        "nothing is the messages' fault: nothing dead-lettered"
+        ids.iter().all(|id| completed.contains(id)),
+        "the completed set follows the records"
     );
-    // Nothing committed: the group has no offsets, so a worker that can
-    // would read all six again.
-    let lag = p.payctl(&["groups", "lag", &p.group]);
-    assert!(
-        lag.stderr.contains("committed no offsets"),
-        "{} {}",
-        lag.stdout,
-        lag.stderr
+
+    // A crash between a payment's record and its subscription: crafted as
+    // a processed, accepted refund whose claim is still held and whose
+    // subscription is still active. The next pass finishes it before
+    // anything else: the subscription ends, once.
+    let user = &users[3];
+    let refund = on_cluster(&p, &["payments", "refund", "--user", user])
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    json_on_cluster(&p, &["payments", "save", "--until-idle", "3"]);
+    let record_key = format!("payment:{refund}");
+    let stored: String = on_node(&record_key, redis::cmd("GET").arg(&record_key));
+    let processed = stored
+        .replace(
+            "\"processing_status\":\"new\"",
+            "\"processing_status\":\"processed\"",
+        )
+        .replace(
+            "\"payment_status\":\"unknown\"",
+            "\"payment_status\":\"accepted\"",
+        );
+    assert_ne!(processed, stored);
+    let claim = payctl::payments::claim_key(payctl::payments::PaymentKind::Refund, user);
+    let _: () = on_node(
+        &record_key,
+        redis::cmd("SET").arg(&record_key).arg(&processed),
     );
+    let _: () = on_node(&claim, redis::cmd("SET").arg(&claim).arg(&refund));
+    let _: i64 = on_node(
+        "payments:unannounced",
+        redis::cmd("SADD").arg("payments:unannounced").arg(&refund),
+    );
+    let _: i64 = on_node(
+        "payments:status:new",
+        redis::cmd("SREM").arg("payments:status:new").arg(&refund),
+    );
+    assert_eq!(subscription(user)["status"], "active");
+    json_on_cluster(&p, &["payments", "process", "--accept-rate", "1"]);
+    assert_eq!(subscription(user)["status"], "ended");
+    let held: Option<String> = on_node(&claim, redis::cmd("GET").arg(&claim));
+    assert_eq!(
+        held, None,
+        "the claim is given up with the subscription step"
+    );
+
+    // A crash after a user's claim and before the record: crafted as a
+    // claim held by a payment still `new`. The next pass goes on with it.
+    let user = &users[4];
+    let refund = on_cluster(&p, &["payments", "refund", "--user", user])
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    json_on_cluster(&p, &["payments", "save", "--until-idle", "3"]);
+    let claim = payctl::payments::claim_key(payctl::payments::PaymentKind::Refund, user);
+    let _: () = on_node(&claim, redis::cmd("SET").arg(&claim).arg(&refund));
+    json_on_cluster(&p, &["payments", "process", "--accept-rate", "1"]);
+    assert_eq!(
+        statuses(&p, &refund),
+        ("processed".into(), "accepted".into())
+    );
+    assert_eq!(subscription(user)["status"], "ended");
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub mod processor;
 pub mod save;
 pub mod show;
 pub mod simulate;
+mod slots;
+/// A user's claim key on a Redis Cluster (see [`keys::claim`] for one server).
+pub use slots::claim_key;
 pub mod stats;
 pub mod submit;
 
@@ -123,7 +126,7 @@ impl PaymentStatus {
 }
 
 /// A payment for a subscription, or a refund of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentKind {
     Payment,
@@ -300,15 +303,47 @@ pub mod keys {
     }
 }
 
+/// The stored JSON of each payment id, in order (`None`: no record): an
+/// `MGET` per thousand on one server; on a cluster, where the records
+/// live in many slots, a `GET` each, many in flight.
+pub async fn records(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Option<String>>> {
+    let mut stored = Vec::with_capacity(ids.len());
+    if redis.is_cluster() {
+        let reads = ids
+            .iter()
+            .map(|id| redis::cmd("GET").arg(keys::payment(id)).to_owned())
+            .collect();
+        for answer in crate::store::query_each::<Option<String>>(redis, reads)
+            .await
+            .context("reading payments")?
+        {
+            stored.push(answer.context("reading payments")?);
+        }
+        return Ok(stored);
+    }
+    for chunk in ids.chunks(1000) {
+        let keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
+        let part: Vec<Option<String>> = redis.mget(&keys).await.context("reading payments")?;
+        stored.extend(part);
+    }
+    Ok(stored)
+}
+
+/// Each payment by id, in order; `None` where there is no record or it is
+/// not a payment record.
+pub async fn get_each(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Option<Payment>>> {
+    Ok(records(redis, ids)
+        .await?
+        .into_iter()
+        .map(|json| json.and_then(|json| serde_json::from_str(&json).ok()))
+        .collect())
+}
+
 /// Reads payments by id, skipping ids with no record.
 pub async fn get_many(redis: &mut Redis, ids: &[String]) -> anyhow::Result<Vec<Payment>> {
     let mut payments = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(1000) {
-        let keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
-        let stored: Vec<Option<String>> = redis.mget(&keys).await.context("reading payments")?;
-        for json in stored.into_iter().flatten() {
-            payments.push(serde_json::from_str(&json).context("reading a payment record")?);
-        }
+    for json in records(redis, ids).await?.into_iter().flatten() {
+        payments.push(serde_json::from_str(&json).context("reading a payment record")?);
     }
     Ok(payments)
 }

@@ -47,9 +47,8 @@ use crate::kafka::produce_each;
 use crate::money::Currency;
 use crate::output::{self, Output, Rendered, Report};
 use crate::payments::processor::{Answer, Failure, HttpProcessor, Processor, SimulatorArgs};
-use crate::payments::{
-    check_id, check_plan, keys, Payment, PaymentKind, PaymentStatus, ProcessingStatus,
-};
+use crate::payments::slots;
+use crate::payments::{check_id, check_plan, keys, Payment, PaymentStatus, ProcessingStatus};
 use crate::store::{run_pipeline, Redis, Script};
 
 /// Send saved payments to the processor, one charge per subscription.
@@ -305,12 +304,7 @@ impl Pass<'_> {
             .await
             .with_context(|| format!("reading {set}"))?;
         for chunk in ids.chunks(1000) {
-            let record_keys: Vec<String> = chunk.iter().map(|id| keys::payment(id)).collect();
-            let stored: Vec<Option<String>> = self
-                .redis
-                .mget(&record_keys)
-                .await
-                .context("reading payments")?;
+            let stored = super::records(self.redis, chunk).await?;
             for (id, json) in chunk.iter().zip(stored) {
                 each(self, id, json);
             }
@@ -339,9 +333,16 @@ impl Pass<'_> {
         candidates: &mut Vec<Candidate>,
     ) -> anyhow::Result<()> {
         let set = keys::by_status(from);
+        let cluster = self.redis.is_cluster();
+        let mut elsewhere = Vec::new();
         self.read_records(&set, |pass, id, json| {
             let Some(json) = json else { return };
             match usable(id, &json) {
+                // On a cluster a crash can leave the sets behind the
+                // records: the record is right, and the sets are repaired.
+                Ok(payment) if cluster && payment.processing_status != from => {
+                    elsewhere.push((payment.payment_id, payment.processing_status));
+                }
                 Ok(payment) => candidates.push(Candidate {
                     id: payment.payment_id,
                     user: payment.user_id,
@@ -351,7 +352,8 @@ impl Pass<'_> {
                 Err(reason) => pass.skip(id, &set, &reason),
             }
         })
-        .await
+        .await?;
+        slots::repair_sets(self.redis, from, &elsewhere).await
     }
 
     /// Steps 2 to 4, a chunk of users at a time. Returns how many answers
@@ -393,15 +395,12 @@ impl Pass<'_> {
     /// Step 2 for one chunk: which payments go to the processor (see
     /// `claim.lua`), in [`claim_order`].
     async fn claim(&mut self, chunk: &[Candidate]) -> anyhow::Result<Vec<Payment>> {
-        let record_keys: Vec<String> = chunk.iter().map(|c| keys::payment(&c.id)).collect();
-        let stored: Vec<Option<String>> = self
-            .redis
-            .mget(&record_keys)
-            .await
-            .context("reading payments")?;
+        let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
+        let stored = super::records(self.redis, &ids).await?;
         let now = crate::clock::now_rfc3339();
         let mut tried = Vec::with_capacity(chunk.len());
         let mut pipe = redis::pipe();
+        let cluster = self.redis.is_cluster();
         for (candidate, json) in chunk.iter().zip(stored) {
             let Some(json) = json else { continue };
             let set = keys::by_status(candidate.from);
@@ -417,15 +416,21 @@ impl Pass<'_> {
             if payment.processing_status != candidate.from || payment.user_id != candidate.user {
                 continue;
             }
-            pipe.add_command(claim_command(&payment, candidate.from, &now)?);
+            if !cluster {
+                pipe.add_command(claim_command(&payment, candidate.from, &now)?);
+            }
             tried.push((candidate.from, payment));
         }
         if tried.is_empty() {
             return Ok(Vec::new());
         }
-        let verdicts: Vec<(i64, String)> = run_pipeline(&pipe, self.redis)
-            .await
-            .context("claiming payments")?;
+        let verdicts: Vec<(i64, String)> = if cluster {
+            slots::claim(self.redis, &tried, &now).await?
+        } else {
+            run_pipeline(&pipe, self.redis)
+                .await
+                .context("claiming payments")?
+        };
         let mut claimed = Vec::new();
         for ((from, payment), (verdict, reason)) in tried.into_iter().zip(verdicts) {
             match verdict {
@@ -455,7 +460,18 @@ impl Pass<'_> {
     /// was lost): it goes out flagged `reannounced`, and `notify consume`
     /// looks for an earlier copy.
     async fn announce(&mut self, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
-        let queued = self.read_set(keys::UNANNOUNCED).await?;
+        let mut queued = self.read_set(keys::UNANNOUNCED).await?;
+        if self.redis.is_cluster() {
+            // Queued before their answer is stored: only answered ones go
+            // out, each with its subscription step finished first.
+            queued.retain(|p| {
+                matches!(
+                    p.processing_status,
+                    ProcessingStatus::Processed | ProcessingStatus::Completed
+                )
+            });
+            slots::finish_answers(self.redis, &queued).await?;
+        }
         for chunk in queued.chunks(CHUNK) {
             self.announce_payments(producer, topic, chunk, true).await?;
         }
@@ -588,14 +604,20 @@ impl Pass<'_> {
                 updated_at: now.clone(),
                 ..payment
             };
-            pipe.add_command(answer_command(&next)?);
+            if !self.redis.is_cluster() {
+                pipe.add_command(answer_command(&next)?);
+            }
             tried.push(next);
         }
         let mut stored = Vec::with_capacity(tried.len());
         if !tried.is_empty() {
-            let moved: Vec<i64> = run_pipeline(&pipe, self.redis)
-                .await
-                .context("storing processor answers")?;
+            let moved: Vec<i64> = if self.redis.is_cluster() {
+                slots::answer(self.redis, &tried).await?
+            } else {
+                run_pipeline(&pipe, self.redis)
+                    .await
+                    .context("storing processor answers")?
+            };
             for (payment, moved) in tried.into_iter().zip(moved) {
                 if moved == 1 {
                     *self
@@ -654,11 +676,7 @@ fn claim_command(
 /// The `answer.lua` call storing `payment` (processed, with its answer).
 fn answer_command(payment: &Payment) -> anyhow::Result<redis::Cmd> {
     let id = &payment.payment_id;
-    let action = match (payment.kind, payment.payment_status) {
-        (PaymentKind::Payment, PaymentStatus::Accepted) => "activate",
-        (PaymentKind::Refund, PaymentStatus::Accepted) => "end",
-        _ => "",
-    };
+    let action = slots::subscription_change(payment);
     let mut cmd = ANSWER.call(&[
         &keys::payment(id),
         &keys::by_status(ProcessingStatus::InProcessing),
