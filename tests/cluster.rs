@@ -157,6 +157,7 @@ fn anomalies(p: &Pipeline) -> usize {
 
 #[test]
 fn transfers_across_slots_move_money_once_and_every_outcome_is_kept() {
+    let _alone = transfers_alone();
     let p = Pipeline::new();
     let alice = unique("alice");
     let bob = unique("bob");
@@ -262,6 +263,7 @@ fn initiated(p: &Pipeline, from: &str, to: &str, amount: &str) -> String {
 
 #[test]
 fn a_worker_killed_between_the_debit_and_the_credit_finishes_the_transfer_once() {
+    let _alone = transfers_alone();
     let p = Pipeline::new();
     let alice = unique("alice");
     let bob = unique("bob");
@@ -339,6 +341,7 @@ fn a_worker_killed_between_the_debit_and_the_credit_finishes_the_transfer_once()
 
 #[test]
 fn a_credit_the_receiver_refuses_is_refunded_once() {
+    let _alone = transfers_alone();
     let p = Pipeline::new();
     let alice = unique("alice");
     let bob = unique("bob");
@@ -670,6 +673,82 @@ fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crash
         ("processed".into(), "accepted".into())
     );
     assert_eq!(subscription(user)["status"], "ended");
+}
+
+/// Held by every test that initiates transfers: `transfer resend` sends
+/// every undecided transfer of the cluster's one database to its own test's
+/// topic, and must not take another test's transfers while that test counts
+/// its outcomes.
+fn transfers_alone() -> std::sync::MutexGuard<'static, ()> {
+    static TRANSFERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TRANSFERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn resend_publishes_undecided_transfers_again_and_forgets_decided_ones() {
+    let _alone = transfers_alone();
+    let p = Pipeline::new();
+    let alice = common::open_account_with(|args| on_cluster(&p, args), "rs-alice", "100.00");
+    let bob = common::open_account_with(|args| on_cluster(&p, args), "rs-bob", "0.00");
+    let published = initiated(&p, &alice, &bob, "10.00");
+    // A transfer whose initiate crashed before the broker acknowledged it:
+    // its message went to another topic (lost to this pipeline), and its
+    // publishing mark and unpublished entry are as the crash left them.
+    let elsewhere = Pipeline::new();
+    let crashed = initiated(&elsewhere, &alice, &bob, "25.00");
+    let publishing = format!("{{transfer:{crashed}}}:publishing");
+    let _: () = on_node(&publishing, redis::cmd("SET").arg(&publishing).arg("1"));
+    let _: i64 = on_node(
+        "transfers:unpublished",
+        redis::cmd("SADD")
+            .arg("transfers:unpublished")
+            .arg(&crashed),
+    );
+
+    let sent = json_on_cluster(&p, &["transfer", "resend", "--older-than", "0"]);
+    assert_eq!(sent["failed"], 0, "{sent}");
+    let on_topic: Vec<String> = common::read_topic(&p.transfers)
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect();
+    for id in [&published, &crashed] {
+        let copies = on_topic.iter().filter(|m| m.contains(id.as_str())).count();
+        let expected = if id == &published { 2 } else { 1 };
+        assert_eq!(copies, expected, "{id}: {on_topic:?}");
+    }
+    let marked: i64 = on_node(&publishing, redis::cmd("EXISTS").arg(&publishing));
+    assert_eq!(
+        marked, 0,
+        "the publishing mark goes once the broker has the message"
+    );
+    let unpublished: bool = on_node(
+        "transfers:unpublished",
+        redis::cmd("SISMEMBER")
+            .arg("transfers:unpublished")
+            .arg(&crashed),
+    );
+    assert!(!unpublished);
+
+    // Each applied once, whatever the copies.
+    process(&p);
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("65.00".into(), "35.00".into())
+    );
+    for id in [&published, &crashed] {
+        let shown = json_on_cluster(&p, &["transfer", "show", id]);
+        assert_eq!(shown["status"], "completed", "{shown}");
+    }
+    // Decided now: not sent again, and gone from the undecided index.
+    json_on_cluster(&p, &["transfer", "resend", "--older-than", "0"]);
+    assert_eq!(common::read_topic(&p.transfers).len(), on_topic.len());
+    for id in [&published, &crashed] {
+        let pending: Option<f64> = on_node(
+            "transfers:pending",
+            redis::cmd("ZSCORE").arg("transfers:pending").arg(id),
+        );
+        assert_eq!(pending, None, "{id}");
+    }
 }
 
 #[test]

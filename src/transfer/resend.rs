@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::kafka::{produce_each, Outgoing};
 use crate::output::{self, Output, Rendered, Report};
-use crate::store::{keys, run_pipeline, Redis, Script};
+use crate::store::{keys, query_each, run_pipeline, Redis, Script};
 use crate::transfer::Transfer;
 
 /// Publish again transfers still initiated whose message may be lost.
@@ -199,12 +199,15 @@ async fn find(redis: &mut Redis, cutoff_ms: u64) -> anyhow::Result<Vec<Found>> {
 async fn list(redis: &mut Redis, found: &[Found]) -> anyhow::Result<Vec<Candidate>> {
     let mut candidates = Vec::new();
     for chunk in found.chunks(CHUNK) {
-        let mut pipe = redis::pipe();
-        for f in chunk {
-            pipe.get(keys::transfer(&f.id));
-        }
-        let records: Vec<Option<Vec<u8>>> = run_pipeline(&pipe, redis)
+        let reads = chunk
+            .iter()
+            .map(|f| redis::cmd("GET").arg(keys::transfer(&f.id)).to_owned())
+            .collect();
+        let records: Vec<Option<Vec<u8>>> = query_each(redis, reads)
             .await
+            .context("reading transfers")?
+            .into_iter()
+            .collect::<Result<_, _>>()
             .context("reading transfers")?;
         for (f, record) in chunk.iter().zip(records) {
             let Some(record) = record else { continue };
@@ -237,22 +240,11 @@ async fn resend_chunk(
     chunk: &[Found],
     summary: &mut ResendSummary,
 ) -> anyhow::Result<Option<String>> {
-    let mut claim = redis::pipe();
-    for f in chunk {
-        let record_key = keys::transfer(&f.id);
-        let mut call = RESEND.call(&[
-            &record_key,
-            keys::PENDING_TRANSFERS,
-            keys::UNPUBLISHED_TRANSFERS,
-            keys::ADOPTED_TRANSFERS,
-        ]);
-        call.arg(&f.id);
-        claim.add_command(call);
-    }
-    let replies: Vec<Vec<Vec<u8>>> = run_pipeline(&claim, redis)
-        .await
-        .context("reading the transfers to resend")?;
-
+    let replies = if redis.is_cluster() {
+        resend_across_slots(redis, chunk).await?
+    } else {
+        resend_here(redis, chunk).await?
+    };
     let mut due = Vec::new();
     let mut outgoing = Vec::new();
     for (f, reply) in chunk.iter().zip(replies) {
@@ -286,16 +278,28 @@ async fn resend_chunk(
     }
 
     let mut first_failure = None;
-    let mut settle = redis::pipe();
+    let mut settle = Vec::new();
+    let cluster = redis.is_cluster();
     for (id, ack) in due.into_iter().zip(produce_each(producer, &outgoing).await) {
         match ack {
             Ok(()) => {
                 summary.sent += 1;
-                settle
-                    .srem(keys::UNPUBLISHED_TRANSFERS, id)
-                    .ignore()
-                    .srem(keys::ADOPTED_TRANSFERS, id)
-                    .ignore();
+                if cluster {
+                    settle.extend(super::saga::published_commands(id));
+                } else {
+                    settle.push(
+                        redis::cmd("SREM")
+                            .arg(keys::UNPUBLISHED_TRANSFERS)
+                            .arg(id)
+                            .to_owned(),
+                    );
+                    settle.push(
+                        redis::cmd("SREM")
+                            .arg(keys::ADOPTED_TRANSFERS)
+                            .arg(id)
+                            .to_owned(),
+                    );
+                }
             }
             Err(e) => {
                 summary.failed += 1;
@@ -303,10 +307,60 @@ async fn resend_chunk(
             }
         }
     }
-    run_pipeline::<()>(&settle, redis)
+    for answer in query_each::<redis::Value>(redis, settle)
         .await
-        .context("recording which transfers were published")?;
+        .context("recording which transfers were published")?
+    {
+        answer.context("recording which transfers were published")?;
+    }
     Ok(first_failure)
+}
+
+/// The RESEND step of every transfer of `chunk` on one server, pipelined.
+async fn resend_here(redis: &mut Redis, chunk: &[Found]) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
+    let mut claim = redis::pipe();
+    for f in chunk {
+        let record_key = keys::transfer(&f.id);
+        let mut call = RESEND.call(&[
+            &record_key,
+            keys::PENDING_TRANSFERS,
+            keys::UNPUBLISHED_TRANSFERS,
+            keys::ADOPTED_TRANSFERS,
+        ]);
+        call.arg(&f.id);
+        claim.add_command(call);
+    }
+    run_pipeline(&claim, redis)
+        .await
+        .context("reading the transfers to resend")
+}
+
+/// The same on a cluster: the step in each record's slot, many in flight,
+/// then the indices of decided and vanished transfers, each in its own.
+async fn resend_across_slots(
+    redis: &mut Redis,
+    chunk: &[Found],
+) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
+    let calls = chunk.iter().map(|f| super::saga::resend(&f.id)).collect();
+    let replies = crate::store::invoke_each::<Vec<Vec<u8>>>(redis, calls)
+        .await
+        .context("reading the transfers to resend")?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the transfers to resend")?;
+    let forget = chunk
+        .iter()
+        .zip(&replies)
+        .filter(|(_, reply)| matches!(reply.first().map(Vec::as_slice), Some(b"decided" | b"gone")))
+        .flat_map(|(f, _)| super::saga::forget_commands(&f.id))
+        .collect();
+    for answer in query_each::<i64>(redis, forget)
+        .await
+        .context("dropping decided transfers from the indices")?
+    {
+        answer.context("dropping decided transfers from the indices")?;
+    }
+    Ok(replies)
 }
 
 pub async fn run(

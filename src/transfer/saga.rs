@@ -206,6 +206,66 @@ return 1
     )
 });
 
+static RESEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- resend.lua on a cluster, within the record's slot.
+-- KEYS: the transfer record, its publishing mark, its adoption mark.
+-- Returns {'send', record} | {'decided', status} | {'gone'} | {'unreadable', why}.
+-- A transfer still being published by its initiate is marked adopted, so
+-- that initiate keeps it if its own publish fails.
+local stored = redis.call('GET', KEYS[1])
+if not stored then return {'gone'} end
+local ok, t = pcall(cjson.decode, stored)
+if not ok or type(t) ~= 'table' then return {'unreadable', 'not JSON'} end
+if type(t.status) ~= 'string' then return {'unreadable', 'no status'} end
+if t.status ~= 'initiated' then return {'decided', t.status} end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SET', KEYS[3], '1') end
+return {'send', stored}
+"#,
+    )
+});
+
+/// The step of `transfer resend` for one transfer on a cluster (see
+/// `resend.lua`): the indices of a decided or vanished transfer are
+/// dropped by the caller, each in its own slot.
+pub fn resend(id: &str) -> redis::ScriptInvocation<'static> {
+    let mut call = RESEND.invocation();
+    call.key(keys::transfer(id))
+        .key(publishing_key(id))
+        .key(adopted_key(id));
+    call
+}
+
+/// The commands that drop `id` from the indices of undecided and
+/// unpublished transfers, each about one key.
+pub fn forget_commands(id: &str) -> Vec<redis::Cmd> {
+    vec![
+        redis::cmd("ZREM")
+            .arg(keys::PENDING_TRANSFERS)
+            .arg(id)
+            .to_owned(),
+        redis::cmd("SREM")
+            .arg(keys::UNPUBLISHED_TRANSFERS)
+            .arg(id)
+            .to_owned(),
+    ]
+}
+
+/// The commands that note `id`'s message acknowledged (see [`published`]).
+pub fn published_commands(id: &str) -> Vec<redis::Cmd> {
+    vec![
+        redis::cmd("DEL")
+            .arg(publishing_key(id))
+            .arg(adopted_key(id))
+            .to_owned(),
+        redis::cmd("SREM")
+            .arg(keys::UNPUBLISHED_TRANSFERS)
+            .arg(id)
+            .to_owned(),
+    ]
+}
+
 /// `{transfer:ID}:publishing`: set while initiate publishes the transfer.
 fn publishing_key(id: &str) -> String {
     format!("{{{}}}:publishing", keys::transfer(id))
@@ -299,18 +359,12 @@ pub async fn store_new(
 
 /// Notes that `id`'s message is acknowledged.
 pub async fn published(redis: &mut Redis, id: &str) -> anyhow::Result<()> {
-    let _: i64 = redis::cmd("DEL")
-        .arg(publishing_key(id))
-        .arg(adopted_key(id))
-        .query_async(redis)
-        .await
-        .with_context(|| format!("noting that transfer {id} is published"))?;
-    let _: i64 = redis::cmd("SREM")
-        .arg(keys::UNPUBLISHED_TRANSFERS)
-        .arg(id)
-        .query_async(redis)
-        .await
-        .with_context(|| format!("noting that transfer {id} is published"))?;
+    for command in published_commands(id) {
+        let _: i64 = command
+            .query_async(redis)
+            .await
+            .with_context(|| format!("noting that transfer {id} is published"))?;
+    }
     Ok(())
 }
 
