@@ -62,9 +62,9 @@ pub fn spans_slots(error: &anyhow::Error) -> bool {
 }
 
 /// What to say after a `CROSSSLOT` refusal.
-pub const SPANS_SLOTS_HINT: &str = " (nothing was written: this command's Redis keys live in \
-     different hash slots, which payctl does not yet handle on a Redis Cluster; see README \
-     \"Redis Cluster\")";
+pub const SPANS_SLOTS_HINT: &str = " (nothing was written: one step's Redis keys live in \
+     different hash slots, which payctl's steps never ask for: a key written by another \
+     service, or a bug; see README \"A Redis Cluster\")";
 
 /// Redis: the connection and the server's passing states are passing; ACL
 /// refusals are fatal; anything the server says about a command (a script

@@ -329,6 +329,18 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
 }
 
+/// A key of payctl's own in the same hash slot as `key`, named after it:
+/// `{KEY}:SUFFIX`, or, when `key` holds a brace of its own (ids from a
+/// topic may), `{TAG}KEY:SUFFIX` with the tag of `key`'s slot: braces in
+/// an id must not split a transfer's keys over two slots.
+pub fn beside(key: &str, suffix: &str) -> String {
+    if key.contains(['{', '}']) {
+        format!("{}{key}:{suffix}", slot_tag(slot(key.as_bytes())))
+    } else {
+        format!("{{{key}}}:{suffix}")
+    }
+}
+
 /// A hash tag (`{…}`, braces included) that puts a key in `slot`: how
 /// payctl keeps its own per-slot records (for example which offsets a
 /// worker has applied) beside keys whose names it must not change.
@@ -837,6 +849,18 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}".as_slice()));
         assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        for key in [
+            "account:alice",
+            "account:a{b}c",
+            "transfer:{}",
+            "account:}{",
+            "x{",
+        ] {
+            let beside = beside(key, "debits");
+            assert_eq!(slot(beside.as_bytes()), slot(key.as_bytes()), "{beside}");
+            assert!(beside.contains(key));
+        }
+        assert_eq!(beside("account:alice", "debits"), "{account:alice}:debits");
         for s in [0, 1, 5461, 12182, SLOTS - 1] {
             let tag = slot_tag(s);
             assert_eq!(slot(format!("notify:applied:{tag}").as_bytes()), s, "{tag}");

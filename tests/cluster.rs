@@ -675,6 +675,42 @@ fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crash
     assert_eq!(subscription(user)["status"], "ended");
 }
 
+#[test]
+fn a_transfer_id_holding_braces_does_not_split_its_steps_over_slots() {
+    let _alone = transfers_alone();
+    let p = Pipeline::new();
+    // A brace in a key makes its hash tag: the claim of `transfer:t{x}y`
+    // must still land in that record's slot, or a forged id stops the worker.
+    let alice = common::open_account_with(|args| on_cluster(&p, args), "br-alice", "50.00");
+    let bob = common::open_account_with(|args| on_cluster(&p, args), "br-bob", "0.00");
+    // Another service stored and announced a transfer under such an id.
+    let id = initiated(&p, &alice, &bob, "1.00");
+    let record_key = format!("transfer:{id}");
+    let stored: String = on_node(&record_key, redis::cmd("GET").arg(&record_key));
+    let forged = format!("t{{{}}}y", unique("brace"));
+    let record = stored
+        .replace(&id, &forged)
+        .replace("\"amount\":1.00", "\"amount\":12.34");
+    assert!(
+        record.contains(&forged) && record.contains("12.34"),
+        "{record}"
+    );
+    let forged_key = format!("transfer:{forged}");
+    let _: () = on_node(&forged_key, redis::cmd("SET").arg(&forged_key).arg(&record));
+    common::produce_raw(&p.transfers, &alice, &[&record]);
+    let summary = process(&p);
+    for id in [&id, &forged] {
+        let shown = json_on_cluster(&p, &["transfer", "show", id]);
+        assert_eq!(shown["status"], "completed", "{shown} {summary}");
+    }
+    assert_eq!(
+        (balance(&p, &alice), balance(&p, &bob)),
+        ("36.66".into(), "13.34".into()),
+        "{summary}"
+    );
+    assert_eq!(anomalies(&p), 0);
+}
+
 /// Held by every test that initiates transfers: `transfer resend` sends
 /// every undecided transfer of the cluster's one database to its own test's
 /// topic, and must not take another test's transfers while that test counts

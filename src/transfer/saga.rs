@@ -33,12 +33,12 @@ use crate::store::{keys, Redis, Script};
 
 /// The debits marker of an account: `{account:ID}:debits`.
 pub fn debits_key(account: &str) -> String {
-    format!("{{{}}}:debits", keys::account(account))
+    crate::store::beside(&keys::account(account), "debits")
 }
 
 /// The credits marker of an account: `{account:ID}:credits`.
 pub fn credits_key(account: &str) -> String {
-    format!("{{{}}}:credits", keys::account(account))
+    crate::store::beside(&keys::account(account), "credits")
 }
 
 static DEBIT: LazyLock<Script> = LazyLock::new(|| {
@@ -268,13 +268,13 @@ pub fn published_commands(id: &str) -> Vec<redis::Cmd> {
 
 /// `{transfer:ID}:publishing`: set while initiate publishes the transfer.
 fn publishing_key(id: &str) -> String {
-    format!("{{{}}}:publishing", keys::transfer(id))
+    crate::store::beside(&keys::transfer(id), "publishing")
 }
 
 /// `{transfer:ID}:adopted`: a replay of the idempotency key took over an
 /// unfinished publish.
 fn adopted_key(id: &str) -> String {
-    format!("{{{}}}:adopted", keys::transfer(id))
+    crate::store::beside(&keys::transfer(id), "adopted")
 }
 
 /// The transfer id an idempotency key gives on a Redis Cluster: a UUID
@@ -402,7 +402,7 @@ pub async fn discard_one(redis: &mut Redis, id: &str, stored: &[u8]) -> anyhow::
 /// The claim of a transfer being applied: `{transfer:ID}:claim`, in the
 /// record's slot.
 pub fn claim_key(id: &str) -> String {
-    format!("{{{}}}:claim", keys::transfer(id))
+    crate::store::beside(&keys::transfer(id), "claim")
 }
 
 /// One transfer to apply.
