@@ -711,6 +711,99 @@ fn a_transfer_id_holding_braces_does_not_split_its_steps_over_slots() {
     assert_eq!(anomalies(&p), 0);
 }
 
+#[test]
+fn the_audit_adds_up_at_every_instant_while_transfers_move_across_slots() {
+    let _alone = transfers_alone();
+    let p = Pipeline::new();
+    // Its own currency: nothing else on the cluster moves SEK.
+    let ids: Vec<String> = (0..16).map(|_| unique("sek")).collect();
+    for id in &ids {
+        on_cluster(
+            &p,
+            &[
+                "accounts",
+                "open",
+                id,
+                "--currency",
+                "SEK",
+                "--balance",
+                "100.00",
+            ],
+        )
+        .expect(0);
+    }
+    let sek = |p: &Pipeline| -> (i32, serde_json::Value) {
+        let run = on_cluster(p, &["accounts", "audit", "--output", "json"]);
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        let sek = report["currencies"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["currency"] == "SEK"))
+            .cloned()
+            .unwrap_or_default();
+        (
+            run.code,
+            json!({"total": sek["total"], "in_flight": sek["in_flight"], "anomalies": report["anomalies"]}),
+        )
+    };
+    let (code, before) = sek(&p);
+    assert_eq!(code, 0, "{before}");
+    let dir = std::env::temp_dir().join(unique("audit-batch"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.csv");
+    let mut csv = String::from("from,to,amount,currency\n");
+    for i in 0..3000 {
+        let (from, to) = (&ids[i % 16], &ids[(i * 7 + 3) % 16]);
+        if from != to {
+            csv.push_str(&format!("{from},{to},{}.{:02},SEK\n", 1 + i % 9, i % 100));
+        }
+    }
+    std::fs::write(&file, csv).unwrap();
+    on_cluster(
+        &p,
+        &["transfer", "initiate", "--file", file.to_str().unwrap()],
+    )
+    .expect(0);
+
+    // Audits while a worker applies them, a few transfers per batch.
+    let worker = p.spawn(
+        &[
+            "transfer",
+            "process",
+            "--until-idle",
+            "2",
+            "--batch-size",
+            "4",
+        ],
+        &[("REDIS_URL", &cluster_url())],
+    );
+    let mut worker = worker;
+    let mut audits = Vec::new();
+    while worker.try_wait().unwrap().is_none() {
+        let (code, seen) = sek(&p);
+        assert_eq!(code, 0, "an audit while transfers flow: {seen}");
+        assert_eq!(
+            seen["total"], before["total"],
+            "an audit while transfers flow: {seen}"
+        );
+        audits.push(seen["in_flight"].as_str().unwrap_or("?").to_string());
+    }
+    let finished = common::finish(worker);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    // Money is seen in flight now and then (a pair of accounts read on
+    // either side of a step); the totals above are what must hold.
+    eprintln!("in flight as each audit saw it: {audits:?}");
+    assert!(
+        audits.len() >= 3,
+        "too few audits while the worker ran: {audits:?}"
+    );
+    let (code, after) = sek(&p);
+    assert_eq!(
+        (code, &after["total"], &after["in_flight"]),
+        (0, &before["total"], &json!("0.00")),
+        "{after}"
+    );
+}
+
 /// Held by every test that initiates transfers: `transfer resend` sends
 /// every undecided transfer of the cluster's one database to its own test's
 /// topic, and must not take another test's transfers while that test counts

@@ -11,8 +11,9 @@ use crate::transfer::saga;
 /// Sum every balance, per currency, with the money in flight between the
 /// slots of a Redis Cluster (debited, not yet credited), and check the
 /// transfer markers against each other. Exit 1 when something does not add
-/// up. Read while transfers are quiet for an exact answer: the reads are
-/// not one atomic step across a cluster's masters.
+/// up. Exact while transfers flow: each account is read with its markers in
+/// one step, and a transfer seen half-done because its two accounts were
+/// read at two moments is checked again and counted in flight.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   payctl accounts audit

@@ -567,15 +567,38 @@ pub struct Audit {
     pub balances: BTreeMap<String, i64>,
     /// Per currency, the amounts debited and not yet credited.
     pub in_flight: BTreeMap<String, i64>,
-    /// Transfers in flight: id → (sender, receiver, amount).
+    /// Transfers in flight: id → (sender, receiver, amount). An amount is
+    /// negative for a credit seen before its debit (see [`audit`]).
     pub transfers_in_flight: Vec<(String, String, String, i64)>,
     /// Markers that break the rules (a credit with no debit, say).
     pub anomalies: Vec<String>,
 }
 
-/// Reads every account and its markers: the sum of balances, the money in
-/// flight, and whatever does not add up. Not atomic across masters: run it
-/// while transfers are quiet for an exact answer.
+/// Reads one account's balance and both its marker hashes in one step (they
+/// share the account's slot), so a read of an account is never halfway
+/// through one of its steps.
+static AUDIT_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+-- KEYS: the account, its debits, its credits.
+return {redis.call('HGET', KEYS[1], 'balance') or '', redis.call('HGETALL', KEYS[2]),
+        redis.call('HGETALL', KEYS[3])}
+"#,
+    )
+});
+
+/// Reads every account with its markers: the sum of balances, the money in
+/// flight, and whatever does not add up; exact while transfers flow.
+///
+/// Each account is read in one step, but two accounts at two moments, so a
+/// transfer can be seen credited to its receiver and not yet debited from
+/// its sender (the sender read first), or settled and not yet credited (the
+/// receiver read first). Both are checked again: the side read first is
+/// read anew, and must show the step the other side implies (a debit
+/// before any credit, a credit before any settle). Confirmed, the amount
+/// is counted in flight (negative for a credit whose debit the first read
+/// missed): the balances as read plus the money in flight then equal the
+/// total at every instant. Not confirmed, it is an anomaly.
 pub async fn audit(
     redis: &mut Redis,
     accounts: &[crate::accounts::Account],
@@ -584,32 +607,36 @@ pub async fn audit(
     let mut currency_of = HashMap::new();
     let mut debits: Vec<(String, HashMap<String, String>)> = Vec::new();
     let mut credits: HashMap<String, HashMap<String, String>> = HashMap::new();
-    // Every account's two marker hashes, many reads in flight at once.
     let reads = accounts
         .iter()
-        .flat_map(|a| [debits_key(&a.id), credits_key(&a.id)])
-        .map(|key| {
-            let mut command = redis::cmd("HGETALL");
-            command.arg(key);
-            command
+        .map(|a| {
+            let mut call = AUDIT_READ.invocation();
+            call.key(keys::account(&a.id))
+                .key(debits_key(&a.id))
+                .key(credits_key(&a.id));
+            call
         })
         .collect();
-    let mut markers = crate::store::query_each::<HashMap<String, String>>(redis, reads)
+    type Read = (String, HashMap<String, String>, HashMap<String, String>);
+    let mut read = crate::store::invoke_each::<Read>(redis, reads)
         .await
-        .context("reading transfer markers")?
+        .context("reading accounts and their transfer markers")?
         .into_iter();
     for account in accounts {
+        let (balance, d, c) = read
+            .next()
+            .expect("one answer per account")
+            .with_context(|| format!("reading account {} and its markers", account.id))?;
         let code = account.currency.code().to_string();
-        *report.balances.entry(code.clone()).or_default() += account.balance.minor_units();
+        let balance = balance.parse::<i64>().unwrap_or_else(|_| {
+            report.anomalies.push(format!(
+                "account {}: balance {balance:?} is not whole minor units",
+                account.id
+            ));
+            account.balance.minor_units()
+        });
+        *report.balances.entry(code.clone()).or_default() += balance;
         currency_of.insert(account.id.clone(), code);
-        let mut next = |what: &str| {
-            markers
-                .next()
-                .expect("two answers per account")
-                .with_context(|| format!("reading the {what} of {}", account.id))
-        };
-        let d = next("debits")?;
-        let c = next("credits")?;
         debits.push((account.id.clone(), d));
         credits.insert(account.id.clone(), c);
     }
@@ -629,6 +656,7 @@ pub async fn audit(
         credits.insert(receiver, c);
     }
     let mut debited: HashMap<&str, (&str, i64)> = HashMap::new();
+    let mut settled_unseen = Vec::new();
     for (sender, markers) in &debits {
         for (id, marker) in markers {
             let (kind, rest) = marker.split_at(marker.len().min(2));
@@ -659,9 +687,7 @@ pub async fn audit(
                         amount,
                     ));
                 }
-                "s|" if !credited => report.anomalies.push(format!(
-                    "{id}: settled on {sender} but never credited to {receiver}"
-                )),
+                "s|" if !credited => settled_unseen.push((id, sender, receiver, amount)),
                 "f|" if credited => report.anomalies.push(format!(
                     "{id}: refunded to {sender} and also credited to {receiver}"
                 )),
@@ -669,13 +695,76 @@ pub async fn audit(
             }
         }
     }
+    let mut credited_unseen = Vec::new();
     for (receiver, markers) in &credits {
         for (id, marker) in markers {
             if marker.starts_with("c|") && !debited.contains_key(id.as_str()) {
-                report
-                    .anomalies
-                    .push(format!("{id}: credited to {receiver} with no debit"));
+                credited_unseen.push((id.as_str(), receiver.as_str(), marker.as_str()));
             }
+        }
+    }
+    // Settled but not credited as read: the receiver was read first; its
+    // credit must be there now.
+    for (id, sender, receiver, amount) in settled_unseen {
+        let now: Option<String> = redis::cmd("HGET")
+            .arg(credits_key(receiver))
+            .arg(id)
+            .query_async(redis)
+            .await
+            .with_context(|| format!("reading the credits of {receiver} again"))?;
+        if now.is_some_and(|c| c.starts_with("c|")) {
+            let code = currency_of.get(sender).cloned().unwrap_or_default();
+            *report.in_flight.entry(code).or_default() += amount;
+            report.transfers_in_flight.push((
+                id.clone(),
+                sender.clone(),
+                receiver.to_string(),
+                amount,
+            ));
+        } else {
+            report.anomalies.push(format!(
+                "{id}: settled on {sender} but never credited to {receiver}"
+            ));
+        }
+    }
+    // Credited but not debited as read: the sender (named by the record)
+    // was read first; its debit must be there now.
+    for (id, receiver, marker) in credited_unseen {
+        let amount = marker[2..]
+            .split('|')
+            .next()
+            .and_then(|a| a.parse::<i64>().ok());
+        let record: Option<String> = redis::cmd("GET")
+            .arg(keys::transfer(id))
+            .query_async(redis)
+            .await
+            .with_context(|| format!("reading transfer {id}"))?;
+        let sender = record
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .and_then(|r| r["sender_id"].as_str().map(String::from));
+        let debit: Option<String> = match &sender {
+            Some(sender) => redis::cmd("HGET")
+                .arg(debits_key(sender))
+                .arg(id)
+                .query_async(redis)
+                .await
+                .with_context(|| format!("reading the debits of {sender} again"))?,
+            None => None,
+        };
+        match (amount, sender, debit) {
+            (Some(amount), Some(sender), Some(d)) if d.starts_with("d|") || d.starts_with("s|") => {
+                let code = currency_of.get(receiver).cloned().unwrap_or_default();
+                *report.in_flight.entry(code).or_default() -= amount;
+                report.transfers_in_flight.push((
+                    id.to_string(),
+                    sender,
+                    receiver.to_string(),
+                    -amount,
+                ));
+            }
+            _ => report
+                .anomalies
+                .push(format!("{id}: credited to {receiver} with no debit")),
         }
     }
     Ok(report)
