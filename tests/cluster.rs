@@ -369,6 +369,28 @@ fn a_credit_the_receiver_refuses_is_refunded_once() {
         .query(&mut node_for(&sender))
         .unwrap();
     assert!(markers[&id].starts_with("f|400|"), "{markers:?}");
+
+    // Replaced by a key of another type: refused and refunded too, never
+    // an error that would leave the sender's money in flight.
+    let carol = unique("carol");
+    on_cluster(&p, &["accounts", "open", &carol]).expect(0);
+    let id = initiated(&p, &alice, &carol, "3.00");
+    let receiver = format!("account:{carol}");
+    let _: () = redis::cmd("SET")
+        .arg(&receiver)
+        .arg("not a hash")
+        .query(&mut node_for(&receiver))
+        .unwrap();
+    let run = process(&p);
+    assert_eq!(run["outcomes"]["rejected"], 1, "{run}");
+    assert_eq!(balance(&p, &alice), "10.00");
+    let shown = json_on_cluster(&p, &["transfer", "show", &id]);
+    assert_eq!(
+        shown["reason"],
+        format!("{carol} is not an account (a string)"),
+        "{shown}"
+    );
+    assert_eq!(anomalies(&p), 0);
 }
 
 /// The notifications in `user`'s list, read from the master that has it.

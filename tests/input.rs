@@ -28,7 +28,7 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
 }
 
 /// The stored record of the transfer an idempotency key names, if any.
-fn transfer_by_key(con: &mut redis::Connection, key: &str) -> Option<Value> {
+fn transfer_by_key(con: &mut common::TestRedis, key: &str) -> Option<Value> {
     let id: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
     let json: Option<String> = con.get(format!("transfer:{}", id?)).unwrap();
     Some(serde_json::from_str(&json.expect("the key's transfer is stored")).unwrap())
@@ -442,7 +442,7 @@ fn big_file(dir: &std::path::Path, from: &str, to: &str, rows: usize) -> (String
 
 /// Waits until row `row` of the file is stored in Redis (`con`).
 fn wait_for_row(
-    con: &mut redis::Connection,
+    con: &mut common::TestRedis,
     bytes: &[u8],
     row: usize,
     child: &mut std::process::Child,
@@ -555,10 +555,12 @@ fn redis_stopping_midway_prints_the_summary_with_counts() {
         &["transfer", "initiate", "--file", &path, "-o", "json"],
         &env,
     );
-    let mut con = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = common::TestRedis::Single(
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap(),
+    );
     wait_for_row(&mut con, &bytes, 5001, &mut child);
     let _: Result<(), _> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut con);
     let run = common::finish(child).expect(2);

@@ -257,7 +257,17 @@ struct Notifier {
     transactions_topic: String,
     dedup_window: u32,
     replay: bool,
+    /// On a cluster, pushes written by a batch whose call failed in another
+    /// slot (`topic/partition/offset` and list): the worker applies the
+    /// batch again in parts to find the message at fault, and these are
+    /// then found written. They were written by this run, so they count
+    /// as notified, not as duplicates.
+    written_before: HashSet<String>,
 }
+
+/// Above this many remembered pushes (left by messages dead-lettered after
+/// a partial write), the memory starts again: at worst a count is off.
+const WRITTEN_BEFORE_LIMIT: usize = 100_000;
 
 impl Notifier {
     async fn watchers(
@@ -316,11 +326,39 @@ impl Notifier {
         let answers = crate::store::invoke_each::<Vec<i64>>(&mut self.redis, calls)
             .await
             .context("storing notifications")?;
+        let written = |i: usize| {
+            let (delivery, push) = planned[i];
+            format!(
+                "{}/{}/{}/{}",
+                delivery.topic, delivery.partition, delivery.offset, push.user_key
+            )
+        };
         let mut pushed = vec![0; planned.len()];
+        let mut failure = None;
         for ((_, members), answer) in by_slot.iter().zip(answers) {
-            let answer = answer.context("storing notifications")?;
-            for (&i, new) in members.iter().zip(answer) {
-                pushed[i] = new;
+            match answer {
+                Ok(answer) => {
+                    for (&i, new) in members.iter().zip(answer) {
+                        pushed[i] = new;
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            if self.written_before.len() > WRITTEN_BEFORE_LIMIT {
+                self.written_before.clear();
+            }
+            for i in (0..planned.len()).filter(|&i| pushed[i] == 1) {
+                self.written_before.insert(written(i));
+            }
+            return Err(e).context("storing notifications");
+        }
+        if !self.written_before.is_empty() {
+            for (i, new) in pushed.iter_mut().enumerate() {
+                if self.written_before.remove(&written(i)) {
+                    *new = 1;
+                }
             }
         }
         Ok(pushed)
@@ -497,6 +535,7 @@ pub async fn run(
         transactions_topic: topics.transactions.clone(),
         dedup_window: args.dedup_window,
         replay: args.replay,
+        written_before: HashSet::new(),
     };
     let summary = worker::run(kafka, &spec, &mut notifier, shutdown).await?;
     output.emit(&summary)

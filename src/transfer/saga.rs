@@ -92,6 +92,12 @@ local function refuse(reason)
   redis.call('HSET', KEYS[2], ARGV[1], 'x|' .. reason)
   return {'refused', reason}
 end
+-- A receiver key of another type (written by another service) is refused,
+-- not an error: the sender is debited already, and a refusal refunds it.
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  return refuse(string.sub(KEYS[1], 9) .. ' is not an account (a ' .. kind .. ')')
+end
 local account = redis.call('HMGET', KEYS[1], 'currency', 'balance')
 if not account[1] then return refuse('unknown account') end
 local text = account[2]

@@ -353,12 +353,122 @@ pub fn produce_with_headers(topic: &str, key: &str, headers: &[(&str, &str)], va
     producer.flush(Duration::from_secs(10)).expect("flush");
 }
 
-/// A direct Redis connection, to look at state as another client would.
-pub fn redis() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("connecting to Redis")
+/// A direct Redis connection, to look at state as another client would:
+/// to the single Redis, or, when `REDIS_URL` is a `redis+cluster://` URL
+/// (`PAYCTL_TEST_REDIS=cluster` in scripts/test.sh), to the cluster.
+pub fn redis() -> TestRedis {
+    let url = redis_url();
+    match url.strip_prefix("redis+cluster://") {
+        Some(nodes) => TestRedis::Cluster(
+            redis::cluster::ClusterClient::new(
+                nodes
+                    .split(',')
+                    .map(|node| format!("redis://{node}"))
+                    .collect::<Vec<_>>(),
+            )
+            .expect("cluster url")
+            .get_connection()
+            .expect("connecting to the Redis Cluster"),
+        ),
+        None => TestRedis::Single(
+            redis::Client::open(url)
+                .expect("redis url")
+                .get_connection()
+                .expect("connecting to Redis"),
+        ),
+    }
+}
+
+/// Runs `cmd` on the Redis server, or on every master of the cluster
+/// (an ACL user, say, which each server keeps on its own).
+pub fn on_every_server(cmd: &redis::Cmd) {
+    let url = redis_url();
+    let servers: Vec<String> = match url.strip_prefix("redis+cluster://") {
+        Some(nodes) => nodes.split(',').map(|n| format!("redis://{n}")).collect(),
+        None => vec![url],
+    };
+    for server in servers {
+        let mut con = redis::Client::open(server.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("{server}: {e}"));
+        let _: redis::Value = cmd
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("{server}: {e}"));
+    }
+}
+
+/// The tests' Redis URL with a user and password.
+pub fn redis_url_as(user: &str, password: &str) -> String {
+    let url = redis_url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    format!("{scheme}://{user}:{password}@{rest}")
+}
+
+/// Whether the tests run against a Redis Cluster.
+pub fn on_cluster() -> bool {
+    redis_url().starts_with("redis+cluster://")
+}
+
+/// [`redis`]'s connection: commands route by key on a cluster.
+pub enum TestRedis {
+    Single(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl redis::ConnectionLike for TestRedis {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            TestRedis::Single(c) => c.req_packed_command(cmd),
+            TestRedis::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            TestRedis::Single(c) => c.req_packed_commands(cmd, offset, count),
+            TestRedis::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            TestRedis::Single(c) => c.req_command(cmd),
+            TestRedis::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            TestRedis::Single(c) => c.get_db(),
+            TestRedis::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        match self {
+            TestRedis::Single(c) => c.supports_pipelining(),
+            TestRedis::Cluster(c) => c.supports_pipelining(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            TestRedis::Single(c) => c.check_connection(),
+            TestRedis::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            TestRedis::Single(c) => c.is_open(),
+            TestRedis::Cluster(c) => c.is_open(),
+        }
+    }
 }
 
 /// A private redis-server on a free loopback port, for tests that stop and
