@@ -29,8 +29,17 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
 
 /// The stored record of the transfer an idempotency key names, if any.
 fn transfer_by_key(con: &mut common::TestRedis, key: &str) -> Option<Value> {
-    let id: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
+    // A cluster derives the id from the key (one record in one slot); one
+    // server keeps the key's id under a key of its own.
+    let id: Option<String> = if common::on_cluster() {
+        Some(payctl::transfer::saga::id_for_key(key))
+    } else {
+        con.get(format!("idempotency:transfer:{key}")).unwrap()
+    };
     let json: Option<String> = con.get(format!("transfer:{}", id?)).unwrap();
+    if common::on_cluster() {
+        json.as_ref()?;
+    }
     Some(serde_json::from_str(&json.expect("the key's transfer is stored")).unwrap())
 }
 
@@ -450,8 +459,7 @@ fn wait_for_row(
     let key = derived_key(&file_digest(bytes), row);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let found: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
-        if found.is_some() {
+        if transfer_by_key(con, &key).is_some() {
             return;
         }
         assert!(

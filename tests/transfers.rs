@@ -624,14 +624,25 @@ fn replays_return_earlier_transfers_and_finish_an_interrupted_publish() {
 
     // A crash between storing a transfer and its broker ack leaves it
     // stored and unpublished; the replay of its key publishes it.
-    let id = uuid::Uuid::new_v4().to_string();
     let key = unique("crashed");
+    let id = if common::on_cluster() {
+        payctl::transfer::saga::id_for_key(&key)
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
     let record = format!(
         r#"{{"transfer_id":"{id}","sender_id":"{alice}","receiver_id":"{bob}","amount":2.00,"status":"initiated","version":1,"currency":"USD","idempotency_key":"{key}"}}"#
     );
     let mut con = redis();
     let _: () = con.set(format!("transfer:{id}"), &record).unwrap();
-    let _: () = con.set(format!("idempotency:transfer:{key}"), &id).unwrap();
+    if common::on_cluster() {
+        // The cluster's layout: the id is the key's, and the record is
+        // marked as being published beside it.
+        let publishing = payctl::store::beside(&format!("transfer:{id}"), "publishing");
+        let _: () = con.set(publishing, "1").unwrap();
+    } else {
+        let _: () = con.set(format!("idempotency:transfer:{key}"), &id).unwrap();
+    }
     let _: () = con.sadd("transfers:unpublished", &id).unwrap();
     let replay = p.payctl(&[
         "transfer",
@@ -710,20 +721,29 @@ fn a_reused_idempotency_key_with_other_parameters_is_refused_and_changes_nothing
     assert_eq!(transfers_from(&alice).len(), 1);
     assert_eq!(stored(&id), record);
     let mut con = redis();
-    let named: String = con.get(format!("idempotency:transfer:{key}")).unwrap();
-    assert_eq!(named, id);
+    if !common::on_cluster() {
+        // (On a cluster the key names its transfer by the id it gives.)
+        let named: String = con.get(format!("idempotency:transfer:{key}")).unwrap();
+        assert_eq!(named, id);
+    }
     assert_eq!(read_topic(&p.transfers).len(), 1);
 
     // The currency counts too; an amount stored as a string compares by value.
-    let other_id = uuid::Uuid::new_v4().to_string();
     let other_key = unique("euro");
+    let other_id = if common::on_cluster() {
+        payctl::transfer::saga::id_for_key(&other_key)
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
     let euro = format!(
         r#"{{"transfer_id":"{other_id}","sender_id":"{alice}","receiver_id":"{bob}","amount":"3.10","status":"completed","version":2,"currency":"EUR","idempotency_key":"{other_key}"}}"#
     );
     let _: () = con.set(format!("transfer:{other_id}"), &euro).unwrap();
-    let _: () = con
-        .set(format!("idempotency:transfer:{other_key}"), &other_id)
-        .unwrap();
+    if !common::on_cluster() {
+        let _: () = con
+            .set(format!("idempotency:transfer:{other_key}"), &other_id)
+            .unwrap();
+    }
     let run = initiate_keyed(&p, &alice, &bob, "3.1", &other_key).expect(1);
     assert!(
         run.stderr.contains(&format!(
@@ -817,7 +837,13 @@ fn a_rollback_keeps_a_transfer_that_a_replay_of_its_key_took_over() {
     let mut con = redis();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let id: String = loop {
-        let named: Option<String> = con.get(format!("idempotency:transfer:{key}")).unwrap();
+        let named: Option<String> = if common::on_cluster() {
+            let id = payctl::transfer::saga::id_for_key(&key);
+            let stored: bool = con.exists(format!("transfer:{id}")).unwrap();
+            stored.then_some(id)
+        } else {
+            con.get(format!("idempotency:transfer:{key}")).unwrap()
+        };
         if let Some(id) = named {
             break id;
         }
@@ -847,6 +873,10 @@ fn a_rollback_keeps_a_transfer_that_a_replay_of_its_key_took_over() {
             !con.sismember::<_, _, bool>(set, &id).unwrap(),
             "{id} still in {set}"
         );
+    }
+    for mark in ["publishing", "adopted"] {
+        let mark = payctl::store::beside(&format!("transfer:{id}"), mark);
+        assert!(!con.exists::<_, bool>(&mark).unwrap(), "{mark} left behind");
     }
     let summary = p.process(&[]);
     assert_eq!(count(&summary, "completed"), 1, "{summary}");

@@ -594,7 +594,8 @@ impl Publisher<'_> {
                     } else {
                         Err(e.context(NotAcknowledged(format!(
                             "transfer {} was stored, but its message was not acknowledged; a \
-                             worker or a replay of its idempotency key has taken it over, so it stays",
+                             worker, a replay of its idempotency key or payctl transfer resend \
+                             took it over (or published it), so it stays initiated",
                             transfer.transfer_id
                         ))))
                     }

@@ -201,10 +201,12 @@ static DISCARD: LazyLock<Script> = LazyLock::new(|| {
 -- KEYS: the transfer record, its claim, its publishing mark, its adoption mark.
 -- ARGV: the record as stored by initiate
 -- Removes a transfer whose message the broker did not acknowledge, unless
--- a worker claimed or decided it (a copy reached the broker after all) or a
--- replay of its idempotency key adopted it. Returns 1 when removed, 0 when
--- it stays.
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+-- a worker claimed or decided it (a copy reached the broker after all), a
+-- replay of its idempotency key adopted it, or another publish of it was
+-- acknowledged (the publishing mark is gone). Returns 1 when removed, 0
+-- when it stays.
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1
+   or redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[3])
 return 1
