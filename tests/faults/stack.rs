@@ -201,7 +201,7 @@ impl Stack {
                     }
                 });
             match attempt {
-                Ok(con) => return Redis::Cluster(con),
+                Ok(con) => return Redis::Cluster(Box::new(con)),
                 Err(e) if Instant::now() > deadline => {
                     panic!("{}: the Redis Cluster does not answer: {e}", self.name)
                 }
@@ -404,10 +404,11 @@ impl Drop for Stack {
 }
 
 /// A connection to the stack's Redis: the single server, or the cluster
-/// (each command routed to the master of its key's slot).
+/// (each command routed to the master of its key's slot; boxed, as it is
+/// several times the size of a single connection).
 pub enum Redis {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Redis {
@@ -418,7 +419,7 @@ impl Redis {
     ) -> redis::RedisResult<T> {
         match self {
             Redis::Single(con) => command.query(con),
-            Redis::Cluster(con) => command.query(con),
+            Redis::Cluster(con) => command.query(con.as_mut()),
         }
     }
 
@@ -442,7 +443,7 @@ impl Redis {
                 for command in commands {
                     pipe.add_command(command);
                 }
-                pipe.query(con)
+                pipe.query(con.as_mut())
             }
         }
     }
