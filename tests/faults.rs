@@ -546,9 +546,10 @@ fn rebalance() {
 }
 
 /// Anything `transfer initiate` may have left in Redis for transfers not
-/// in `known`: a record, or an entry in one of the `transfers*` indexes
-/// (the id index, the unpublished and pending marks, whatever sets and
-/// sorted sets payctl keeps there).
+/// in `known`: a record, a key tagged with its record (`{transfer:ID}:…`,
+/// the marks of a transfer's steps on a cluster), or an entry in one of
+/// the `transfers*` indexes (the id index, the unpublished and pending
+/// marks, whatever sets and sorted sets payctl keeps there).
 fn traces(stack: &Stack, known: &HashSet<String>) -> Vec<String> {
     let mut found = Vec::new();
     // SCAN answers for one server: each master of a cluster is scanned,
@@ -568,12 +569,22 @@ fn traces(stack: &Stack, known: &HashSet<String>) -> Vec<String> {
                 .expect("scanning keys")
         };
         let records = scan("transfer:*");
+        let marks = scan("{transfer:*");
         let indexes = scan("transfers*");
         found.extend(
             records
                 .iter()
                 .filter(|key| !known.contains(key.trim_start_matches("transfer:")))
                 .map(|key| format!("record {key}")),
+        );
+        found.extend(
+            marks
+                .iter()
+                .filter(|key| {
+                    let id = key.trim_start_matches("{transfer:");
+                    !known.contains(id.split_once('}').map_or(id, |(id, _)| id))
+                })
+                .map(|key| format!("mark {key}")),
         );
         for index in indexes {
             let kind: String = redis::cmd("TYPE")
