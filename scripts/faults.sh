@@ -10,6 +10,12 @@
 #   scripts/faults.sh cluster_master_kill   # the Redis Cluster scenario (a tenth of the scale)
 #   PAYCTL_FAULT_SCALE=20000 scripts/faults.sh
 #   PAYCTL_FAULT_SEED=123456 scripts/faults.sh   # repeat a run's random choices
+#   PAYCTL_FAULTS_REDIS=cluster scripts/faults.sh  # every scenario on a Redis Cluster
+#
+# PAYCTL_FAULTS_REDIS picks the Redis each scenario's private stack runs:
+# `single` (the default) or `cluster`, a 3-master Redis Cluster that payctl
+# reaches through a redis+cluster:// URL, with the same checks (the outage
+# then kills every master). cluster_master_kill runs on a cluster either way.
 #
 # Prints one line of figures per scenario, then each broken promise with a
 # few example ids, and exits non-zero if any promise broke. The whole
@@ -20,10 +26,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export PAYCTL_FAULT_SCALE="${PAYCTL_FAULT_SCALE:-100000}"
+export PAYCTL_FAULTS_REDIS="${PAYCTL_FAULTS_REDIS:-single}"
+case "$PAYCTL_FAULTS_REDIS" in
+  single|cluster) ;;
+  *) echo "faults: PAYCTL_FAULTS_REDIS must be single or cluster, not '$PAYCTL_FAULTS_REDIS'" >&2; exit 2 ;;
+esac
 log=$(mktemp "${TMPDIR:-/tmp}/payctl-faults.XXXXXX")
 
 scripts/build-deps.sh
-echo "faults: building (release) and running with PAYCTL_FAULT_SCALE=$PAYCTL_FAULT_SCALE; full output in $log" >&2
+echo "faults: building (release) and running with PAYCTL_FAULT_SCALE=$PAYCTL_FAULT_SCALE on a $PAYCTL_FAULTS_REDIS Redis; full output in $log" >&2
 set +e
 cargo test --release --test faults -- --test-threads=1 --nocapture "$@" 2>&1 \
   | tee "$log" \

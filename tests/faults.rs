@@ -7,6 +7,9 @@
 //! when a promise breaks, with a few example ids per broken promise. The
 //! number of transfers is `PAYCTL_FAULT_SCALE` (2,000 here; 100,000 in
 //! `scripts/faults.sh`); `PAYCTL_FAULT_SEED` repeats a run's random choices.
+//! `PAYCTL_FAULTS_REDIS=cluster` runs every scenario on a private 3-master
+//! Redis Cluster instead of a single Redis (`single`, the default), with the
+//! same checks; `cluster_master_kill` always runs on one.
 //!
 //! # Layout
 //! - `faults/stack.rs`: the private stack (`scripts/stack.sh` on free ports)
@@ -115,14 +118,15 @@ fn batch_size(transfers: usize) -> String {
 
 /// Prints the scenario's line of figures (and what broke), then fails it
 /// if a promise broke.
-fn report(name: &str, figures: String, checks: &Checks, started: Instant) {
+fn report(stack: &Stack, name: &str, figures: String, checks: &Checks, started: Instant) {
     let verdict = if checks.is_ok() {
         String::new()
     } else {
         format!(" — BROKEN: {}", checks.names())
     };
     println!(
-        "[faults] {name}: {figures}, {} s{verdict}",
+        "[faults] {name} on a {}: {figures}, {} s{verdict}",
+        stack.redis_kind(),
         started.elapsed().as_secs()
     );
     for line in checks.details() {
@@ -450,6 +454,7 @@ fn kill_9() {
     let figures = invariants::check_pipeline(&truth, &seen, &mut checks);
     checks.expect("no panic", stack.panics());
     report(
+        &stack,
         "kill-9",
         format!(
             "{n} transfers ({} completed, {} rejected), {process_kills} kills of process, {notify_kills} of notify, {}, seed {seed}",
@@ -526,6 +531,7 @@ fn rebalance() {
     );
     checks.expect("no panic", stack.panics());
     report(
+        &stack,
         "rebalance",
         format!(
             "{n} transfers over 6 partitions in {} s, 3 workers, 1 killed and 1 started mid-run (it processed {late}), {} completed, {} rejected, {}, debit order checked for {ordered} accounts, seed {seed}",
@@ -540,67 +546,87 @@ fn rebalance() {
 }
 
 /// Anything `transfer initiate` may have left in Redis for transfers not
-/// in `known`: a record, or an entry in one of the `transfers*` indexes
-/// (the id index, the unpublished and pending marks, whatever sets and
-/// sorted sets payctl keeps there).
+/// in `known`: a record, a key tagged with its record (`{transfer:ID}:…`,
+/// the marks of a transfer's steps on a cluster), or an entry in one of
+/// the `transfers*` indexes (the id index, the unpublished and pending
+/// marks, whatever sets and sorted sets payctl keeps there).
 fn traces(stack: &Stack, known: &HashSet<String>) -> Vec<String> {
-    let mut con = stack.redis();
-    let mut scan = |pattern: &str| -> Vec<String> {
-        redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter(&mut con)
-            .expect("scanning keys")
-            .collect::<Result<_, _>>()
-            .expect("scanning keys")
-    };
-    let records = scan("transfer:*");
-    let indexes = scan("transfers*");
-    let mut found: Vec<String> = records
-        .iter()
-        .filter(|key| !known.contains(key.trim_start_matches("transfer:")))
-        .map(|key| format!("record {key}"))
-        .collect();
-    for index in indexes {
-        let kind: String = redis::cmd("TYPE")
-            .arg(&index)
-            .query(&mut con)
-            .expect("TYPE");
-        let members: Vec<String> = match kind.as_str() {
-            "zset" => redis::cmd("ZRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(-1)
-                .query(&mut con),
-            "set" => redis::cmd("SMEMBERS").arg(&index).query(&mut con),
-            // Sets and sorted sets index transfer ids; the one hash,
-            // `transfers:announced`, holds the process worker's offsets.
-            _ => Ok(Vec::new()),
-        }
-        .expect("reading an index");
+    let mut found = Vec::new();
+    // SCAN answers for one server: each master of a cluster is scanned,
+    // and each key it finds is read there.
+    for mut con in stack.redis_servers() {
+        let mut scan = |pattern: &str| -> Vec<String> {
+            redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut con)
+                .expect("scanning keys")
+                .collect::<Result<_, _>>()
+                .expect("scanning keys")
+        };
+        let records = scan("transfer:*");
+        let marks = scan("{transfer:*");
+        let indexes = scan("transfers*");
         found.extend(
-            members
-                .into_iter()
-                .filter(|id| !known.contains(id))
-                .map(|id| format!("{index} holds {id}")),
+            records
+                .iter()
+                .filter(|key| !known.contains(key.trim_start_matches("transfer:")))
+                .map(|key| format!("record {key}")),
         );
+        found.extend(
+            marks
+                .iter()
+                .filter(|key| {
+                    let id = key.trim_start_matches("{transfer:");
+                    !known.contains(id.split_once('}').map_or(id, |(id, _)| id))
+                })
+                .map(|key| format!("mark {key}")),
+        );
+        for index in indexes {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&index)
+                .query(&mut con)
+                .expect("TYPE");
+            let members: Vec<String> = match kind.as_str() {
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut con),
+                "set" => redis::cmd("SMEMBERS").arg(&index).query(&mut con),
+                // Sets and sorted sets index transfer ids; the one hash,
+                // `transfers:announced`, holds the process worker's offsets.
+                _ => Ok(Vec::new()),
+            }
+            .expect("reading an index");
+            found.extend(
+                members
+                    .into_iter()
+                    .filter(|id| !known.contains(id))
+                    .map(|id| format!("{index} holds {id}")),
+            );
+        }
     }
     found
 }
 
+/// Keys in the stack's Redis: DBSIZE summed over the servers (each master
+/// of a cluster counts only its own slots).
 fn dbsize(stack: &Stack) -> u64 {
-    redis::cmd("DBSIZE")
-        .query(&mut stack.redis())
-        .expect("DBSIZE")
+    stack
+        .redis_servers()
+        .iter_mut()
+        .map(|con| redis::cmd("DBSIZE").query::<u64>(con).expect("DBSIZE"))
+        .sum()
 }
 
 /// Scenario 3: the broker frozen (SIGSTOP) for 10 s and continued, then
-/// Redis killed with kill -9 and restarted from its data, while both
-/// workers run and transfers keep arriving; two `transfer initiate` runs
+/// Redis killed with kill -9 (on a cluster, every master) and restarted
+/// from its data, while both workers run and transfers keep arriving; two `transfer initiate` runs
 /// during the freeze (one with the default 10 s ack timeout, one with 2 s).
 #[test]
 fn outage() {
@@ -717,15 +743,20 @@ fn outage() {
     let seen = invariants::observe(&stack, &truth, EVENTS);
     let figures = invariants::check_pipeline(&truth, &seen, &mut checks);
     checks.expect("no panic", stack.panics());
+    let killed = match stack.cluster_port {
+        Some(_) => "every master",
+        None => "redis-server",
+    };
     let refusals = if refused.is_empty() {
         String::new()
     } else {
         format!(" ({})", invariants::shorten(&refused.join("; "), 160))
     };
     report(
+        &stack,
         "outage",
         format!(
-            "{n} transfers in {} s, broker stopped 10 s, redis-server killed -9 and restarted ({keys_before} keys before, {keys_after} after), 2 initiates during the stall: {accepted} accepted, {} refused{refusals}, {} completed, {} rejected, {}, seed {seed}",
+            "{n} transfers in {} s, broker stopped 10 s, {killed} killed -9 and restarted ({keys_before} keys before, {keys_after} after), 2 initiates during the stall: {accepted} accepted, {} refused{refusals}, {} completed, {} rejected, {}, seed {seed}",
             over.as_secs(),
             refused.len(),
             figures.completed,
@@ -810,6 +841,7 @@ fn sigterm() {
     checks.expect("no event announced twice", announced_twice);
     checks.expect("no panic", stack.panics());
     report(
+        &stack,
         "sigterm",
         format!(
             "{n} transfers, process stopped after {process_first} ({process_stop}), restart processed {process_rest}; notify stopped after {notify_first} ({notify_stop}), restart processed {notify_rest}; {}, seed {seed}",
@@ -1155,6 +1187,7 @@ fn hostile_input() {
     );
     checks.expect("no panic", stack.panics());
     report(
+        &stack,
         "hostile",
         format!(
             "{hostile_total} hostile messages, dead-lettered with a reason: {}; good neighbours: {} of {} transfers decided as initiated, {} of {GOOD} events and {} of {} rate notifications, {saved} of {GOOD} payments saved, {answered} of {GOOD} conversions answered; money on wrong accounts {}, {}; lag {}, seed {seed}",
@@ -1330,11 +1363,10 @@ fn cluster_master_kill() {
     });
     let total_before = audit_total(&stack, &mut checks);
 
-    let mut cluster = cluster_connection(&stack);
-    let pending = |cluster: &mut redis::cluster::ClusterConnection| -> usize {
-        redis::cmd("ZCARD")
-            .arg("transfers:pending")
-            .query(cluster)
+    let mut cluster = stack.redis();
+    let pending = |cluster: &mut stack::Redis| -> usize {
+        cluster
+            .query(redis::cmd("ZCARD").arg("transfers:pending"))
             .unwrap_or(usize::MAX)
     };
     let workers: Vec<stack::Worker> = (0..2)
@@ -1355,7 +1387,7 @@ fn cluster_master_kill() {
         left_at_kill > 0 && left_at_kill < n,
         || format!("{left_at_kill} of {n} transfers pending at the kill"),
     );
-    let mut cluster = cluster_connection(&stack);
+    let mut cluster = stack.redis();
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut left = pending(&mut cluster);
     while left > 0 && Instant::now() < deadline {
@@ -1376,11 +1408,8 @@ fn cluster_master_kill() {
 
     // Each account: opening − sent + received, over completed transfers.
     let ids: Vec<String> = {
-        let listed: Vec<String> = redis::cmd("ZRANGE")
-            .arg("transfers")
-            .arg(0)
-            .arg(-1)
-            .query(&mut cluster)
+        let listed: Vec<String> = cluster
+            .query(redis::cmd("ZRANGE").arg("transfers").arg(0).arg(-1))
             .unwrap_or_default();
         listed
     };
@@ -1392,9 +1421,8 @@ fn cluster_master_kill() {
         .collect();
     let (mut completed, mut rejected, mut undecided) = (0, 0, Vec::new());
     for id in &ids {
-        let record: Option<String> = redis::cmd("GET")
-            .arg(format!("transfer:{id}"))
-            .query(&mut cluster)
+        let record: Option<String> = cluster
+            .query(redis::cmd("GET").arg(format!("transfer:{id}")))
             .unwrap_or(None);
         let record: Value = record
             .and_then(|r| serde_json::from_str(&r).ok())
@@ -1422,10 +1450,12 @@ fn cluster_master_kill() {
     );
     let mut wrong = Vec::new();
     for (i, id) in accounts.iter().enumerate() {
-        let balance: Option<i64> = redis::cmd("HGET")
-            .arg(format!("account:{id}"))
-            .arg("balance")
-            .query(&mut cluster)
+        let balance: Option<i64> = cluster
+            .query(
+                redis::cmd("HGET")
+                    .arg(format!("account:{id}"))
+                    .arg("balance"),
+            )
             .unwrap_or(None);
         if balance != Some(expected[i]) {
             wrong.push(format!(
@@ -1446,9 +1476,10 @@ fn cluster_master_kill() {
     );
     checks.expect("no panic", stack.panics());
     report(
+        &stack,
         "cluster-kill",
         format!(
-            "{n} transfers over {} accounts on 3 masters, 2 workers, master {victim} killed -9 with {left_at_kill} pending and restarted, {completed} completed, {rejected} rejected, audit {} before and after, in flight {}, seed {seed}",
+            "{n} transfers over {} accounts, 2 workers, master {victim} killed -9 with {left_at_kill} pending and restarted, {completed} completed, {rejected} rejected, audit {} before and after, in flight {}, seed {seed}",
             accounts.len(),
             total_before.0,
             total_after.1,
@@ -1456,32 +1487,6 @@ fn cluster_master_kill() {
         &checks,
         started,
     );
-}
-
-/// A cluster connection to the stack's Redis Cluster, waiting for it to
-/// serve every slot (after a restart).
-fn cluster_connection(stack: &Stack) -> redis::cluster::ClusterConnection {
-    let nodes: Vec<String> = stack
-        .cluster_ports()
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = redis::cluster::ClusterClient::new(nodes.clone())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| {
-                redis::cmd("ZCARD")
-                    .arg("transfers:pending")
-                    .query::<i64>(&mut c)
-                    .map(|_| c)
-            });
-        match attempt {
-            Ok(connection) => return connection,
-            Err(e) if Instant::now() > deadline => panic!("the cluster does not answer: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 /// `accounts audit`'s USD total and money in flight; a failed audit or an

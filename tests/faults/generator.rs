@@ -173,11 +173,12 @@ pub fn plan_transfers(rng: &mut Rng, accounts: &[Account], n: usize) -> Vec<Tran
 pub fn store_raw(stack: &Stack, records: &[(String, Vec<u8>)]) {
     let mut con = stack.redis();
     for chunk in records.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for (key, value) in chunk {
-            pipe.set(key, value.as_slice()).ignore();
-        }
-        pipe.query::<()>(&mut con).expect("storing records");
+        let sets = chunk.iter().map(|(key, value)| {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(value.as_slice());
+            set
+        });
+        con.pipeline::<()>(sets).expect("storing records");
     }
 }
 

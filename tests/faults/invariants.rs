@@ -314,11 +314,13 @@ pub fn read_notifications(stack: &Stack, users: &[String]) -> Vec<Notification> 
     let mut con = stack.redis();
     let mut found = Vec::new();
     for chunk in users.chunks(500) {
-        let mut pipe = redis::pipe();
-        for user in chunk {
-            pipe.lrange(format!("notifications:{user}"), 0, -1);
-        }
-        let lists: Vec<Vec<String>> = pipe.query(&mut con).expect("reading notifications");
+        let lists: Vec<Vec<String>> = con
+            .pipeline(chunk.iter().map(|user| {
+                let mut lrange = redis::cmd("LRANGE");
+                lrange.arg(format!("notifications:{user}")).arg(0).arg(-1);
+                lrange
+            }))
+            .expect("reading notifications");
         for (user, items) in chunk.iter().zip(lists) {
             for item in items {
                 let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
@@ -336,11 +338,13 @@ pub fn read_notifications(stack: &Stack, users: &[String]) -> Vec<Notification> 
 /// How many notifications the lists of `users` hold (a progress gauge).
 pub fn count_notifications(stack: &Stack, users: &[String]) -> usize {
     let mut con = stack.redis();
-    let mut pipe = redis::pipe();
-    for user in users {
-        pipe.llen(format!("notifications:{user}"));
-    }
-    let lengths: Vec<usize> = pipe.query(&mut con).expect("counting notifications");
+    let lengths: Vec<usize> = con
+        .pipeline(users.iter().map(|user| {
+            let mut llen = redis::cmd("LLEN");
+            llen.arg(format!("notifications:{user}"));
+            llen
+        }))
+        .expect("counting notifications");
     lengths.into_iter().sum()
 }
 
@@ -349,9 +353,8 @@ pub fn read_values(stack: &Stack, keys: &[String]) -> Vec<Option<Vec<u8>>> {
     let mut con = stack.redis();
     let mut values = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(1000) {
-        let got: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query(&mut con)
+        let got: Vec<Option<Vec<u8>>> = con
+            .query(redis::cmd("MGET").arg(chunk))
             .expect("reading records");
         values.extend(got);
     }
@@ -404,11 +407,12 @@ pub fn decided_share(stack: &Stack, ids: &[String]) -> f64 {
 /// Account balances as stored: the raw text of each `balance` field.
 pub fn read_balances(stack: &Stack, accounts: &[String]) -> Vec<Option<String>> {
     let mut con = stack.redis();
-    let mut pipe = redis::pipe();
-    for id in accounts {
-        pipe.hget(format!("account:{id}"), "balance");
-    }
-    pipe.query(&mut con).expect("reading balances")
+    con.pipeline(accounts.iter().map(|id| {
+        let mut hget = redis::cmd("HGET");
+        hget.arg(format!("account:{id}")).arg("balance");
+        hget
+    }))
+    .expect("reading balances")
 }
 
 /// What a scenario left behind, read after its workers stopped.

@@ -53,9 +53,39 @@ pub struct Stack {
     spawned: Mutex<usize>,
 }
 
+/// Which Redis the scenarios run on: `PAYCTL_FAULTS_REDIS` says, `single`
+/// (the default) or `cluster` (a 3-master Redis Cluster, the
+/// `redis+cluster://` URL given to payctl as `REDIS_URL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisKind {
+    Single,
+    Cluster,
+}
+
+impl RedisKind {
+    pub fn from_env() -> RedisKind {
+        match std::env::var("PAYCTL_FAULTS_REDIS").as_deref() {
+            Err(_) | Ok("") | Ok("single") => RedisKind::Single,
+            Ok("cluster") => RedisKind::Cluster,
+            Ok(other) => panic!("PAYCTL_FAULTS_REDIS must be single or cluster, not {other:?}"),
+        }
+    }
+}
+
 impl Stack {
-    /// Starts a fresh stack (`scripts/stack.sh up`) on free ports.
+    /// Starts a fresh stack (`scripts/stack.sh up`) on free ports, with the
+    /// Redis `PAYCTL_FAULTS_REDIS` picks.
     pub fn up(name: &str) -> Stack {
+        Stack::start(name, RedisKind::from_env())
+    }
+
+    /// Like [`Stack::up`], always with a 3-master Redis Cluster instead of
+    /// the single Redis (`scripts/stack.sh up --redis-cluster`).
+    pub fn up_cluster(name: &str) -> Stack {
+        Stack::start(name, RedisKind::Cluster)
+    }
+
+    fn start(name: &str, kind: RedisKind) -> Stack {
         let dir = std::env::temp_dir().join("payctl-faults").join(format!(
             "{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -66,7 +96,7 @@ impl Stack {
             dir,
             redis_port: free_port(),
             kafka_port: free_port(),
-            cluster_port: None,
+            cluster_port: (kind == RedisKind::Cluster).then(free_cluster_ports),
             panics: Mutex::new(Vec::new()),
             spawned: Mutex::new(0),
         };
@@ -74,25 +104,12 @@ impl Stack {
         stack
     }
 
-    /// Like [`Stack::up`], with a 3-master Redis Cluster instead of the
-    /// single Redis (`scripts/stack.sh up --redis-cluster`).
-    pub fn up_cluster(name: &str) -> Stack {
-        let dir = std::env::temp_dir().join("payctl-faults").join(format!(
-            "{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir).expect("creating the stack directory");
-        let stack = Stack {
-            name: name.to_string(),
-            dir,
-            redis_port: free_port(),
-            kafka_port: free_port(),
-            cluster_port: Some(free_cluster_ports()),
-            panics: Mutex::new(Vec::new()),
-            spawned: Mutex::new(0),
-        };
-        stack.script("up");
-        stack
+    /// Which Redis this stack runs, for the scenario's line of figures.
+    pub fn redis_kind(&self) -> &'static str {
+        match self.cluster_port {
+            Some(_) => "Redis Cluster of 3 masters",
+            None => "single Redis",
+        }
     }
 
     /// The cluster's master ports.
@@ -110,11 +127,7 @@ impl Stack {
             .parse()
             .expect("a pid");
         send_signal(pid, "KILL");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            assert!(Instant::now() < deadline, "redis-server outlived kill -9");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_closed(port);
     }
 
     fn script(&self, verb: &str) {
@@ -159,10 +172,62 @@ impl Stack {
         }
     }
 
-    /// A fresh connection, waiting up to 30 s for Redis to answer (it may
-    /// be loading its data after a restart).
-    pub fn redis(&self) -> redis::Connection {
-        let client = redis::Client::open(self.redis_url()).expect("redis url");
+    /// A fresh connection to the stack's Redis, single or cluster, waiting
+    /// up to 30 s for it to answer (it may be loading its data after a
+    /// restart, and a cluster must serve every slot again).
+    pub fn redis(&self) -> Redis {
+        if self.cluster_port.is_none() {
+            return Redis::Single(self.server(self.redis_port));
+        }
+        // Each master up and loaded first, then the cluster whole.
+        for port in self.cluster_ports() {
+            self.server(port);
+        }
+        let nodes: Vec<String> = self
+            .cluster_ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let attempt = redis::cluster::ClusterClient::new(nodes.clone())
+                .and_then(|client| client.get_connection())
+                .and_then(|mut con| {
+                    let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con)?;
+                    if info.contains("cluster_state:ok") {
+                        Ok(con)
+                    } else {
+                        Err((redis::ErrorKind::Client, "cluster_state is not ok").into())
+                    }
+                });
+            match attempt {
+                Ok(con) => return Redis::Cluster(Box::new(con)),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("{}: the Redis Cluster does not answer: {e}", self.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// A connection to each server that holds data: the single Redis, or
+    /// every master of the cluster (for DBSIZE and SCAN, which answer for
+    /// one server only).
+    pub fn redis_servers(&self) -> Vec<redis::Connection> {
+        match self.cluster_port {
+            Some(_) => self
+                .cluster_ports()
+                .into_iter()
+                .map(|port| self.server(port))
+                .collect(),
+            None => vec![self.server(self.redis_port)],
+        }
+    }
+
+    /// A plain connection to the redis-server on `port`, waiting up to 30 s
+    /// for it to answer PING (not LOADING).
+    fn server(&self, port: u16) -> redis::Connection {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).expect("redis url");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let attempt = client
@@ -171,10 +236,7 @@ impl Stack {
             match attempt {
                 Ok(con) => return con,
                 Err(e) if Instant::now() > deadline => {
-                    panic!(
-                        "{}: Redis on port {} does not answer: {e}",
-                        self.name, self.redis_port
-                    )
+                    panic!("{}: Redis on port {port} does not answer: {e}", self.name)
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -200,13 +262,19 @@ impl Stack {
         send_signal(self.pid("tansu"), "CONT");
     }
 
-    /// `kill -9` redis-server, and waits until its port is closed.
+    /// `kill -9` redis-server (on a cluster, every master), and waits until
+    /// its port is closed.
     pub fn kill_redis(&self) {
-        send_signal(self.pid("redis"), "KILL");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.redis_port)).is_ok() {
-            assert!(Instant::now() < deadline, "redis-server outlived kill -9");
-            std::thread::sleep(Duration::from_millis(20));
+        match self.cluster_port {
+            Some(_) => {
+                for port in self.cluster_ports() {
+                    self.kill_master(port);
+                }
+            }
+            None => {
+                send_signal(self.pid("redis"), "KILL");
+                wait_closed(self.redis_port);
+            }
         }
     }
 
@@ -335,6 +403,52 @@ impl Drop for Stack {
     }
 }
 
+/// A connection to the stack's Redis: the single server, or the cluster
+/// (each command routed to the master of its key's slot; boxed, as it is
+/// several times the size of a single connection).
+pub enum Redis {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Redis {
+    /// Runs one command; on a cluster, MGET is split by slot.
+    pub fn query<T: redis::FromRedisValue>(
+        &mut self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Redis::Single(con) => command.query(con),
+            Redis::Cluster(con) => command.query(con.as_mut()),
+        }
+    }
+
+    /// Runs commands pipelined, in order: one round trip on a single Redis,
+    /// one per master on a cluster (a plain pipeline would send them all to
+    /// the master of the first key's slot).
+    pub fn pipeline<T: redis::FromRedisValue>(
+        &mut self,
+        commands: impl IntoIterator<Item = redis::Cmd>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Redis::Single(con) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query(con)
+            }
+            Redis::Cluster(con) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query(con.as_mut())
+            }
+        }
+    }
+}
+
 /// What a finished payctl run printed.
 #[derive(Debug)]
 pub struct Run {
@@ -459,6 +573,15 @@ fn stack_script() -> PathBuf {
     std::env::var_os("PAYCTL_STACK_SCRIPT")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh"))
+}
+
+/// Waits up to 10 s for a killed redis-server's port to close.
+fn wait_closed(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "redis-server outlived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn send_signal(pid: u32, name: &str) {
