@@ -298,6 +298,25 @@ fn a_reannounced_event_notifies_once_and_a_replay_is_possible_on_purpose() {
     let n: Value = serde_json::from_str(&items[0]).unwrap();
     assert_eq!(n["event_id"], "t1:1:debit");
 
+    // The other order: a worker that lost its partitions mid-batch
+    // publishes its first announcement after the new owner announced the
+    // outcome again. Still one notification.
+    let late = unique("user");
+    let first_late = first.replace(&user, &late);
+    let again_late = again.replace(&user, &late);
+    produce_raw(&p.transactions, &late, &[&again_late]);
+    produce_raw(&p.transactions, &late, &[&first_late]);
+    let summary = p
+        .payctl(&["notify", "consume", "--until-idle", "2", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(summary["outcomes"]["notified"], 1, "{summary}");
+    assert_eq!(summary["outcomes"]["duplicate"], 1, "{summary}");
+    let late_items: Vec<String> = redis()
+        .lrange(format!("notifications:{late}"), 0, -1)
+        .unwrap();
+    assert_eq!(late_items.len(), 1, "{late_items:?}");
+
     let replay = p
         .payctl(&[
             "notify",
@@ -312,7 +331,8 @@ fn a_reannounced_event_notifies_once_and_a_replay_is_possible_on_purpose() {
         ])
         .expect(0)
         .json();
-    assert_eq!(replay["outcomes"]["notified"], 1, "{replay}");
+    // Each user's first announcement once more; the repeats stay repeats.
+    assert_eq!(replay["outcomes"]["notified"], 2, "{replay}");
     let items: Vec<String> = redis().lrange(&list, 0, -1).unwrap();
     assert_eq!(items.len(), 2);
 }

@@ -4,10 +4,11 @@
 //! one for each user watching the pair. Each notifies exactly once, with no
 //! key kept per event: `notify:applied` holds each input partition's
 //! highest applied offset, written in the same script call as the pushes,
-//! so a redelivered message, read again by any group, pushes nothing. An
-//! event that may have been announced before (flagged `reannounced`, or
-//! from a producer that gives no `event_id`) is also looked for among the
-//! user's last `--dedup-window` notifications. See `notify.lua`.
+//! so a redelivered message, read again by any group, pushes nothing. Every
+//! event is also looked for among the user's last `--dedup-window`
+//! notifications (by its `event_id`, or its text when it has none): an
+//! outcome announced twice (`reannounced`, or a late first announcement)
+//! notifies once, whichever copy comes first. See `notify.lua`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -65,6 +66,9 @@ struct Push {
     /// Text that marks an earlier copy in the user's list, when this event
     /// may have been announced before.
     mark: Option<String>,
+    /// A first announcement (an event id, not flagged `reannounced`): a
+    /// deliberate `--replay` pushes it again without looking for it.
+    first: bool,
     /// A subscription payment to mark `completed` once this is written.
     payment_id: Option<String>,
 }
@@ -159,20 +163,21 @@ fn plan_transaction(payload: &[u8], now: &str) -> Result<Push, String> {
             ))
         }
     };
-    let reannounced = event.reannounced.as_ref().and_then(Value::as_bool) == Some(true);
     let message = format!("Transaction {transaction_id} is {status}");
-    // Our own first announcements carry an event id and are new by
-    // construction; anything else may be a second copy.
+    // Any copy may come second: a first announcement too, published late
+    // by a worker that lost its partitions after another one announced
+    // the outcome again (seen on a cluster, where a batch takes longer).
     let mark = match event_id {
-        Some(id) if reannounced => Some(json_field("event_id", id)),
-        Some(_) => None,
+        Some(id) => Some(json_field("event_id", id)),
         None => Some(json_field("message", &message)),
     };
+    let reannounced = event.reannounced.as_ref().and_then(Value::as_bool) == Some(true);
     let json = notification_json(user_id, &message, "transaction", event_id, now);
     Ok(Push {
         user_key: keys::notifications(&user),
         json,
         mark,
+        first: event_id.is_some() && !reannounced,
         payment_id: event
             .payment_id
             .as_ref()
@@ -391,7 +396,11 @@ impl Notifier {
                 .arg(delivery.offset)
                 .arg(delivery.timestamp_ms.unwrap_or(-1))
                 .arg(push.json.as_str())
-                .arg(push.mark.as_deref().unwrap_or(""));
+                .arg(match &push.mark {
+                    Some(_) if self.replay && push.first => "",
+                    Some(mark) => mark.as_str(),
+                    None => "",
+                });
         }
         call
     }
@@ -474,6 +483,7 @@ impl BatchHandler for Notifier {
                                 &now,
                             ),
                             mark: None,
+                            first: false,
                             payment_id: None,
                         })
                         .collect()

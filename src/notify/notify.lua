@@ -8,10 +8,11 @@
 -- (whichever consumer group reads it again). A message at or below the
 -- offset but newer than every applied one means the log was reset (a
 -- broker that lost its topics): it is applied, and the partition's record
--- starts again from it. An outcome that may have been announced before (a
--- re-announcement, or a producer that gives no event id) is also looked
--- for among the user's last `window` notifications, and among those this
--- call is about to push.
+-- starts again from it. Every outcome is also looked for among the user's
+-- last `window` notifications, and among those this call is about to push
+-- (by its event id, or by its text when the producer gives none): a
+-- re-announcement can reach the topic before the first announcement it
+-- repeats (a worker that lost its partitions mid-batch publishes late).
 --
 -- KEYS: 1 the applied-offsets hash, then one notifications list per push.
 -- ARGV: 1 window (notifications searched), 2 replay ('1': ignore applied
@@ -56,6 +57,8 @@ for i = 2, pushes + 1 do
 end
 
 -- Is `mark` in the list's last `window` items, or queued for it already?
+-- A list's tail is read once per call (nothing is pushed before the end).
+local tails = {}
 local function copied(list, mark)
   local pending = queued[list]
   for j = #pending, 1, -1 do
@@ -63,8 +66,13 @@ local function copied(list, mark)
   end
   local wanted = window - #pending
   if wanted <= 0 then return false end
-  for _, item in ipairs(redis.call('LRANGE', list, -wanted, -1)) do
-    if string.find(item, mark, 1, true) then return true end
+  local tail = tails[list]
+  if tail == nil then
+    tail = redis.call('LRANGE', list, -window, -1)
+    tails[list] = tail
+  end
+  for j = math.max(1, #tail - wanted + 1), #tail do
+    if string.find(tail[j], mark, 1, true) then return true end
   end
   return false
 end
