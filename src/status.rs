@@ -90,21 +90,51 @@ async fn redis_check(redis: &RedisConfig) -> Check {
 /// What a crash of Redis keeps, from its persistence settings: the workers
 /// commit offsets once Redis answers, so only `appendfsync always` keeps
 /// every effect they moved past. A Redis that hides CONFIG (a managed one,
-/// say) is reported as unknown.
+/// say) is reported as unknown. On a cluster every master is asked: one
+/// that keeps less than the others is named.
 async fn durability(con: &mut crate::store::Redis) -> String {
     let setting = |name: &'static str| {
         let mut con = con.clone();
         async move {
-            let pair: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut con)
+            let answers: Vec<(String, Vec<String>)> = con
+                .on_every_master(redis::cmd("CONFIG").arg("GET").arg(name))
                 .await
                 .ok()?;
-            pair.into_iter().nth(1)
+            Some(
+                answers
+                    .into_iter()
+                    .map(|(node, pair)| (node, pair.into_iter().nth(1)))
+                    .collect::<Vec<_>>(),
+            )
         }
     };
-    match (setting("appendonly").await, setting("appendfsync").await) {
+    let (Some(aof), Some(fsync)) = (setting("appendonly").await, setting("appendfsync").await)
+    else {
+        return describe(None, None);
+    };
+    let verdicts: Vec<(String, String)> = aof
+        .into_iter()
+        .zip(fsync)
+        .map(|((node, aof), (_, fsync))| (node, describe(aof, fsync)))
+        .collect();
+    let Some((_, first)) = verdicts.first() else {
+        return describe(None, None);
+    };
+    if !con.is_cluster() {
+        first.clone()
+    } else if verdicts.iter().all(|(_, v)| v == first) {
+        format!("every master ({}): {first}", verdicts.len())
+    } else {
+        verdicts
+            .iter()
+            .map(|(node, verdict)| format!("{node}: {verdict}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn describe(aof: Option<String>, fsync: Option<String>) -> String {
+    match (aof, fsync) {
         (Some(aof), _) if aof == "no" => {
             "no append-only file: a restart of Redis loses its data".into()
         }

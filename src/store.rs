@@ -189,6 +189,37 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Runs `cmd` on the one server, or on every master of the cluster;
+    /// each answer with the address that gave it ('' on one server).
+    pub async fn on_every_master<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<Vec<(String, T)>> {
+        match self {
+            Redis::Single(_) => Ok(vec![(String::new(), cmd.query_async(self).await?)]),
+            Redis::Cluster(handle) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let (mut connection, _) = handle.current();
+                let answers = connection
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let mut by_master: Vec<(String, T)> = redis::from_redis_value::<
+                    std::collections::HashMap<String, redis::Value>,
+                >(answers)?
+                .into_iter()
+                .map(|(node, answer)| Ok((node, redis::from_redis_value(answer)?)))
+                .collect::<redis::RedisResult<_>>()?;
+                by_master.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(by_master)
+            }
+        }
+    }
+}
+
 impl redis::aio::ConnectionLike for Redis {
     fn req_packed_command<'a>(
         &'a mut self,

@@ -826,6 +826,58 @@ fn the_audit_adds_up_at_every_instant_while_transfers_move_across_slots() {
     );
 }
 
+#[test]
+fn status_reports_the_durability_of_every_master() {
+    let p = Pipeline::new();
+    let detail = |p: &Pipeline| -> String {
+        let report = on_cluster(p, &["status", "--output", "json"]).json();
+        let redis = report["checks"]
+            .as_array()
+            .or(report.as_array())
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "redis")
+            .cloned()
+            .unwrap();
+        redis["detail"].as_str().unwrap().to_string()
+    };
+    assert!(
+        detail(&p).ends_with("every master (3): appendfsync always"),
+        "{}",
+        detail(&p)
+    );
+    // One master that keeps less is named, with what it keeps.
+    struct Restore(redis::Connection);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _: redis::RedisResult<()> = redis::cmd("CONFIG")
+                .arg(&["SET", "appendfsync", "always"])
+                .query(&mut self.0);
+        }
+    }
+    let mut weaker = Restore(masters().remove(1));
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "appendfsync", "everysec"])
+        .query(&mut weaker.0)
+        .unwrap();
+    let port = cluster_url()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let seen = detail(&p);
+    assert!(
+        seen.contains(&format!(
+            "{port}: appendfsync everysec: a crash of Redis can lose writes"
+        )),
+        "{seen}"
+    );
+    assert_eq!(seen.matches(": appendfsync always").count(), 2, "{seen}");
+}
+
 /// Held by every test that initiates transfers: `transfer resend` sends
 /// every undecided transfer of the cluster's one database to its own test's
 /// topic, and must not take another test's transfers while that test counts

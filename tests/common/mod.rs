@@ -359,7 +359,7 @@ pub fn produce_with_headers(topic: &str, key: &str, headers: &[(&str, &str)], va
 pub fn redis() -> TestRedis {
     let url = redis_url();
     match url.strip_prefix("redis+cluster://") {
-        Some(nodes) => TestRedis::Cluster(
+        Some(nodes) => TestRedis::Cluster(Box::new(
             redis::cluster::ClusterClient::new(
                 nodes
                     .split(',')
@@ -369,7 +369,7 @@ pub fn redis() -> TestRedis {
             .expect("cluster url")
             .get_connection()
             .expect("connecting to the Redis Cluster"),
-        ),
+        )),
         None => TestRedis::Single(
             redis::Client::open(url)
                 .expect("redis url")
@@ -412,7 +412,7 @@ pub fn on_cluster() -> bool {
 /// [`redis`]'s connection: commands route by key on a cluster.
 pub enum TestRedis {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl redis::ConnectionLike for TestRedis {
