@@ -399,16 +399,26 @@ pub fn slot_tag(wanted: u16) -> &'static str {
 /// The URL scheme of a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
+/// The same over TLS: `rediss+cluster://…`, every node reached with TLS.
+pub const CLUSTER_TLS_SCHEME: &str = "rediss+cluster://";
+
 /// The seed nodes of a `redis+cluster://` URL, each as a `redis://` URL
 /// with the same user information; `None` for another scheme. Any of them
 /// is enough to find the rest of the cluster.
 pub fn cluster_nodes(url: &str) -> anyhow::Result<Option<Vec<String>>> {
-    if url.starts_with("rediss+cluster://") {
-        anyhow::bail!("TLS to a Redis Cluster (rediss+cluster://) is not supported yet");
-    }
-    let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix(CLUSTER_TLS_SCHEME) {
+        ("rediss", rest)
+    } else {
         return Ok(None);
     };
+    if rest.ends_with("#insecure") {
+        anyhow::bail!(
+            "#insecure would skip checking the Redis servers' certificates, which payctl \
+             refuses; trust the CA that signed them with --redis-ca-file"
+        );
+    }
     let (userinfo, rest) = match rest.rfind('@') {
         Some(at) => (&rest[..=at], &rest[at + 1..]),
         None => ("", rest),
@@ -419,7 +429,7 @@ pub fn cluster_nodes(url: &str) -> anyhow::Result<Option<Vec<String>>> {
     }
     let nodes: Vec<String> = hosts
         .split(',')
-        .map(|node| format!("redis://{userinfo}{}", node.trim()))
+        .map(|node| format!("{scheme}://{userinfo}{}", node.trim()))
         .collect();
     for node in &nodes {
         let parsed = url::Url::parse(node)
@@ -499,8 +509,14 @@ impl RedisConfig {
     /// Connects to the Redis Cluster that `nodes` belong to, and checks
     /// that it serves every slot.
     async fn connect_cluster(&self, nodes: Vec<String>) -> anyhow::Result<Redis> {
-        if let Some(flag) = self.tls.flag_given() {
-            anyhow::bail!("{flag} is for TLS, which payctl does not offer for a Redis Cluster yet");
+        let tls = nodes.iter().any(|node| node.starts_with("rediss://"));
+        if !tls {
+            if let Some(flag) = self.tls.flag_given() {
+                anyhow::bail!(
+                    "{flag} is for TLS, but {} is not a TLS URL: use {CLUSTER_TLS_SCHEME} to connect with TLS",
+                    self.display_url()
+                );
+            }
         }
         let mut infos = Vec::with_capacity(nodes.len());
         for node in &nodes {
@@ -511,10 +527,16 @@ impl RedisConfig {
             let settings = self.credentials(info.redis_settings().clone())?;
             infos.push(info.set_redis_settings(settings));
         }
-        let client = redis::cluster::ClusterClient::builder(infos)
+        let mut builder = redis::cluster::ClusterClient::builder(infos)
             .connection_timeout(Duration::from_secs(3))
             .response_timeout(Duration::from_secs(10))
-            .retries(3)
+            .retries(3);
+        if tls {
+            // The one crypto provider this build has; a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder = builder.certs(self.tls.certificates()?);
+        }
+        let client = builder
             .build()
             .with_context(|| format!("reading the Redis URL {}", self.display_url()))?;
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection()).await;
@@ -524,7 +546,7 @@ impl RedisConfig {
                 connection: std::sync::Mutex::new((connection, 0)),
                 rebuilding: tokio::sync::Mutex::new(()),
             })),
-            Ok(Err(e)) => return Err(self.connect_error(e, false)),
+            Ok(Err(e)) => return Err(self.connect_error(e, tls)),
             Err(_) => anyhow::bail!(
                 "connecting to the Redis Cluster at {}: timed out after {}s",
                 self.display_url(),
@@ -535,7 +557,7 @@ impl RedisConfig {
             .arg("INFO")
             .query_async(&mut redis)
             .await
-            .map_err(|e| self.connect_error(e, false))?;
+            .map_err(|e| self.connect_error(e, tls))?;
         if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
             anyhow::bail!(
                 "the Redis Cluster at {} is not serving every slot (CLUSTER INFO says {})",

@@ -960,7 +960,7 @@ fn cluster_urls_are_checked_before_connecting() {
     for (url, says) in [
         ("redis+cluster://127.0.0.1:7001/3", "only database 0"),
         ("redis+cluster://127.0.0.1", "host:port"),
-        ("rediss+cluster://127.0.0.1:7001", "not supported yet"),
+        ("rediss+cluster://127.0.0.1:7001#insecure", "refuses"),
     ] {
         let run = p
             .payctl_env(&["accounts", "list"], &[("REDIS_URL", url)])

@@ -696,3 +696,215 @@ fn a_profile_carries_the_tls_redis_settings() {
     );
     one_error_line(&wrong, &["not trusted"]);
 }
+
+/// A private 3-master Redis Cluster that speaks only TLS, between its
+/// nodes too (`tls-cluster yes`), with certificates signed by a test CA.
+struct TlsCluster {
+    ports: Vec<u16>,
+    certs: TestCerts,
+    servers: Vec<Child>,
+}
+
+impl TlsCluster {
+    fn start() -> TlsCluster {
+        let certs = TestCerts::new("tls-cluster");
+        let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let mut servers = Vec::new();
+        for port in &ports {
+            let dir = certs.dir().join(format!("node-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let server = Command::new("redis-server")
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-cert-file",
+                    &path(&certs.server_cert),
+                    "--tls-key-file",
+                    &path(&certs.server_key),
+                    "--tls-ca-cert-file",
+                    &path(&certs.ca),
+                    "--tls-auth-clients",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    &path(&dir),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/stack.sh up installs it)");
+            servers.push(server);
+        }
+        let cluster = TlsCluster {
+            ports,
+            certs,
+            servers,
+        };
+        let cli = |args: &[&str]| {
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert", cluster.ca(), "-h", "127.0.0.1"])
+                .args(args)
+                .output()
+                .expect("redis-cli (scripts/stack.sh up installs it)")
+        };
+        let first = cluster.ports[0].to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.ports.iter().all(|p| {
+            let pong = cli(&["-p", &p.to_string(), "PING"]);
+            String::from_utf8_lossy(&pong.stdout).trim() == "PONG"
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the TLS cluster's nodes did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut create = vec!["-p", first.as_str(), "--cluster", "create"];
+        create.extend(nodes.iter().map(String::as_str));
+        create.push("--cluster-yes");
+        let created = cli(&create);
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = cluster.ports.iter().all(|p| {
+                let info = cli(&["-p", &p.to_string(), "CLUSTER", "INFO"]);
+                String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the TLS cluster never served every slot"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("rediss+cluster://{}", nodes.join(","))
+    }
+
+    fn ca(&self) -> &str {
+        self.certs.ca.to_str().unwrap()
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+#[test]
+fn a_tls_cluster_carries_transfers_across_slots_and_an_untrusted_one_is_refused() {
+    let cluster = TlsCluster::start();
+    let p = Pipeline::new();
+    let env = [
+        ("REDIS_URL", cluster.url()),
+        ("REDIS_CA_FILE", cluster.ca().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = |args: &[&str]| p.payctl_env(args, &env);
+    let alice = common::open_account_with(run, "tls-alice", "100.00");
+    let bob = common::open_account_with(run, "tls-bob", "0");
+    run(&[
+        "transfer", "initiate", "--from", &alice, "--to", &bob, "--amount", "12.50",
+    ])
+    .expect(0);
+    let processed = run(&[
+        "transfer",
+        "process",
+        "--until-idle",
+        "2",
+        "--output",
+        "json",
+    ])
+    .expect(0)
+    .json();
+    assert_eq!(processed["outcomes"]["completed"], 1, "{processed}");
+    let balance = |id: &str| {
+        run(&["accounts", "show", id, "--output", "json"])
+            .expect(0)
+            .json()["balance"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        (balance(&alice), balance(&bob)),
+        ("87.50".into(), "12.50".into())
+    );
+    let audit = run(&["accounts", "audit", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(audit["anomalies"], serde_json::json!([]), "{audit}");
+
+    // Without the CA that signed the nodes' certificates: refused, saying why.
+    let untrusted = p
+        .payctl_env(
+            &["accounts", "list"],
+            &[("REDIS_URL", cluster.url().as_str())],
+        )
+        .expect(2);
+    assert!(
+        untrusted.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        untrusted.stderr
+    );
+    // A TLS flag with a plaintext cluster URL is a mistake, named as one.
+    let plain = cluster.url().replacen("rediss+", "redis+", 1);
+    let mixed = p
+        .payctl_env(
+            &["accounts", "list", "--redis-ca-file", cluster.ca()],
+            &[("REDIS_URL", plain.as_str())],
+        )
+        .expect(2);
+    assert!(
+        mixed.stderr.contains("rediss+cluster://"),
+        "{}",
+        mixed.stderr
+    );
+}
