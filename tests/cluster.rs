@@ -553,6 +553,17 @@ fn subscription(user: &str) -> std::collections::HashMap<String, String> {
     on_node(&key, redis::cmd("HGETALL").arg(&key))
 }
 
+/// Asks for a refund of `user`'s subscription and saves the request; its id.
+fn refund_saved(p: &Pipeline, user: &str) -> String {
+    let refund = on_cluster(p, &["payments", "refund", "--user", user])
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    json_on_cluster(p, &["payments", "save", "--until-idle", "3"]);
+    refund
+}
+
 #[test]
 fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crashes() {
     let p = Pipeline::new();
@@ -637,12 +648,7 @@ fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crash
     // subscription is still active. The next pass finishes it before
     // anything else: the subscription ends, once.
     let user = &users[3];
-    let refund = on_cluster(&p, &["payments", "refund", "--user", user])
-        .expect(0)
-        .stdout
-        .trim()
-        .to_string();
-    json_on_cluster(&p, &["payments", "save", "--until-idle", "3"]);
+    let refund = refund_saved(&p, user);
     let record_key = format!("payment:{refund}");
     let stored: String = on_node(&record_key, redis::cmd("GET").arg(&record_key));
     let processed = stored
@@ -681,12 +687,7 @@ fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crash
     // A crash after a user's claim and before the record: crafted as a
     // claim held by a payment still `new`. The next pass goes on with it.
     let user = &users[4];
-    let refund = on_cluster(&p, &["payments", "refund", "--user", user])
-        .expect(0)
-        .stdout
-        .trim()
-        .to_string();
-    json_on_cluster(&p, &["payments", "save", "--until-idle", "3"]);
+    let refund = refund_saved(&p, user);
     let claim = payctl::payments::claim_key(payctl::payments::PaymentKind::Refund, user);
     let _: () = on_node(&claim, redis::cmd("SET").arg(&claim).arg(&refund));
     json_on_cluster(&p, &["payments", "process", "--accept-rate", "1"]);

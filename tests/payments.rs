@@ -496,6 +496,8 @@ mod scripts {
 
     const CLAIM: &str = include_str!("../src/payments/claim.lua");
     const ANSWER: &str = include_str!("../src/payments/answer.lua");
+    /// Prepended to answer.lua, as payctl does.
+    const SUBSCRIPTION: &str = include_str!("../src/payments/subscription.lua");
     const RENEW: &str = include_str!("../src/payments/lock_renew.lua");
     const RELEASE: &str = include_str!("../src/payments/lock_release.lua");
 
@@ -548,7 +550,7 @@ mod scripts {
         }
 
         fn answer(&mut self, id: &str, user: &str, kind: &str, action: &str) -> i64 {
-            redis::Script::new(ANSWER)
+            redis::Script::new(&[SUBSCRIPTION, ANSWER].concat())
                 .key(format!("payment:{id}"))
                 .key("payments:status:in_processing")
                 .key("payments:status:processed")

@@ -20,6 +20,7 @@
 -- subscription keeps it so, and a declined or failed one frees the user.
 --
 -- Returns 1 stored, 0 the payment is not in_processing (nothing written).
+-- change_subscription comes from subscription.lua, prepended.
 
 local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
@@ -31,12 +32,6 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-if ARGV[3] == 'activate' then
-  redis.call('HSET', KEYS[5], 'status', 'active', 'plan', ARGV[4], 'amount', ARGV[5],
-             'currency', ARGV[6], 'payment_id', ARGV[1], 'since', ARGV[7])
-  redis.call('HDEL', KEYS[5], 'ended_at')
-elseif ARGV[3] == 'end' then
-  redis.call('HSET', KEYS[5], 'status', 'ended', 'ended_at', ARGV[7])
-end
+change_subscription(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 return 1

@@ -137,7 +137,9 @@ impl Report for ProcessSummary {
 }
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
-static ANSWER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("answer.lua")));
+static ANSWER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&[include_str!("subscription.lua"), include_str!("answer.lua")].concat())
+});
 static RENEW_LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lock_renew.lua")));
 static RELEASE_LOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lock_release.lua")));

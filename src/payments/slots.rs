@@ -67,20 +67,13 @@ return {1, ''}
 /// KEYS: subscription, claim. ARGV: id, change ('activate', 'end' or ''),
 /// plan, amount, currency, now. Returns 1 applied, 0 the claim is not held.
 static USER_ANSWER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    let body = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[2] == 'activate' then
-  redis.call('HSET', KEYS[1], 'status', 'active', 'plan', ARGV[3], 'amount', ARGV[4],
-             'currency', ARGV[5], 'payment_id', ARGV[1], 'since', ARGV[6])
-  redis.call('HDEL', KEYS[1], 'ended_at')
-elseif ARGV[2] == 'end' then
-  redis.call('HSET', KEYS[1], 'status', 'ended', 'ended_at', ARGV[6])
-end
+change_subscription(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('DEL', KEYS[2])
 return 1
-"#,
-    )
+"#;
+    Script::new(&[include_str!("subscription.lua"), body].concat())
 });
 
 /// Moves a record from one processing status to another, if it is still
