@@ -413,11 +413,15 @@ pub fn cluster_nodes(url: &str) -> anyhow::Result<Option<Vec<String>>> {
     } else {
         return Ok(None);
     };
-    if rest.ends_with("#insecure") {
+    if rest.contains("#insecure") {
         anyhow::bail!(
             "#insecure would skip checking the Redis servers' certificates, which payctl \
              refuses; trust the CA that signed them with --redis-ca-file"
         );
+    }
+    if rest.contains('#') {
+        // A fragment would ride on one node's URL, with whatever it means there.
+        anyhow::bail!("a Redis Cluster URL takes no #fragment");
     }
     let (userinfo, rest) = match rest.rfind('@') {
         Some(at) => (&rest[..=at], &rest[at + 1..]),

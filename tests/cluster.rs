@@ -684,6 +684,42 @@ fn subscription_payments_keep_one_charge_per_subscription_across_slots_and_crash
         "the claim is given up with the subscription step"
     );
 
+    // A payment answered before, read again as `new` (a stale read, a
+    // record edited back): never claimed or charged a second time, and
+    // its answer never applied twice.
+    let user = &users[5];
+    let answered_before = &ids[5];
+    let record_key = format!("payment:{answered_before}");
+    let stored: String = on_node(&record_key, redis::cmd("GET").arg(&record_key));
+    let stale = stored
+        .replace(
+            "\"processing_status\":\"completed\"",
+            "\"processing_status\":\"new\"",
+        )
+        .replace(
+            "\"payment_status\":\"accepted\"",
+            "\"payment_status\":\"unknown\"",
+        );
+    assert_ne!(stale, stored);
+    let _: () = on_node(&record_key, redis::cmd("SET").arg(&record_key).arg(&stale));
+    let _: i64 = on_node(
+        "payments:status:new",
+        redis::cmd("SADD")
+            .arg("payments:status:new")
+            .arg(answered_before),
+    );
+    let sub_key = format!("subscription:{user}");
+    let _: i64 = on_node(
+        &sub_key,
+        redis::cmd("HSET").arg(&sub_key).arg("status").arg("ended"),
+    );
+    json_on_cluster(&p, &["payments", "process", "--accept-rate", "1"]);
+    assert_eq!(
+        statuses(&p, answered_before),
+        ("new".into(), "unknown".into())
+    );
+    assert_eq!(subscription(user)["status"], "ended");
+
     // A crash after a user's claim and before the record: crafted as a
     // claim held by a payment still `new`. The next pass goes on with it.
     let user = &users[4];
@@ -962,6 +998,11 @@ fn cluster_urls_are_checked_before_connecting() {
         ("redis+cluster://127.0.0.1:7001/3", "only database 0"),
         ("redis+cluster://127.0.0.1", "host:port"),
         ("rediss+cluster://127.0.0.1:7001#insecure", "refuses"),
+        (
+            "rediss+cluster://127.0.0.1:7001#insecure,127.0.0.1:7002",
+            "refuses",
+        ),
+        ("redis+cluster://127.0.0.1:7001#x", "no #fragment"),
     ] {
         let run = p
             .payctl_env(&["accounts", "list"], &[("REDIS_URL", url)])

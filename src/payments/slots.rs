@@ -38,14 +38,16 @@ use crate::payments::{keys, Payment, PaymentKind, PaymentStatus, ProcessingStatu
 use crate::store::{invoke_each, query_each, slot, slot_tag, Redis, Script};
 
 /// Takes a user's claim for a payment if the subscription allows it.
-/// KEYS: claim, subscription. ARGV: id, kind, a holder known to hold
-/// nothing any more ('' if none). Returns {1, ''} claimed (or held by this
-/// payment already), {2, reason} refused by the subscription, {3, holder}
-/// held by another payment (the caller looks at it and asks again).
+/// KEYS: claim, subscription, the user's answered payments. ARGV: id, kind,
+/// a holder known to hold nothing any more ('' if none). Returns {1, ''}
+/// claimed (or held by this payment already), {2, reason} refused by the
+/// subscription, {3, holder} held by another payment (the caller looks at
+/// it and asks again), {4, ''} this payment was answered already.
 static USER_CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local id, kind, stale = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('SISMEMBER', KEYS[3], id) == 1 then return {4, ''} end
 local holder = redis.call('GET', KEYS[1])
 if holder == id then return {1, ''} end
 if holder and holder ~= stale then return {3, holder} end
@@ -63,13 +65,18 @@ return {1, ''}
 });
 
 /// Applies a payment's answer to its subscription and gives up its claim,
-/// only while the payment holds the claim: once per claim.
-/// KEYS: subscription, claim. ARGV: id, change ('activate', 'end' or ''),
-/// plan, amount, currency, now. Returns 1 applied, 0 the claim is not held.
+/// only while the payment holds the claim, and once per payment (its id
+/// joins the user's answered payments in the same step).
+/// KEYS: subscription, claim, the user's answered payments. ARGV: id,
+/// change ('activate', 'end' or ''), plan, amount, currency, now. Returns 1
+/// the claim given up (and the change applied, the first time), 0 the
+/// claim is not held.
 static USER_ANSWER: LazyLock<Script> = LazyLock::new(|| {
     let body = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-change_subscription(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
+  change_subscription(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+end
 redis.call('DEL', KEYS[2])
 return 1
 "#;
@@ -105,6 +112,15 @@ pub fn claim_key(kind: PaymentKind, user: &str) -> String {
     format!("{tag}{}", keys::claim(kind, user))
 }
 
+/// The ids of a user's payments whose answer reached the subscription, in
+/// the subscription's slot: a payment is never claimed, nor its answer
+/// applied, a second time.
+fn answered_key(user: &str) -> String {
+    let subscription = keys::subscription(user);
+    let tag = slot_tag(slot(subscription.as_bytes()));
+    format!("{tag}payments:answered:{user}")
+}
+
 /// What an answer changes in the subscription: see `answer.lua`.
 pub fn subscription_change(payment: &Payment) -> &'static str {
     match (payment.kind, payment.payment_status) {
@@ -118,6 +134,7 @@ fn user_claim(payment: &Payment, stale: &str) -> redis::ScriptInvocation<'static
     let mut call = USER_CLAIM.invocation();
     call.key(claim_key(payment.kind, &payment.user_id))
         .key(keys::subscription(&payment.user_id))
+        .key(answered_key(&payment.user_id))
         .arg(&payment.payment_id)
         .arg(payment.kind.as_str())
         .arg(stale);
@@ -129,6 +146,7 @@ fn user_answer(payment: &Payment, change: &str) -> redis::ScriptInvocation<'stat
     let mut call = USER_ANSWER.invocation();
     call.key(keys::subscription(&payment.user_id))
         .key(claim_key(payment.kind, &payment.user_id))
+        .key(answered_key(&payment.user_id))
         .arg(&payment.payment_id)
         .arg(change)
         .arg(&payment.plan)
@@ -188,27 +206,38 @@ async fn query_all(
     Ok(())
 }
 
-/// `SREM from id…` and `SADD to id…` for payments that moved.
-fn set_moves(moved: &[(ProcessingStatus, ProcessingStatus, &str)]) -> Vec<redis::Cmd> {
+/// Moves payments between status sets: `SADD to id…` first, and only once
+/// those are done `SREM from id…`, so a crash between the two leaves a
+/// payment in both sets (repaired from its record), never in neither.
+async fn move_in_sets(
+    redis: &mut Redis,
+    moved: &[(ProcessingStatus, ProcessingStatus, &str)],
+    doing: &str,
+) -> anyhow::Result<()> {
     let mut by_pair: HashMap<(ProcessingStatus, ProcessingStatus), Vec<&str>> = HashMap::new();
     for &(from, to, id) in moved {
         by_pair.entry((from, to)).or_default().push(id);
     }
-    by_pair
-        .into_iter()
-        .flat_map(|((from, to), ids)| {
-            [
-                redis::cmd("SREM")
-                    .arg(keys::by_status(from))
-                    .arg(&ids)
-                    .to_owned(),
-                redis::cmd("SADD")
-                    .arg(keys::by_status(to))
-                    .arg(&ids)
-                    .to_owned(),
-            ]
+    let adds = by_pair
+        .iter()
+        .map(|((_, to), ids)| {
+            redis::cmd("SADD")
+                .arg(keys::by_status(*to))
+                .arg(ids)
+                .to_owned()
         })
-        .collect()
+        .collect();
+    query_all(redis, adds, doing).await?;
+    let removals = by_pair
+        .iter()
+        .map(|((from, _), ids)| {
+            redis::cmd("SREM")
+                .arg(keys::by_status(*from))
+                .arg(ids)
+                .to_owned()
+        })
+        .collect();
+    query_all(redis, removals, doing).await
 }
 
 /// Claims `tried` (a chunk in claim order: each user's payments together,
@@ -264,28 +293,60 @@ pub async fn claim(
     }
     let moved: Vec<i64> = invoke_all(redis, moves, "moving payment records").await?;
     let mut sets = Vec::new();
-    let mut released = Vec::new();
+    let mut changed = Vec::new();
     for (&(i, to), moved) in moving.iter().zip(moved) {
         let (from, payment) = &tried[i];
         if moved == 1 {
             sets.push((*from, to, payment.payment_id.as_str()));
             continue;
         }
-        // Changed under us: a claim taken for it is given back, unless
-        // the record is already with the processor (then it needs it).
+        // Changed under us (another run, by hand): a claim taken for it is
+        // dealt with below, unless the record is already with the
+        // processor (then it needs it).
         if verdicts[i].0 == 1 && moved == 0 {
-            released.push(user_answer(payment, ""));
+            changed.push(i);
         }
         verdicts[i] = (0, String::new());
     }
-    invoke_all::<i64>(redis, released, "giving back claims").await?;
-    query_all(
-        redis,
-        set_moves(&sets),
-        "moving payments between status sets",
-    )
-    .await?;
+    give_back(redis, tried, &changed).await?;
+    move_in_sets(redis, &sets, "moving payments between status sets").await?;
     Ok(verdicts)
+}
+
+/// Claims taken for payments whose record changed under us: an answered
+/// one finishes its subscription step (the claim stands for that step, so
+/// it must not be dropped without it); any other gives the claim back.
+async fn give_back(
+    redis: &mut Redis,
+    tried: &[(ProcessingStatus, Payment)],
+    changed: &[usize],
+) -> anyhow::Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = changed
+        .iter()
+        .map(|&i| tried[i].1.payment_id.clone())
+        .collect();
+    let now = super::get_each(redis, &ids).await?;
+    let calls = changed
+        .iter()
+        .zip(now)
+        .filter_map(|(&i, record)| match record {
+            Some(r) if r.processing_status == ProcessingStatus::InProcessing => None,
+            Some(r) if answered(&r) => Some(user_answer(&r, subscription_change(&r))),
+            _ => Some(user_answer(&tried[i].1, "")),
+        })
+        .collect();
+    invoke_all::<i64>(redis, calls, "giving back claims").await?;
+    Ok(())
+}
+
+fn answered(payment: &Payment) -> bool {
+    matches!(
+        payment.processing_status,
+        ProcessingStatus::Processed | ProcessingStatus::Completed
+    )
 }
 
 /// The user steps of `members` of `tried`; a claim held by another payment
@@ -302,17 +363,30 @@ async fn claim_users(
         .map(|&i| user_claim(&tried[i].1, ""))
         .collect();
     let mut verdicts: Vec<(i64, String)> = invoke_all(redis, calls, "claiming payments").await?;
+    for verdict in &mut verdicts {
+        if verdict.0 == 4 {
+            // Answered already (a stale read): nothing to claim.
+            *verdict = (0, String::new());
+        }
+    }
     let held: Vec<usize> = (0..members.len()).filter(|&k| verdicts[k].0 == 3).collect();
     if held.is_empty() {
         return Ok(verdicts);
     }
     let holders: Vec<String> = held.iter().map(|&k| verdicts[k].1.clone()).collect();
-    let records = super::get_each(redis, &holders).await?;
+    let stored = super::records(redis, &holders).await?;
     let mut finish = Vec::new();
     let mut again = Vec::new();
-    for (&k, (holder, record)) in held.iter().zip(holders.iter().zip(records)) {
+    for (&k, (holder, json)) in held.iter().zip(holders.iter().zip(stored)) {
         let payment = &tried[members[k]].1;
-        let status = record.as_ref().map(|r| r.processing_status);
+        let record = json.as_deref().map(serde_json::from_str::<Payment>);
+        let status = match &record {
+            None => None,
+            Some(Ok(r)) => Some(r.processing_status),
+            // A holder whose record cannot be read may be with the
+            // processor: it keeps the claim.
+            Some(Err(_)) => Some(ProcessingStatus::InProcessing),
+        };
         match status {
             Some(ProcessingStatus::New | ProcessingStatus::InProcessing) => {
                 verdicts[k] = (
@@ -325,7 +399,9 @@ async fn claim_users(
                 continue;
             }
             Some(ProcessingStatus::Processed | ProcessingStatus::Completed) => {
-                let answered = record.expect("a status comes from a record");
+                let Some(Ok(answered)) = record else {
+                    unreachable!("a status comes from a record")
+                };
                 finish.push(user_answer(&answered, subscription_change(&answered)));
             }
             Some(ProcessingStatus::Duplicated) | None => {}
@@ -337,6 +413,7 @@ async fn claim_users(
     let answers: Vec<(i64, String)> = invoke_all(redis, calls, "claiming payments").await?;
     for (k, (verdict, text)) in ks.into_iter().zip(answers) {
         verdicts[k] = match verdict {
+            4 => (0, String::new()),
             3 => (
                 2,
                 format!("payment {text} of this user is with the processor"),
@@ -388,16 +465,14 @@ pub async fn answer(redis: &mut Redis, payments: &[Payment]) -> anyhow::Result<V
         }
     }
     invoke_all::<i64>(redis, users, "applying answers to subscriptions").await?;
-    let mut commands = set_moves(&sets);
+    move_in_sets(redis, &sets, "moving payments between status sets").await?;
     if !unqueued.is_empty() {
-        commands.push(
-            redis::cmd("SREM")
-                .arg(keys::UNANNOUNCED)
-                .arg(&unqueued)
-                .to_owned(),
-        );
+        let unqueue = redis::cmd("SREM")
+            .arg(keys::UNANNOUNCED)
+            .arg(&unqueued)
+            .to_owned();
+        query_all(redis, vec![unqueue], "updating the announce queue").await?;
     }
-    query_all(redis, commands, "moving payments between status sets").await?;
     Ok(moved.into_iter().map(|m| i64::from(m == 1)).collect())
 }
 
@@ -432,7 +507,7 @@ pub async fn repair_sets(
         .filter(|(_, status)| *status != listed)
         .map(|(id, status)| (listed, *status, id.as_str()))
         .collect();
-    query_all(redis, set_moves(&moved), "repairing payment status sets").await
+    move_in_sets(redis, &moved, "repairing payment status sets").await
 }
 
 /// Saves records not saved before (`SET NX` in the record's slot), then
@@ -521,6 +596,7 @@ mod tests {
                     subscription,
                     "{user}"
                 );
+                assert_eq!(slot(answered_key(user).as_bytes()), subscription, "{user}");
             }
         }
     }

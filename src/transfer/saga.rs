@@ -760,7 +760,12 @@ pub async fn audit(
             None => None,
         };
         match (amount, sender, debit) {
-            (Some(amount), Some(sender), Some(d)) if d.starts_with("d|") || d.starts_with("s|") => {
+            // Only a sender this audit counted was read "first"; one left
+            // out (unreadable) would hide its debit.
+            (Some(amount), Some(sender), Some(d))
+                if (d.starts_with("d|") || d.starts_with("s|"))
+                    && currency_of.contains_key(&sender) =>
+            {
                 let code = currency_of.get(receiver).cloned().unwrap_or_default();
                 *report.in_flight.entry(code).or_default() -= amount;
                 report.transfers_in_flight.push((
