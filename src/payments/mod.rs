@@ -432,18 +432,25 @@ pub async fn complete(redis: &mut Redis, payment_ids: &[&str]) -> anyhow::Result
     let answers = crate::store::invoke_each::<i64>(redis, records)
         .await
         .context("completing payments")?;
-    let mut moves = Vec::new();
+    let mut done = Vec::new();
     for (id, answer) in payment_ids.iter().zip(answers) {
         if answer.context("completing a payment")? > 0 {
-            moves.push(redis::cmd("SREM").arg(&processed).arg(*id).to_owned());
-            moves.push(redis::cmd("SADD").arg(&completed).arg(*id).to_owned());
+            done.push(*id);
         }
     }
-    for answer in crate::store::query_each::<i64>(redis, moves)
-        .await
-        .context("moving completed payments between status sets")?
-    {
-        answer.context("moving a completed payment between status sets")?;
+    if done.is_empty() {
+        return Ok(());
+    }
+    // Into `completed` first, then out of `processed`: a crash between
+    // the two leaves a payment in both sets, never in neither.
+    for command in [
+        redis::cmd("SADD").arg(&completed).arg(&done).to_owned(),
+        redis::cmd("SREM").arg(&processed).arg(&done).to_owned(),
+    ] {
+        let _: i64 = command
+            .query_async(redis)
+            .await
+            .context("moving completed payments between status sets")?;
     }
     Ok(())
 }
