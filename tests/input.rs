@@ -31,13 +31,14 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
 fn transfer_by_key(con: &mut common::TestRedis, key: &str) -> Option<Value> {
     // A cluster derives the id from the key (one record in one slot); one
     // server keeps the key's id under a key of its own.
-    let id: Option<String> = if common::on_cluster() {
+    let cluster = matches!(con, common::TestRedis::Cluster(_));
+    let id: Option<String> = if cluster {
         Some(payctl::transfer::saga::id_for_key(key))
     } else {
         con.get(format!("idempotency:transfer:{key}")).unwrap()
     };
     let json: Option<String> = con.get(format!("transfer:{}", id?)).unwrap();
-    if common::on_cluster() {
+    if cluster {
         json.as_ref()?;
     }
     Some(serde_json::from_str(&json.expect("the key's transfer is stored")).unwrap())

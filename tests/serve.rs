@@ -204,8 +204,17 @@ fn transactions_over_http_answer_with_the_right_status_and_stop_cleanly() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// Held by the tests that run `payments process`, which takes every new
+/// payment of its database: on a cluster (one database) one test's pass
+/// would take the other's payments.
+fn payments_alone() -> std::sync::MutexGuard<'static, ()> {
+    static PAYMENTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    PAYMENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn the_http_processing_simulator_answers_like_the_built_in_one_and_serves_payments_process() {
+    let _alone = payments_alone();
     let p = Pipeline::new();
     let server = Server::launch(
         &p,
@@ -564,6 +573,7 @@ fn conversions_over_http_answer_now_or_through_rates_serve_and_rates_are_set_and
 
 #[test]
 fn subscriptions_over_http_follow_the_subscription_rules_and_report_the_payment() {
+    let _alone = payments_alone();
     let p = Pipeline::new();
     // `payments process` takes every new payment of its database: its own
     // (a cluster has one database: there it shares it, and checks only
