@@ -32,9 +32,9 @@ PAYCTL = os.path.join(ROOT, "target", "release", "payctl")
 STATE = os.path.join(ROOT, ".stack")
 TICK = os.sysconf("SC_CLK_TCK")
 
-# What the seeds' Python services did, measured on this kind of machine
-# (DESIGN.md, "Speed we are building for"), for the "x seeds" column.
-SEEDS = {"notify": 5000, "initiate": 1500, "process": 2800}
+# What the Python services payctl replaces did, measured on this kind of machine
+# (DESIGN.md, "Speed we are building for"), for the "x Python" column.
+PYTHON = {"notify": 5000, "initiate": 1500, "process": 2800}
 
 
 def pid_cpu(pidfile):
@@ -169,7 +169,7 @@ def main():
     s = json.loads(out)
     rate = s["per_second"]
     table.add(f"initiate --file, {n:,} rows", f"{rate:,}/s", ">= 100,000/s", rate >= 100_000,
-              phase, n, cpu, f"{rate / SEEDS['initiate']:.0f}x seeds")
+              phase, n, cpu, f"{rate / PYTHON['initiate']:.0f}x Python")
     table.add("initiate --file, peak RSS", f"{rss:.0f} MB", "<= 64 MB", rss <= 64)
 
     worker_rss = []
@@ -181,7 +181,7 @@ def main():
     done, rate = worker_rate(out)
     worker_rss.append(("transfer process", rss))
     table.add(f"transfer process, {accounts:,} accounts", f"{rate:,.0f}/s", ">= 100,000/s",
-              rate >= 100_000, phase, done, cpu, f"{rate / SEEDS['process']:.0f}x seeds")
+              rate >= 100_000, phase, done, cpu, f"{rate / PYTHON['process']:.0f}x Python")
 
     print("== notify consume", flush=True)
     phase = Phase()
@@ -191,7 +191,7 @@ def main():
     done, rate = worker_rate(out)
     worker_rss.append(("notify consume", rss))
     table.add(f"notify consume, {accounts:,} users", f"{rate:,.0f}/s", ">= 250,000/s",
-              rate >= 250_000, phase, done, cpu, f"{rate / SEEDS['notify']:.0f}x seeds")
+              rate >= 250_000, phase, done, cpu, f"{rate / PYTHON['notify']:.0f}x Python")
 
     payments(table, run, n // 10, work, worker_rss)
 

@@ -144,7 +144,7 @@ pub struct GlobalArgs {
         conflicts_with = "verbose"
     )]
     pub quiet: bool,
-    /// Topic of transfers to process (seed 001).
+    /// Topic of transfers to process (the versioned transfer service).
     #[arg(
         long,
         global = true,
@@ -153,7 +153,7 @@ pub struct GlobalArgs {
         default_value = "money_transfers"
     )]
     pub topic_transfers: String,
-    /// Topic of transaction outcome events (seed 000).
+    /// Topic of transaction outcome events (the notification service).
     #[arg(
         long,
         global = true,
@@ -171,7 +171,7 @@ pub struct GlobalArgs {
         default_value = "rate_changes"
     )]
     pub topic_rate_changes: String,
-    /// Topic of subscription payment requests (seed 003).
+    /// Topic of subscription payment requests (the subscription pipeline).
     #[arg(
         long,
         global = true,
@@ -180,7 +180,7 @@ pub struct GlobalArgs {
         default_value = "payments"
     )]
     pub topic_payments: String,
-    /// Topic of conversion requests (seed 004).
+    /// Topic of conversion requests (the converter service).
     #[arg(
         long,
         global = true,
@@ -248,7 +248,7 @@ pub enum Command {
         after_help = "Examples:\n  payctl groups list\n  payctl groups lag payctl-transfer-process"
     )]
     Groups(GroupsCommand),
-    /// Transaction outcomes (seed 004's log).
+    /// Transaction outcomes (the transaction service's log).
     #[command(
         subcommand,
         after_help = "Examples:\n  payctl transactions log --user alice"
@@ -817,5 +817,41 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
+    }
+
+    /// Help and the README name the services payctl replaces by what they
+    /// do, never by the numbers they had while payctl was being designed.
+    #[test]
+    fn help_and_readme_name_services_not_design_numbers() {
+        let numbered = regex::Regex::new(r"(?i)\bseeds?\b[^\n]{0,3}\b0\d\d\b").unwrap();
+        fn walk(
+            command: &mut clap::Command,
+            path: &str,
+            found: &mut Vec<String>,
+            re: &regex::Regex,
+        ) {
+            let path = format!("{path} {}", command.get_name());
+            let help = command.render_long_help().to_string();
+            if let Some(hit) = re.find(&help) {
+                found.push(format!("{path}: {}", hit.as_str()));
+            }
+            for sub in command.get_subcommands_mut() {
+                walk(sub, &path, found, re);
+            }
+        }
+        let mut found = Vec::new();
+        let mut cli = super::Cli::command();
+        cli.build();
+        walk(&mut cli, "", &mut found, &numbered);
+        let readme = include_str!("../README.md");
+        found.extend(
+            numbered
+                .find_iter(readme)
+                .map(|m| format!("README.md: {}", m.as_str())),
+        );
+        assert!(found.is_empty(), "numbered services in: {found:#?}");
+        // The check sees the old wording.
+        assert!(numbered.is_match("Transaction outcomes (seed 004's log)"));
+        assert!(numbered.is_match("### Transfers (seeds 001, 002, 004)"));
     }
 }

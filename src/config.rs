@@ -236,15 +236,15 @@ impl std::fmt::Debug for RedisConfig {
 /// The pipeline's topic names. Every one can be changed by flag and env.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// Transfers waiting to be processed (seed 001).
+    /// Transfers waiting to be processed (the versioned transfer service).
     pub transfers: String,
-    /// Outcome events in seed 000's shape.
+    /// Outcome events in the notification service's shape.
     pub transactions: String,
-    /// Rate changes (seed 002).
+    /// Rate changes (the banking app).
     pub rate_changes: String,
-    /// Conversion requests (seed 004).
+    /// Conversion requests (the converter service).
     pub conversions: String,
-    /// Subscription payment requests (seed 003).
+    /// Subscription payment requests (the subscription pipeline).
     pub payments: String,
 }
 

@@ -1,6 +1,6 @@
-//! Events on `payment_transactions`, in seed 000's shape.
+//! Events on `payment_transactions`, in the notification service's shape.
 //!
-//! Seed 000's notification service reads `transaction_id`, `user_id` and
+//! The notification service reads `transaction_id`, `user_id` and
 //! `status`; those three must keep their names and types. payctl adds the
 //! rest, and an `event_id` that is the same every time the same outcome is
 //! announced, so consumers can drop redeliveries.

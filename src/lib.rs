@@ -12,9 +12,9 @@
 //! - `kafka`: clients with payctl's defaults; produce-and-await-acks.
 //! - `store`: Redis connection, key names, Lua scripts called by SHA.
 //! - `worker`: the shared consume → decode → apply → produce → commit cycle.
-//! - `events`: `payment_transactions` events in seed 000's shape.
+//! - `events`: `payment_transactions` events in the notification service's shape.
 //! - `accounts`: open, deposit, show, list.
-//! - `transfer`: initiate, process (the worker), show, list (seeds 001, 002).
+//! - `transfer`: initiate, process (the worker), show, list (the versioned transfer service, the banking app).
 //! - `rates`: rates, exact conversion (sync, and async over Kafka), the answering worker.
 //! - `notify`: the notification worker, notification lists, rate watchers.
 //! - `payments`: subscription payments: submit, save, process (processors), views.

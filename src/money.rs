@@ -369,7 +369,7 @@ impl Serialize for Decimal {
 
 impl<'de> Deserialize<'de> for Decimal {
     /// Accepts a JSON number (digits kept exactly, an exponent too: other
-    /// services write seed 001's numbers as they come) or a string of digits.
+    /// services write the versioned transfer service's numbers as they come) or a string of digits.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = decimal_text(deserializer)?;
         Decimal::from_str(&text).map_err(serde::de::Error::custom)

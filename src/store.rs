@@ -1,4 +1,4 @@
-//! Redis: connecting (TLS, ACL users), the key names the seeds and payctl share, and Lua
+//! Redis: connecting (TLS, ACL users), the key names payctl shares with the services it replaces, and Lua
 //! scripts loaded once and called by SHA.
 
 use std::path::Path;
@@ -18,7 +18,7 @@ use crate::config::{RedisConfig, RedisPassword, RedisTls};
 
 /// Key names. Seed formats (`transfer:{id}`, `notifications:{user}`) must not change.
 pub mod keys {
-    /// A transfer record, seed 001's JSON.
+    /// A transfer record, the versioned transfer service's JSON.
     pub fn transfer(id: &str) -> String {
         format!("transfer:{id}")
     }
@@ -50,7 +50,7 @@ pub mod keys {
     pub fn conversion(id: &str) -> String {
         format!("conversion:{id}")
     }
-    /// A user's notifications, oldest first (seed 000).
+    /// A user's notifications, oldest first (the notification service).
     pub fn notifications(user: &str) -> String {
         format!("notifications:{user}")
     }

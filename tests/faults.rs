@@ -14,7 +14,7 @@
 //! # Layout
 //! - `faults/stack.rs`: the private stack (`scripts/stack.sh` on free ports)
 //!   and payctl processes run against it.
-//! - `faults/generator.rs`: accounts, transfers in seed 001's shape written
+//! - `faults/generator.rs`: accounts, transfers in the versioned transfer service's shape written
 //!   by another client, the producer; the truth the checks compare against.
 //! - `faults/hostile.rs`: hostile messages, by category, for every worker topic.
 //! - `faults/invariants.rs`: reading back Redis and the topics; the checks.
@@ -139,7 +139,7 @@ fn report(stack: &Stack, name: &str, figures: String, checks: &Checks, started: 
     );
 }
 
-/// A stack with accounts and `n` transfers stored in Redis as seed 001
+/// A stack with accounts and `n` transfers stored in Redis as the versioned transfer service
 /// stores them (not yet published).
 fn seed_001(name: &str, prefix: &str, n: usize, rng: &mut Rng) -> (Stack, Truth) {
     let stack = Stack::up(name);

@@ -174,7 +174,7 @@ fn jsonl_with_an_unknown_field_is_refused_with_its_name() {
     assert_mentions(&run, &["row 2", "unknown field `idempotency_kye`"]);
     assert!(transfer_of_row(text.as_bytes(), 1).is_none());
 
-    // seed 001's names for the parties still work.
+    // the versioned transfer service's names for the parties still work.
     let text = format!(
         "{{\"sender_id\":\"{alice}\",\"receiver_id\":\"{bob}\",\"amount\":0.30,\"idempotency_key\":\"{key}\"}}\n"
     );

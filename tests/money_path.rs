@@ -30,7 +30,7 @@ fn raw_balance(id: &str) -> String {
     redis().hget(format!("account:{id}"), "balance").unwrap()
 }
 
-/// Stores a transfer the way seed 001 does (another client), returning its message.
+/// Stores a transfer the way the versioned transfer service does (another client), returning its message.
 fn store_seed_transfer(id: &str, from: &str, to: &str, amount: &str) -> String {
     let json = format!(
         r#"{{"transfer_id": "{id}", "sender_id": "{from}", "receiver_id": "{to}", "amount": {amount}, "status": "initiated", "version": 1}}"#

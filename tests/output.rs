@@ -64,7 +64,7 @@ fn money_in_json_output_is_a_string_with_the_currencys_digits() {
     money(&opened["balance"], "1500");
 
     // Transfers: initiate, show, list; the stored record and the message
-    // keep seed 001's JSON number.
+    // keep the versioned transfer service's JSON number.
     let bob = open_account(&p, "bob", "1.00");
     let initiated = json(
         &p,

@@ -1,4 +1,4 @@
-//! Subscription payments (seed 003) end to end against the real broker and Redis.
+//! Subscription payments (the subscription pipeline) end to end against the real broker and Redis.
 //!
 //! `payments process` takes every `new` payment in its database, so each
 //! test here has a Redis database of its own (emptied first).
@@ -170,7 +170,7 @@ fn several_requests_of_one_user_one_is_processed_the_rest_duplicated() {
     assert_eq!(statuses, ["duplicated", "duplicated", "processed"]);
     assert_eq!(t.payment(&ids[2])["payment_status"], "accepted");
 
-    // The outcome event carries seed 000's fields; notifying completes the payment.
+    // The outcome event carries the notification service's fields; notifying completes the payment.
     let events: Vec<Value> = read_topic(&t.p.transactions)
         .iter()
         .map(|(_, v)| serde_json::from_str(v).unwrap())

@@ -368,7 +368,7 @@ fn a_busy_https_processor_leaves_payments_unknown_and_exits_3() {
     }
 }
 
-/// Seed 003's processor answers `{"success": true}`.
+/// The subscription pipeline's processor answers `{"success": true}`.
 fn seed_003() -> Reply {
     Arc::new(|_, _: &Value| Some((StatusCode::OK, r#"{"success": true}"#.to_string())))
 }

@@ -231,7 +231,7 @@ fn the_http_processing_simulator_answers_like_the_built_in_one_and_serves_paymen
     let listen = server.base.trim_start_matches("http://").to_string();
 
     // The same seed, rates and id give the same answer every time, in
-    // payctl's form and seed 003's.
+    // payctl's form and the subscription pipeline's.
     let mut seen = std::collections::HashSet::new();
     for i in 0..40 {
         let id = format!("pay-{i}");

@@ -72,7 +72,7 @@ fn initiate_process_and_balances() {
         .json();
     assert_eq!(shown["amount"].as_str().unwrap().to_string(), "0.10");
 
-    // One outcome event per party, in seed 000's shape.
+    // One outcome event per party, in the notification service's shape.
     let events = read_topic(&p.transactions);
     assert_eq!(events.len(), 6, "{events:?}");
     for (key, value) in &events {
@@ -348,7 +348,7 @@ fn a_seed_001_message_from_another_client_is_processed() {
     let p = Pipeline::new();
     let alice = open(&p, "alice", "100.00");
     let bob = open(&p, "bob", "0");
-    // What seed 001's initiate_transfer writes: Python json.dumps, a float amount, no currency.
+    // What the versioned transfer service's initiate_transfer writes: Python json.dumps, a float amount, no currency.
     let id = uuid::Uuid::new_v4().to_string();
     let message = format!(
         r#"{{"transfer_id": "{id}", "sender_id": "{alice}", "receiver_id": "{bob}", "amount": 25.5, "status": "initiated", "version": 1}}"#

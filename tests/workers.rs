@@ -59,7 +59,7 @@ fn a_redis_outage_is_retried_and_nothing_is_lost_or_doubled() {
     p.payctl_env(&["accounts", "open", &alice, "--balance", "10"], &env)
         .expect(0);
     p.payctl_env(&["accounts", "open", &bob], &env).expect(0);
-    // The record as seed 001 writes it; its message comes while Redis is down.
+    // The record as the versioned transfer service writes it; its message comes while Redis is down.
     let id = uuid::Uuid::new_v4().to_string();
     let message = format!(
         r#"{{"transfer_id":"{id}","sender_id":"{alice}","receiver_id":"{bob}","amount":4.25,"status":"initiated","version":1}}"#

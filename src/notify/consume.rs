@@ -1,4 +1,4 @@
-//! `payctl notify consume`: the notification worker (seed 000, seed 002).
+//! `payctl notify consume`: the notification worker (the notification service, the banking app).
 //!
 //! A transaction event becomes one notification for its user; a rate change
 //! one for each user watching the pair. Each notifies exactly once, with no
@@ -80,7 +80,7 @@ enum Plan {
     RateChange(RateChangeEvent),
 }
 
-/// The user id as a key part: seed 000 accepts strings and numbers.
+/// The user id as a key part: the notification service accepts strings and numbers.
 fn user_key(user: &Value) -> Result<String, String> {
     let key = match user {
         Value::String(s) => s.clone(),
@@ -127,7 +127,7 @@ struct TransactionFields {
     payment_id: Option<Value>,
 }
 
-/// Seed 000: `{transaction_id, user_id, status}` → "Transaction {id} is {status}".
+/// The notification service: `{transaction_id, user_id, status}` → "Transaction {id} is {status}".
 /// `now` is the notification's `created_at`.
 fn plan_transaction(payload: &[u8], now: &str) -> Result<Push, String> {
     let event: TransactionFields =
@@ -405,7 +405,7 @@ impl Notifier {
         call
     }
 
-    /// Seed 003: a payment is `completed` once its user is notified. Runs
+    /// The subscription pipeline: a payment is `completed` once its user is notified. Runs
     /// after the pushes, so a payment is never completed without its notification.
     async fn complete_payments(&mut self, plans: &[Plan]) -> anyhow::Result<()> {
         let ids: Vec<&str> = plans
@@ -558,7 +558,7 @@ mod tests {
     const NOW: &str = "2026-11-23T13:45:00.123Z";
 
     #[test]
-    fn seed_000_events_become_seed_000_notifications() {
+    fn outcome_events_become_notifications_in_the_notification_services_shape() {
         let push = plan_transaction(
             br#"{"transaction_id": "t1", "user_id": 42, "status": "completed"}"#,
             NOW,

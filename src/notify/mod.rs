@@ -1,4 +1,4 @@
-//! Notifications (seeds 000, 002): Redis lists `notifications:{user_id}` of
+//! Notifications (the notification service, the banking app): Redis lists `notifications:{user_id}` of
 //! JSON items `{notification_id, user_id, message, status: "sent"}`.
 
 pub mod consume;
@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::output::{self, Rendered, Report};
 
-/// One notification as stored (seed 000's shape plus `kind` and `created_at`).
+/// One notification as stored (the notification service's shape plus `kind` and `created_at`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notification {
     pub notification_id: String,
-    /// As the event gave it: seed 000 passes `user_id` through unchanged.
+    /// As the event gave it: the notification service passes `user_id` through unchanged.
     pub user_id: serde_json::Value,
     pub message: String,
     pub status: String,

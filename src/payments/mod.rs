@@ -1,6 +1,6 @@
-//! Subscription payments (seed 003): submit → save → process → notify.
+//! Subscription payments (the subscription pipeline): submit → save → process → notify.
 //!
-//! Statuses are seed 003's. Processing: `new` (saved), `in_processing`
+//! Statuses are the subscription pipeline's. Processing: `new` (saved), `in_processing`
 //! (sent to the processor), `processed` (the processor answered and the
 //! outcome event is on `payment_transactions`), `completed` (the user's
 //! notification was written by `notify consume`), `duplicated` (an older

@@ -1,4 +1,4 @@
-//! `payctl payments process`: seed 003's processor, as a batch job.
+//! `payctl payments process`: the subscription pipeline's processor, as a batch job.
 //!
 //! Each pass:
 //! 1. announces processed payments whose event was not yet acknowledged;

@@ -172,7 +172,7 @@ pub enum Failure {
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// POSTs the payment as JSON to an `http://` or `https://` URL and reads
-/// `{"status": "accepted"|"decline"|"error"}` (or seed 003's
+/// `{"status": "accepted"|"decline"|"error"}` (or the subscription pipeline's
 /// `{"success": true|false}`) back.
 ///
 /// One client per run: its pool keeps connections alive between payments
@@ -500,7 +500,7 @@ mod tests {
                 detail: Some("fine".into())
             }
         );
-        // Seed 003's answer.
+        // The subscription pipeline's answer.
         let seed = parse_answer(200, br#"{"success": false}"#).unwrap();
         assert_eq!(seed.status, PaymentStatus::Error);
         assert_eq!(

@@ -1,5 +1,5 @@
 //! `payctl payments simulate-processor`: the payment processor's HTTP face
-//! (seed 003's processing service), answering from the same deterministic
+//! (the subscription pipeline's processing service), answering from the same deterministic
 //! simulator as `payments process`, so a pipeline with an HTTP processor
 //! can be tried end to end without a payment provider.
 
@@ -41,7 +41,7 @@ struct Execute {
     payment_id: Option<String>,
 }
 
-/// The answer, in payctl's form (`status`) and seed 003's (`success`).
+/// The answer, in payctl's form (`status`) and the subscription pipeline's (`success`).
 #[derive(Debug, Serialize)]
 struct Executed {
     payment_id: String,

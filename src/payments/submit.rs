@@ -1,5 +1,5 @@
 //! `payctl payments submit` and `payctl payments refund`: requests to the
-//! `payments` topic (seed 003's subscription app).
+//! `payments` topic (the subscription payment pipeline).
 
 use serde::Serialize;
 

@@ -252,7 +252,7 @@ pub fn compute(
     })
 }
 
-/// A conversion request on `conversion_requests` (seed 004 sends `id`).
+/// A conversion request on `conversion_requests` (the converter service sends `id`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConversionRequest {
     #[serde(alias = "request_id")]
@@ -350,7 +350,7 @@ pub async fn run<'p>(
 /// A conversion to ask `rates serve` for.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
-    /// The caller's request id (seed 004 sends one), or `None` for a new one.
+    /// The caller's request id (the converter service sends one), or `None` for a new one.
     pub id: Option<&'a str>,
     pub amount: Decimal,
     pub from: &'a str,

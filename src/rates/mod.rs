@@ -1,4 +1,4 @@
-//! Currency rates (seeds 002, 004): stored in Redis, changed with an event
+//! Currency rates (the banking app's currency converter, the converter service): stored in Redis, changed with an event
 //! on `rate_changes`, used for exact conversions.
 //!
 //! The hash `rates` maps `BASE/QUOTE` to `{"base","quote","rate","updated_at"}`;

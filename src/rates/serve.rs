@@ -1,4 +1,4 @@
-//! `payctl rates serve`: the worker that answers conversion requests (seed 004).
+//! `payctl rates serve`: the worker that answers conversion requests (the converter service).
 //!
 //! Each request's answer is written to `conversion:{id}` once: a redelivered
 //! request finds the answer there and changes nothing.

@@ -21,7 +21,7 @@ use crate::rates::{Pair, RateChangeView, RateList, RateView, ShownChange};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConvertRequest {
-    /// For `?async=true`: the caller's request id (seed 004 sends one); a
+    /// For `?async=true`: the caller's request id (the converter service sends one); a
     /// new one when absent.
     #[serde(default, alias = "request_id")]
     id: Option<String>,

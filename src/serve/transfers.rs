@@ -14,7 +14,7 @@ use crate::money::{Currency, Decimal, Money};
 use crate::transfer::initiate::{self, Initiated, Publisher, TransferRequest};
 use crate::transfer::{ShownTransfer, TransferView};
 
-/// A transfer to make: the seed's field names (`sender_id`, …) or the
+/// A transfer to make: the versioned transfer service's field names (`sender_id`, …) or the
 /// CLI's (`from`, …) are accepted too.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -1,3 +1,3 @@
-//! Transaction outcomes (seed 004's transaction log), read from `payment_transactions`.
+//! Transaction outcomes (the transaction service's log), read from `payment_transactions`.
 
 pub mod log;

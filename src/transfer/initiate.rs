@@ -1081,7 +1081,7 @@ mod tests {
     }
 
     #[test]
-    fn builds_seed_001_records() {
+    fn builds_records_in_the_versioned_transfer_services_shape() {
         let transfer = validate(&request("alice", "bob", "12.50"), &accounts()).unwrap();
         assert_eq!(transfer.version, 1);
         assert_eq!(transfer.status, TransferStatus::Initiated);

@@ -1,6 +1,6 @@
-//! Money transfers (seeds 001 and 002): the record, its statuses, and reads.
+//! Money transfers (the versioned transfer service and the banking app): the record, its statuses, and reads.
 //!
-//! `transfer:{id}` holds seed 001's JSON (`transfer_id, sender_id,
+//! `transfer:{id}` holds the versioned transfer service's JSON (`transfer_id, sender_id,
 //! receiver_id, amount, status, version`) plus payctl's extra fields; the
 //! sorted set `transfers` lists ids by creation time.
 
@@ -28,7 +28,7 @@ use crate::store::{keys, Redis};
 pub enum TransferStatus {
     /// Stored and published, waiting for `transfer process`.
     Initiated,
-    /// Applied: balances moved (or, with `--no-ledger`, marked done as seed 001 does).
+    /// Applied: balances moved (or, with `--no-ledger`, marked done as the versioned transfer service does).
     Completed,
     /// Processed and refused; `reason` says why. No money moved.
     Rejected,
@@ -54,7 +54,7 @@ pub struct Transfer {
     pub transfer_id: String,
     pub sender_id: String,
     pub receiver_id: String,
-    /// A JSON number with exact digits (seed 001 writes a number).
+    /// A JSON number with exact digits (the versioned transfer service writes a number).
     pub amount: Decimal,
     pub status: TransferStatus,
     pub version: u64,
@@ -88,7 +88,7 @@ impl Transfer {
 
 /// A transfer as `--output json` prints it: the stored fields, the amount a
 /// string with the currency's digits (`"12.50"`). The record in Redis and
-/// the message on the topic keep seed 001's JSON number.
+/// the message on the topic keep the versioned transfer service's JSON number.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Transfer)]
 pub struct TransferView<'a> {

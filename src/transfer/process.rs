@@ -1,11 +1,11 @@
 //! `payctl transfer process`: the worker that applies transfers.
 //!
 //! For each message on `money_transfers`, the Lua script does, atomically:
-//! the version check (seed 001), the funds and currency checks, the debit
+//! the version check (as the versioned transfer service does), the funds and currency checks, the debit
 //! and the credit, version + 1 and the new status. One script call applies
 //! a whole batch, transfer after transfer (a script call costs Redis about
 //! 12 µs before it does any work: once per batch, not once per transfer). Then one outcome event
-//! per party goes to `payment_transactions` in seed 000's shape.
+//! per party goes to `payment_transactions` in the notification service's shape.
 //!
 //! Redelivery: a message whose version is one below the stored version, on
 //! a transfer already completed or rejected, is a duplicate. It changes
@@ -32,7 +32,7 @@ use crate::worker::{self, BatchHandler, Delivery, Verdict, WorkerArgs, WorkerSpe
   payctl transfer process                         # until SIGINT/SIGTERM
   payctl transfer process --until-idle 5          # a batch job: stop after 5 s without input
   payctl transfer process --max-messages 1000 --output json
-  payctl transfer process --no-ledger             # seed 001 exactly: version check, no balances")]
+  payctl transfer process --no-ledger             # version check only, no balances (as the versioned transfer service)")]
 pub struct Args {
     /// Consumer group; run more workers with the same group to scale out.
     #[arg(
@@ -41,7 +41,7 @@ pub struct Args {
         default_value = "payctl-transfer-process"
     )]
     pub group: String,
-    /// Only the version check and completion, as seed 001 does; no balances move.
+    /// Only the version check and completion, as the versioned transfer service does; no balances move.
     #[arg(long)]
     pub no_ledger: bool,
     #[command(flatten)]
@@ -87,7 +87,7 @@ enum Plan {
 
 /// What the script is asked to do with one message.
 struct Planned {
-    /// The record as read (`None`: there was none, seed 001 mode only).
+    /// The record as read (`None`: there was none, --no-ledger mode only).
     read: Option<String>,
     /// The transfer as stored (or, with no record, as the message says).
     transfer: Transfer,
@@ -211,7 +211,7 @@ impl TransferProcessor {
                     keys::transfer(&message.transfer_id)
                 ));
             }
-            // Seed 001 mode: the seed applies a message with no record; no money moves.
+            // --no-ledger mode: the versioned transfer service applies a message with no record; no money moves.
             return self.apply_plan(None, message.clone());
         };
         let stored = match parsed {
@@ -266,7 +266,7 @@ impl TransferProcessor {
             },
             // No currency and no such sender: rejected, under the version check.
             None if self.ledger => (0, Some("unknown account")),
-            // Seed 001 mode, no currency to check places against: still a positive number.
+            // --no-ledger mode, no currency to check places against: still a positive number.
             None if transfer.amount.is_negative() || transfer.amount.is_zero() => {
                 return Plan::Dead(format!(
                     "invalid amount: must be greater than zero, got {}",
@@ -430,7 +430,7 @@ impl TransferProcessor {
     ) -> anyhow::Result<Vec<(usize, &'m Transfer)>> {
         let refs: Vec<&Transfer> = messages.iter().map(|(_, t)| *t).collect();
         let (records, announced) = self.read_records(batch, messages).await?;
-        // Each stored record parsed once; seed 001's carry no currency, so
+        // Each stored record parsed once; records the versioned transfer service wrote carry no currency, so
         // their senders' currencies are looked up (once per account).
         let records: Vec<Option<(String, Result<Transfer, String>)>> = records
             .into_iter()
@@ -805,7 +805,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_seed_001_messages() {
+    fn reads_the_versioned_transfer_services_messages() {
         let seed = br#"{"transfer_id": "5b0c", "sender_id": "a", "receiver_id": "b", "amount": 100.5, "status": "initiated", "version": 1}"#;
         let transfer = parse_message(seed).unwrap();
         assert_eq!(transfer.amount.to_string(), "100.5");

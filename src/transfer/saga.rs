@@ -428,7 +428,7 @@ pub struct Step<'a> {
     pub completed: &'a [u8],
     /// The reason of a `reject`.
     pub reason: &'a str,
-    /// Balances move (not seed 001's status-only mode): a `reject` is then
+    /// Balances move (not the versioned transfer service's status-only mode): a `reject` is then
     /// also recorded beside the sender's balance, so that no other worker
     /// debits the transfer later.
     pub ledger: bool,

@@ -1,5 +1,5 @@
 //! Traffic as another client writes it: accounts opened with payctl, and
-//! transfers in seed 001's shape (the record in Redis, then the same JSON on
+//! transfers in the versioned transfer service's shape (the record in Redis, then the same JSON on
 //! the transfers topic, keyed by sender).
 //!
 //! The generator keeps the truth: what each transfer was initiated as and
@@ -75,7 +75,7 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// Seed 001's JSON: the record in Redis and the message on the topic.
+    /// The versioned transfer service's JSON: the record in Redis and the message on the topic.
     pub fn seed_json(&self) -> String {
         self.seed_json_with(&self.receiver, &amount_json(self.amount))
     }
@@ -89,7 +89,7 @@ impl Transfer {
     }
 }
 
-/// Cents as seed 001's Python writes a float amount: `12.5`, `12.0`, `12.34`.
+/// Cents as the versioned transfer service's Python writes a float amount: `12.5`, `12.0`, `12.34`.
 pub fn amount_json(cents: i64) -> String {
     let (units, rest) = (cents / 100, cents % 100);
     if rest % 10 == 0 {
@@ -182,7 +182,7 @@ pub fn store_raw(stack: &Stack, records: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Stores each transfer's record, as seed 001 does before publishing.
+/// Stores each transfer's record, as the versioned transfer service does before publishing.
 pub fn store_transfers(stack: &Stack, transfers: &[Transfer]) {
     let records: Vec<(String, Vec<u8>)> = transfers
         .iter()
@@ -200,7 +200,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A transfer's seed 001 message, keyed by its sender.
+    /// A transfer's message as the versioned transfer service writes it, keyed by its sender.
     pub fn transfer(topic: &str, transfer: &Transfer) -> Outgoing {
         Outgoing {
             topic: topic.to_string(),
@@ -230,7 +230,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Produces messages as another client (seed 001's Python service, an
+/// Produces messages as another client (the versioned transfer service in Python, an
 /// attacker) would: plain producer, `acks=all`.
 pub fn produce(brokers: &str, messages: &[Outgoing]) -> Vec<Delivered> {
     produce_paced(brokers, messages, Duration::ZERO)

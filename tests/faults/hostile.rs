@@ -31,7 +31,7 @@ pub struct Shape {
     pub required: &'static [&'static str],
     /// String fields: each gets an object, an array, a boolean, null.
     pub strings: &'static [&'static str],
-    /// String fields where a number is wrong too (seed 000 takes numeric user ids).
+    /// String fields where a number is wrong too (the notification service takes numeric user ids).
     pub not_numbers: &'static [&'static str],
     /// Decimal fields (amounts, rates): each gets other types and `bad_numbers`.
     pub decimals: &'static [&'static str],
@@ -360,7 +360,7 @@ fn fresh_transfer(rng: &mut Rng, accounts: &[String]) -> Transfer {
     }
 }
 
-/// A good outcome event (seed 000's fields and an `event_id`).
+/// A good outcome event (the notification service's fields and an `event_id`).
 pub fn good_event(rng: &mut Rng, users: &[String]) -> Map<String, Value> {
     let id = format!("ev-{}", uuid::Uuid::new_v4());
     let user = rng.pick(users);
