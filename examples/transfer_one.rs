@@ -1,11 +1,16 @@
 //! Using the payctl library directly: open two accounts, initiate one
 //! transfer, and apply it with the same worker `payctl transfer process` runs.
 //!
+//! The transfer goes through a topic of this run's own (the pipeline's is
+//! `Topics::default().transfers`), so the worker's new group reads only it;
+//! its outcome events go to `payment_transactions` as the pipeline's do.
+//!
 //! Needs the local stack (`scripts/stack.sh up`):
 //!   cargo run --example transfer_one
 
 use payctl::accounts;
 use payctl::config::{KafkaConfig, RedisConfig, Topics, WorkerLimits};
+use payctl::kafka::create_topics;
 use payctl::money::{Currency, Money};
 use payctl::transfer::initiate::{prepare, Publisher, TransferRequest};
 use payctl::transfer::process::TransferProcessor;
@@ -26,10 +31,17 @@ async fn main() -> anyhow::Result<()> {
         url: std::env::var("REDIS_URL").unwrap_or_else(|_| RedisConfig::DEFAULT_URL.into()),
         ..RedisConfig::default()
     };
-    let topics = Topics::default();
     let mut redis = redis_config.connect().await?;
 
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let topics = Topics {
+        transfers: format!("example-transfers-{suffix}"),
+        ..Topics::default()
+    };
+    // A worker needs its input's dead-letter topic too; one replica, as the
+    // local broker is one broker.
+    let own = [topics.transfers.clone(), Topics::dlq(&topics.transfers)];
+    create_topics(&kafka, &own, 3, 1).await?;
     let (payer, payee) = (format!("ex-payer-{suffix}"), format!("ex-payee-{suffix}"));
     let usd = Currency::parse("USD")?;
     accounts::open(

@@ -6,7 +6,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/build-deps.sh
 scripts/stack.sh up
-cargo build --release --quiet
+# cargo's progress stays on screen: the first build takes a few minutes.
+# scripts/test.sh builds the same profile, so it reuses this build.
+echo "demo: building payctl (release profile)" >&2
+cargo build --release
 payctl=target/release/payctl
 # Save the stack's `local` profile (an existing one is left alone) and run
 # the demo on it, whatever profile is current.

@@ -17,9 +17,23 @@ export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_POR
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/15}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The release profile (overflow checks on; see Cargo.toml), the one
+# scripts/demo.sh builds: the tests reuse the demo's build of the library,
+# the binary and every dependency, and test the binary that ships. The
+# examples are built first, as a user builds them: tests/examples.rs runs
+# each one against the stack.
 set +e
-cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+cargo build --release --examples 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+cargo test --release --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee -a "$log"
+test_rc=${PIPESTATUS[0]}
+[ "$rc" -ne 0 ] || rc=$test_rc
+if [ "$#" -eq 0 ]; then
+  # The crate docs' example (`cargo doc` opens with it) compiles.
+  cargo test --release --doc 2>&1 | tee -a "$log"
+  doc_rc=${PIPESTATUS[0]}
+  [ "$rc" -ne 0 ] || rc=$doc_rc
+fi
 # The whole run (no arguments, as CI runs it) ends with fault scenarios
 # once more, each on a private Redis Cluster instead of a single Redis, at
 # the same scale (tests/faults.rs's default) and with the same build as
@@ -32,7 +46,7 @@ rc=${PIPESTATUS[0]}
 # redelivered or stopped batch meets the same saga markers as kill_9's);
 # cluster_master_kill ran on a cluster above.
 if [ "$#" -eq 0 ]; then
-  PAYCTL_FAULTS_REDIS=cluster cargo test --test faults -- --test-threads=1 --exact kill_9 outage hostile_input 2>&1 | tee -a "$log"
+  PAYCTL_FAULTS_REDIS=cluster cargo test --release --test faults -- --test-threads=1 --exact kill_9 outage hostile_input 2>&1 | tee -a "$log"
   faults_rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] || rc=$faults_rc
 fi

@@ -11,8 +11,12 @@ use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
+
+/// The producer every publishing call takes ([`KafkaConfig::producer`]
+/// makes one), named here so a library user need not name rdkafka.
+pub use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 

@@ -86,7 +86,13 @@ fn committed_text(committed: Option<i64>) -> String {
     committed.map_or("-".to_string(), |c| c.to_string())
 }
 
-/// The lag of `group` on `topics`.
+/// The lag of `group` on `topics`: per partition, the end offset less the
+/// group's committed offset, or less the partition's oldest offset where
+/// the group has committed nothing (every message waits). With `topics`
+/// empty, the topics the group has committed on or is assigned: a group
+/// that never committed and has no member then shows no partitions, so
+/// name its topics to count them. Blocking calls run on tokio's blocking
+/// pool.
 pub async fn group_lag(
     kafka: &KafkaConfig,
     group: &str,

@@ -6,9 +6,9 @@
 //!
 //! | step | slot | effect |
 //! |---|---|---|
-//! | debit | the sender's | balance − amount and `{account:S}:debits[id] = d|amount|receiver`, or a refusal `r|reason` |
-//! | credit | the receiver's | balance + amount and `{account:R}:credits[id] = c|amount`, or a refusal `x|reason` |
-//! | settle / refund | the sender's | `s|…` once credited; on a refused credit the amount back and `f|amount|receiver|reason` |
+//! | debit | the sender's | balance − amount and `{account:S}:debits[id] = d\|amount\|receiver`, or a refusal `r\|reason` |
+//! | credit | the receiver's | balance + amount and `{account:R}:credits[id] = c\|amount`, or a refusal `x\|reason` |
+//! | settle / refund | the sender's | `s\|…` once credited; on a refused credit the amount back and `f\|amount\|receiver\|reason` |
 //! | complete | the transfer's | the record completed (or rejected), only if it is still the record read |
 //!
 //! The markers are the one place each decision is made: a second worker
