@@ -18,10 +18,8 @@
 mod common;
 
 use anyhow::Context as _;
-use payctl::accounts;
 use payctl::config::Topics;
 use payctl::kafka::FutureProducer;
-use payctl::money::{Currency, Money};
 use payctl::store::Redis;
 use payctl::transfer::initiate::{prepare, Initiated, Publisher, TransferRequest};
 
@@ -32,16 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let topics = Topics::default();
 
     let suffix = common::suffix();
-    let (payer, payee) = (format!("ex-payer-{suffix}"), format!("ex-payee-{suffix}"));
-    let usd = Currency::parse("USD")?;
-    accounts::open(
-        &mut redis,
-        &payer,
-        usd,
-        Some(Money::parse_amount("20.00", usd)?),
-    )
-    .await?;
-    accounts::open(&mut redis, &payee, usd, None).await?;
+    let (payer, payee) = common::two_accounts(&mut redis, &suffix).await?;
 
     // The client's key for this payment: the same on every retry of it.
     let request = TransferRequest {

@@ -8,10 +8,11 @@
 //! Needs the local stack (`scripts/stack.sh up`):
 //!   cargo run --example transfer_one
 
+mod common;
+
 use payctl::accounts;
-use payctl::config::{KafkaConfig, RedisConfig, Topics, WorkerLimits};
+use payctl::config::{Topics, WorkerLimits};
 use payctl::kafka::create_topics;
-use payctl::money::{Currency, Money};
 use payctl::transfer::initiate::{prepare, Publisher, TransferRequest};
 use payctl::transfer::process::TransferProcessor;
 use payctl::worker::{self, WorkerSpec};
@@ -19,21 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let kafka = KafkaConfig {
-        brokers: std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-            .unwrap_or_else(|_| KafkaConfig::DEFAULT_BROKERS.into()),
-        options: vec![
-            ("session.timeout.ms".into(), "1000".into()),
-            ("heartbeat.interval.ms".into(), "250".into()),
-        ],
-    };
-    let redis_config = RedisConfig {
-        url: std::env::var("REDIS_URL").unwrap_or_else(|_| RedisConfig::DEFAULT_URL.into()),
-        ..RedisConfig::default()
-    };
+    let kafka = common::kafka();
+    let redis_config = common::redis();
     let mut redis = redis_config.connect().await?;
 
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let suffix = common::suffix();
     let topics = Topics {
         transfers: format!("example-transfers-{suffix}"),
         ..Topics::default()
@@ -42,16 +33,7 @@ async fn main() -> anyhow::Result<()> {
     // local broker is one broker.
     let own = [topics.transfers.clone(), Topics::dlq(&topics.transfers)];
     create_topics(&kafka, &own, 3, 1).await?;
-    let (payer, payee) = (format!("ex-payer-{suffix}"), format!("ex-payee-{suffix}"));
-    let usd = Currency::parse("USD")?;
-    accounts::open(
-        &mut redis,
-        &payer,
-        usd,
-        Some(Money::parse_amount("20.00", usd)?),
-    )
-    .await?;
-    accounts::open(&mut redis, &payee, usd, None).await?;
+    let (payer, payee) = common::two_accounts(&mut redis, &suffix).await?;
 
     let request = TransferRequest {
         from: payer.clone(),

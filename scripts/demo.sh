@@ -6,11 +6,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/build-deps.sh
 scripts/stack.sh up
-# cargo's progress stays on screen: the first build takes a few minutes.
-# scripts/test.sh builds the same profile, so it reuses this build.
-echo "demo: building payctl (release profile)" >&2
-cargo build --release
-payctl=target/release/payctl
+# The dev profile (overflow checks and debug assertions on), the one
+# scripts/test.sh tests in: the test command then reuses this build of every
+# dependency and of payctl, and compiles only the tests on top. cargo's
+# progress stays on screen: the first build takes a few minutes. (For
+# production and benchmarks: `cargo build --release`.)
+echo "demo: building payctl (dev profile; scripts/test.sh reuses this build)" >&2
+cargo build
+payctl=target/debug/payctl
 # Save the stack's `local` profile (an existing one is left alone) and run
 # the demo on it, whatever profile is current.
 scripts/stack.sh profile

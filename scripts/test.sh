@@ -17,20 +17,19 @@ export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_POR
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/15}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-# The release profile (overflow checks on; see Cargo.toml), the one
-# scripts/demo.sh builds: the tests reuse the demo's build of the library,
-# the binary and every dependency, and test the binary that ships. The
-# examples are built first, as a user builds them: tests/examples.rs runs
-# each one against the stack.
+# The dev profile (overflow checks and debug assertions on), the one
+# scripts/demo.sh builds: after the demo, only the tests, the examples and
+# the test-only crates are compiled. The examples are built first, as a
+# user builds them: tests/examples.rs runs each one against the stack.
 set +e
-cargo build --release --examples 2>&1 | tee "$log"
+cargo build --examples 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
-cargo test --release --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee -a "$log"
+cargo test --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee -a "$log"
 test_rc=${PIPESTATUS[0]}
 [ "$rc" -ne 0 ] || rc=$test_rc
 if [ "$#" -eq 0 ]; then
   # The crate docs' example (`cargo doc` opens with it) compiles.
-  cargo test --release --doc 2>&1 | tee -a "$log"
+  cargo test --doc 2>&1 | tee -a "$log"
   doc_rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] || rc=$doc_rc
 fi
@@ -46,7 +45,7 @@ fi
 # redelivered or stopped batch meets the same saga markers as kill_9's);
 # cluster_master_kill ran on a cluster above.
 if [ "$#" -eq 0 ]; then
-  PAYCTL_FAULTS_REDIS=cluster cargo test --release --test faults -- --test-threads=1 --exact kill_9 outage hostile_input 2>&1 | tee -a "$log"
+  PAYCTL_FAULTS_REDIS=cluster cargo test --test faults -- --test-threads=1 --exact kill_9 outage hostile_input 2>&1 | tee -a "$log"
   faults_rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] || rc=$faults_rc
 fi

@@ -6,8 +6,8 @@
 //! `target/<profile>/examples/NAME` (`cargo test` builds examples only to
 //! check that they compile, under other names, and `--all-targets` builds
 //! them as test harnesses): `scripts/test.sh` builds them before the tests.
-//! By hand: `cargo build --release --examples && cargo test --release --test
-//! examples`. An example whose source is newer than its build is refused.
+//! By hand: `cargo build --examples && cargo test --test examples`. An
+//! example whose source is newer than its build is refused.
 
 mod common;
 
@@ -38,7 +38,7 @@ fn example_path(name: &str) -> PathBuf {
     let Ok(built) = modified(&path) else {
         panic!(
             "example {name} is not built ({} is missing): run `cargo build --examples` \
-             first, with --release if the tests run with it (scripts/test.sh does)",
+             first, with --release if the tests run with it",
             path.display()
         )
     };

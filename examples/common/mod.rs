@@ -3,7 +3,10 @@
 //! names (accounts, groups, topics) its own.
 #![allow(dead_code)]
 
+use payctl::accounts;
 use payctl::config::{KafkaConfig, RedisConfig};
+use payctl::money::{Currency, Money};
+use payctl::store::Redis;
 
 /// The brokers in `KAFKA_BOOTSTRAP_SERVERS` (default: localhost:9092).
 ///
@@ -33,4 +36,15 @@ pub fn redis() -> RedisConfig {
 /// Eight hex digits no other run uses.
 pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// Opens `ex-payer-<suffix>` with 20.00 USD and an empty
+/// `ex-payee-<suffix>`; returns their ids.
+pub async fn two_accounts(redis: &mut Redis, suffix: &str) -> anyhow::Result<(String, String)> {
+    let (payer, payee) = (format!("ex-payer-{suffix}"), format!("ex-payee-{suffix}"));
+    let usd = Currency::parse("USD")?;
+    let twenty = Money::parse_amount("20.00", usd)?;
+    accounts::open(redis, &payer, usd, Some(twenty)).await?;
+    accounts::open(redis, &payee, usd, None).await?;
+    Ok((payer, payee))
 }
