@@ -435,24 +435,19 @@ pub async fn complete(redis: &mut Redis, payment_ids: &[&str]) -> anyhow::Result
     let mut done = Vec::new();
     for (id, answer) in payment_ids.iter().zip(answers) {
         if answer.context("completing a payment")? > 0 {
-            done.push(*id);
+            done.push((
+                ProcessingStatus::Processed,
+                ProcessingStatus::Completed,
+                *id,
+            ));
         }
     }
-    if done.is_empty() {
-        return Ok(());
-    }
-    // Into `completed` first, then out of `processed`: a crash between
-    // the two leaves a payment in both sets, never in neither.
-    for command in [
-        redis::cmd("SADD").arg(&completed).arg(&done).to_owned(),
-        redis::cmd("SREM").arg(&processed).arg(&done).to_owned(),
-    ] {
-        let _: i64 = command
-            .query_async(redis)
-            .await
-            .context("moving completed payments between status sets")?;
-    }
-    Ok(())
+    slots::move_in_sets(
+        redis,
+        &done,
+        "moving completed payments between status sets",
+    )
+    .await
 }
 
 #[cfg(test)]

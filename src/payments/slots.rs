@@ -209,7 +209,7 @@ async fn query_all(
 /// Moves payments between status sets: `SADD to id…` first, and only once
 /// those are done `SREM from id…`, so a crash between the two leaves a
 /// payment in both sets (repaired from its record), never in neither.
-async fn move_in_sets(
+pub(super) async fn move_in_sets(
     redis: &mut Redis,
     moved: &[(ProcessingStatus, ProcessingStatus, &str)],
     doing: &str,
@@ -218,26 +218,20 @@ async fn move_in_sets(
     for &(from, to, id) in moved {
         by_pair.entry((from, to)).or_default().push(id);
     }
-    let adds = by_pair
-        .iter()
-        .map(|((_, to), ids)| {
-            redis::cmd("SADD")
-                .arg(keys::by_status(*to))
-                .arg(ids)
-                .to_owned()
-        })
-        .collect();
-    query_all(redis, adds, doing).await?;
-    let removals = by_pair
-        .iter()
-        .map(|((from, _), ids)| {
-            redis::cmd("SREM")
-                .arg(keys::by_status(*from))
-                .arg(ids)
-                .to_owned()
-        })
-        .collect();
-    query_all(redis, removals, doing).await
+    let commands =
+        |name: &str, set: fn(&(ProcessingStatus, ProcessingStatus)) -> ProcessingStatus| {
+            by_pair
+                .iter()
+                .map(|(pair, ids)| {
+                    redis::cmd(name)
+                        .arg(keys::by_status(set(pair)))
+                        .arg(ids)
+                        .to_owned()
+                })
+                .collect()
+        };
+    query_all(redis, commands("SADD", |(_, to)| *to), doing).await?;
+    query_all(redis, commands("SREM", |(from, _)| *from), doing).await
 }
 
 /// Claims `tried` (a chunk in claim order: each user's payments together,
